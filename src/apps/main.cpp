@@ -1,0 +1,46 @@
+// esm2: one binary, one subcommand per file in src/apps/.
+#include <algorithm>
+#include <cstdio>
+#include <map>
+
+#include "apps/command.h"
+#include "core/error.h"
+
+namespace esm2::apps {
+std::vector<Command>& command_registry() {
+  static std::vector<Command> registry;
+  return registry;
+}
+}  // namespace esm2::apps
+
+int main(int argc, char** argv) {
+  using namespace esm2::apps;
+  CLI::App app{"esm2.cpp — pretrain ESM-2 protein language models (version " ESM2_VERSION ")"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string(ESM2_VERSION));
+  auto& commands = command_registry();
+  std::sort(commands.begin(), commands.end(), [](auto& a, auto& b) { return a.name < b.name; });
+  std::map<std::string, RunFn> runners;
+  std::vector<std::pair<CLI::App*, std::string>> subs;
+  for (auto& c : commands) {
+    CLI::App* sub = app.add_subcommand(c.name, c.description);
+    runners[c.name] = c.setup(*sub);
+    subs.emplace_back(sub, c.name);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, name] : subs)
+      if (sub->parsed()) return runners[name]();
+  } catch (const esm2::Error& e) {
+    std::fprintf(stderr, "esm2: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "esm2: error: %s\n", e.what());
+    return 1;
+  }
+  return 1;
+}

@@ -1,0 +1,36 @@
+// Crash-safe outputs: a directory is built under "<final>.tmp-<pid>" and renamed into place only
+// after every file in it was written and fsynced. A crash, a full disk or an exception leaves the
+// previous version of <final> (if any) untouched and removes the partial temp directory.
+#pragma once
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace esm2 {
+
+class AtomicDir {
+ public:
+  explicit AtomicDir(std::filesystem::path final_path);
+  ~AtomicDir();  // removes the temp dir unless commit() succeeded
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+
+  const std::filesystem::path& path() const { return tmp_; }  // write files here
+  const std::filesystem::path& final_path() const { return final_; }
+  // fsyncs the files and the directory, then renames tmp → final (an existing final is replaced:
+  // moved aside, renamed over, then removed).
+  void commit();
+
+ private:
+  std::filesystem::path final_, tmp_;
+  bool committed_ = false;
+};
+
+// Writes bytes to path, checking every write and the close (disk full is an error naming path).
+void write_file(const std::filesystem::path& path, std::string_view bytes);
+// fsync a file or directory; throws naming the path on failure.
+void fsync_path(const std::filesystem::path& path);
+// Reads a whole file; throws "<path>: cannot open: <reason>" on failure.
+std::string read_file(const std::filesystem::path& path);
+
+}  // namespace esm2
