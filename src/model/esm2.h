@@ -1,0 +1,78 @@
+// The ESM-2 network (EsmForMaskedLM numerics) over a packed micro-batch, with explicit forward and
+// backward per layer. Arithmetic goes through the Backend interface (src/backend/backend.h); this
+// class owns the parameter table, the flat parameter/gradient buffers and the activation buffers.
+//
+// Conventions (llm.c): parameter gradients accumulate (+=) across micro-batches until zero_grads();
+// activation gradients are overwritten (=) except the residual stream, which accumulates.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "data/batch.h"
+#include "model/config.h"
+
+namespace esm2 {
+
+class Backend;
+
+struct ParamInfo {
+  std::string name;            // Hugging Face name, e.g. "esm.encoder.layer.3.attention.self.query.weight"
+  std::vector<int64_t> shape;  // PyTorch order: Linear weights are [out, in]
+  size_t offset = 0;           // in elements, into the flat parameter (and gradient) buffer
+  size_t numel = 0;
+  bool weight_decay = false;   // true for Linear weight matrices only (not biases, LayerNorms, embeddings)
+};
+
+struct LossSum {
+  double loss_sum = 0;     // sum of cross-entropy over labelled positions (natural log)
+  int64_t num_labels = 0;  // number of labelled positions
+};
+
+class Esm2Model {
+ public:
+  Esm2Model(const ModelConfig& cfg, Backend& backend);
+  ~Esm2Model();
+  Esm2Model(const Esm2Model&) = delete;
+  Esm2Model& operator=(const Esm2Model&) = delete;
+
+  const ModelConfig& config() const;
+  Backend& backend();
+  const std::vector<ParamInfo>& params_info() const;  // the fixed order of the flat buffer
+  size_t num_params() const;                          // elements of the flat buffer
+
+  // fp32 flat buffers in backend memory (on CPU, host pointers). The optimizer updates these.
+  float* param_data();
+  float* grad_data();
+  // Host copies in the flat layout.
+  void get_params(std::span<float> out) const;
+  void set_params(std::span<const float> in);
+  void get_grads(std::span<float> out) const;
+
+  // From-scratch initialisation (esm2-model.md): Linear/Embedding N(0, 0.02) from a Philox stream
+  // keyed by seed, biases 0, LayerNorm 1/0, embedding row of <pad> zero.
+  void init_weights(uint64_t seed);
+  void zero_grads();
+
+  // Forward + backward on one micro-batch: grads += grad_scale * d(sum of token CE)/dθ.
+  // The trainer passes grad_scale = 1 / (labelled tokens of the whole global batch).
+  LossSum forward_backward(const MicroBatch& mb, float grad_scale);
+  // Forward only (validation).
+  LossSum forward_loss(const MicroBatch& mb);
+
+  // Inference outputs for every position of the micro-batch (host, row-major):
+  // logits [T, vocab]; last_hidden [T, hidden] after the final LayerNorm (HF last_hidden_state);
+  // if repr_layer >= 0, repr [T, hidden] = hidden state after that many layers (0 = embeddings
+  // after token dropout; num_layers = after the final LayerNorm, as fair-esm's repr_layers).
+  // Any output pointer may be null.
+  void forward_outputs(const MicroBatch& mb, std::vector<float>* logits, std::vector<float>* last_hidden,
+                       int repr_layer = -1, std::vector<float>* repr = nullptr);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace esm2
