@@ -1,0 +1,143 @@
+// `esm2 bench`: throughput of full training steps (forward + backward + AdamW) on real data, in
+// REAL tokens/s (no padding counted; performance.md), achieved FLOP/s and, on CPU, the ratio to the
+// sgemm rate OpenBLAS reaches on the model's dominant GEMM shape on the same machine.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "apps/command.h"
+#include "backend/backend.h"
+#include "backend/backend_factory.h"
+#include "core/error.h"
+#include "data/corpus.h"
+#include "data/train_data.h"
+#include "model/esm2.h"
+#include "train/optimizer.h"
+
+#include <cblas.h>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchArgs {
+  std::string data, preset = "8M", backend = "auto", precision = "auto", json_out;
+  int64_t micro_batch_tokens = 16384;
+  int max_seq_length = 1024, steps = 5, warmup = 1, threads = 0;
+  double peak_tflops = 0;
+};
+
+// Σ over sequences of L² / Σ L: the attention length each token sees on average (performance.md).
+double attention_seq_eff(const esm2::StepBatch& b) {
+  double sq = 0, n = 0;
+  for (const auto& mb : b.micro)
+    for (size_t s = 0; s + 1 < mb.cu_seqlens.size(); ++s) {
+      const double L = mb.cu_seqlens[s + 1] - mb.cu_seqlens[s];
+      sq += L * L;
+      n += L;
+    }
+  return n > 0 ? sq / n : 0;
+}
+
+// sgemm GFLOP/s for C[M,N] = A[M,K]·B[K,N]ᵀ, the shape of the FFN-in projection over a micro-batch.
+double sgemm_gflops(int64_t M, int64_t N, int64_t K) {
+  std::vector<float> A(M * K), B(N * K), C(M * N);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (auto& x : A) x = u(rng);
+  for (auto& x : B) x = u(rng);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C.data(), N);
+  const int reps = 3;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < reps; ++i)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C.data(), N);
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return 2.0 * M * N * K * reps / s / 1e9;
+}
+
+esm2::apps::RunFn setup_bench(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  app.add_option("--data", a->data, "Corpus directory (made by `esm2 prepare`) whose length distribution is used")->required();
+  app.add_option("--preset", a->preset, "Model preset")->capture_default_str();
+  app.add_option("--micro-batch-tokens", a->micro_batch_tokens, "Packed token budget per step")->capture_default_str();
+  app.add_option("--max-seq-length", a->max_seq_length, "Longest sequence (tokens)")->capture_default_str();
+  app.add_option("--steps", a->steps, "Timed steps")->capture_default_str();
+  app.add_option("--warmup", a->warmup, "Untimed warm-up steps")->capture_default_str();
+  app.add_option("--backend", a->backend, "auto, cpu or cuda")->capture_default_str();
+  app.add_option("--precision", a->precision, "auto, 32, bf16-mixed")->capture_default_str();
+  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->capture_default_str();
+  app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)");
+  app.add_option("--json", a->json_out, "Write the results as JSON to this file");
+  return [a]() -> int {
+    ESM2_CHECK(a->steps >= 1, "bench: --steps must be >= 1");
+    auto backend = esm2::make_backend(a->backend, a->precision, a->threads);
+    esm2::ModelConfig mc = esm2::model_preset(a->preset);
+    auto corpus = std::make_shared<const esm2::Corpus>(esm2::Corpus::open(a->data));
+    esm2::DataConfig dc;
+    dc.max_seq_length = a->max_seq_length;
+    dc.micro_batch_tokens = a->micro_batch_tokens;
+    esm2::TrainData data(corpus, dc);
+    esm2::Esm2Model model(mc, *backend);
+    model.init_weights(1);
+    esm2::AdamW optim(model, esm2::OptimizerConfig{});
+    esm2::DataPosition pos;
+    double tokens = 0, seconds = 0, flops = 0;
+    for (int i = 0; i < a->warmup + a->steps; ++i) {
+      backend->synchronize();
+      const auto t0 = Clock::now();  // batch building (sampling, masking, packing) is part of a step
+      esm2::StepBatch b = data.next_step(pos, 0, 1);
+      model.zero_grads();
+      const float scale = 1.0f / static_cast<float>(b.global_num_labels);
+      for (const auto& mb : b.micro) model.forward_backward(mb, scale);
+      optim.step(1e-4);
+      backend->synchronize();
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (i >= a->warmup) {
+        tokens += static_cast<double>(b.global_num_tokens);
+        seconds += s;
+        flops += static_cast<double>(b.global_num_tokens) * mc.train_flops_per_token(attention_seq_eff(b));
+      }
+    }
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    nlohmann::json out = {{"preset", a->preset},
+                          {"backend", backend->name()},
+                          {"precision", esm2::precision_label(*backend)},
+                          {"parameters", mc.num_parameters()},
+                          {"micro_batch_tokens", a->micro_batch_tokens},
+                          {"steps", a->steps},
+                          {"real_tokens_per_s", tokens / seconds},
+                          {"step_seconds", seconds / a->steps},
+                          {"achieved_tflops", flops / seconds / 1e12},
+                          {"peak_host_rss_mib", static_cast<double>(ru.ru_maxrss) / 1024.0}};
+    std::string line = fmt::format("bench {} on {} ({}): {:.0f} real tokens/s, {:.3f} s/step, {:.1f} GFLOP/s achieved",
+                                   a->preset, backend->name(), esm2::precision_label(*backend), tokens / seconds,
+                                   seconds / a->steps, flops / seconds / 1e9);
+    if (backend->name() == "cpu") {
+      const double g = sgemm_gflops(a->micro_batch_tokens, mc.ffn_hidden_size, mc.hidden_size);
+      out["sgemm_gflops_dominant_shape"] = g;
+      out["fraction_of_sgemm"] = flops / seconds / 1e9 / g;
+      line += fmt::format("; sgemm {}x{}x{}: {:.1f} GFLOP/s → {:.0f}% of sgemm", a->micro_batch_tokens,
+                          mc.ffn_hidden_size, mc.hidden_size, g, 100.0 * flops / seconds / 1e9 / g);
+    }
+    if (a->peak_tflops > 0) {
+      out["mfu"] = flops / seconds / 1e12 / a->peak_tflops;
+      line += fmt::format("; MFU {:.1f}%", 100.0 * flops / seconds / 1e12 / a->peak_tflops);
+    }
+    fmt::print("{}\n", line);
+    if (!a->json_out.empty()) {
+      std::ofstream f(a->json_out);
+      ESM2_CHECK(f.good(), "{}: cannot write", a->json_out);
+      f << out.dump(2) << "\n";
+    }
+    return 0;
+  };
+}
+
+}  // namespace
+
+ESM2_COMMAND(bench, "bench", "Measure training throughput (real tokens/s, FLOP/s) on a corpus's length distribution", setup_bench);

@@ -1,0 +1,153 @@
+// `esm2 train`: the reference's train_esm2 flags (bionemo-semantics.md), plus packing, presets and a
+// config file. Every flag maps to one TrainConfig field (src/train/train_config.h).
+#include <cmath>
+
+#include "apps/command.h"
+#include "core/error.h"
+#include "dist/communicator.h"
+#include "train/trainer.h"
+
+namespace {
+
+using esm2::TrainConfig;
+
+struct TrainArgs {
+  TrainConfig cfg;
+  std::string preset = "demo";
+  int num_layers = 0, hidden_size = 0, num_attention_heads = 0, ffn_hidden_size = 0;
+  std::string gelu = "erf";
+  std::string schedule = "warmup_anneal_decay_hold";
+  double lr = 4e-4, min_lr = -1;
+  int64_t warmup_steps = 2000, scheduler_num_steps = -1;
+  bool tensorboard = true, no_report = false;
+  bool save_best = true, save_last = true;
+};
+
+esm2::apps::RunFn setup_train(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  TrainConfig& c = a->cfg;
+  // A later occurrence of a flag overrides an earlier one (and the config file), as users expect
+  // when they append an override to a long command line.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_config("--config", "", "Read options from a TOML/INI file (key = value, keys are the long flag names)");
+  app.get_config_ptr()->group("Run");
+
+  // Data
+  app.add_option("--train-data", c.train_corpus, "Training corpus directory (made by `esm2 prepare`)")
+      ->group("Data")->required();
+  app.add_option("--valid-data", c.valid_corpus, "Validation corpus directory (made by `esm2 prepare`)")->group("Data");
+  app.add_option("--max-seq-length", c.max_seq_length, "Longest sequence in tokens incl. <cls>/<eos>; longer ones are randomly cropped")
+      ->group("Data")->capture_default_str();
+  app.add_option("--min-seq-length", c.min_seq_length, "Sequences shorter than this (tokens) are not sampled")
+      ->group("Data")->capture_default_str();
+  app.add_option("--micro-batch-tokens", c.micro_batch_tokens, "Packed mode: token budget per micro-batch (default 16384 when --micro-batch-size is not given)")
+      ->group("Data");
+  app.add_option("--micro-batch-size", c.micro_batch_size, "Reference mode: sequences per micro-batch (padded batches; compute skips the padding)")
+      ->group("Data");
+  app.add_option("--accumulate-grad-batches", c.accumulate_grad_batches, "Micro-batches per optimizer step and rank")
+      ->group("Data")->capture_default_str();
+  app.add_option("--random-mask-strategy", c.mask_strategy, "Random replacement tokens: all_tokens (33-token vocab) or amino_acids_only")
+      ->group("Data")->check(CLI::IsMember({"all_tokens", "amino_acids_only"}))->capture_default_str();
+  app.add_option("--mask-prob", c.mask_prob, "Fraction of positions selected for the loss")->group("Data")->capture_default_str();
+  app.add_option("--mask-token-prob", c.mask_token_prob, "Of the selected: fraction replaced by <mask>")->group("Data")->capture_default_str();
+  app.add_option("--random-token-prob", c.random_token_prob, "Of the selected: fraction replaced by a random token")->group("Data")->capture_default_str();
+  app.add_option("--seed", c.seed, "Seed of sampling, masking and initialisation")->group("Data")->capture_default_str();
+
+  // Model
+  app.add_option("--preset", a->preset, "Model shape: demo, 8M, esm2_t6_8M, 35M, 150M, 650M, 3B, 15B")
+      ->group("Model")->capture_default_str();
+  app.add_option("--num-layers", a->num_layers, "Override the preset's number of layers")->group("Model");
+  app.add_option("--hidden-size", a->hidden_size, "Override the preset's hidden size")->group("Model");
+  app.add_option("--num-attention-heads", a->num_attention_heads, "Override the preset's attention heads")->group("Model");
+  app.add_option("--ffn-hidden-size", a->ffn_hidden_size, "Override the preset's FFN size")->group("Model");
+  app.add_option("--gelu", a->gelu, "GELU form: erf (HF/fair-esm, default) or tanh (Megatron)")
+      ->group("Model")->check(CLI::IsMember({"erf", "tanh"}))->capture_default_str();
+  app.add_option("--init-from-hf", c.init_from, "Start from the weights of a Hugging Face ESM-2 checkpoint directory (fresh optimizer)")
+      ->group("Model");
+
+  // Optimisation
+  app.add_option("--num-steps", c.num_steps, "Optimizer steps")->group("Optimization")->capture_default_str();
+  app.add_option("--lr", a->lr, "Peak learning rate")->group("Optimization")->capture_default_str();
+  app.add_option("--min-lr", a->min_lr, "Final learning rate (default lr/10)")->group("Optimization");
+  app.add_option("--warmup-steps", a->warmup_steps, "Linear warmup steps")->group("Optimization")->capture_default_str();
+  app.add_option("--scheduler-num-steps", a->scheduler_num_steps, "Steps over which the lr decays (default --num-steps)")
+      ->group("Optimization");
+  app.add_option("--lr-schedule", a->schedule, "warmup_anneal_decay_hold (reference), cosine or constant")
+      ->group("Optimization")->check(CLI::IsMember({"warmup_anneal_decay_hold", "cosine", "constant"}))->capture_default_str();
+  app.add_option("--weight-decay", c.optim.weight_decay, "Decoupled AdamW weight decay on weight matrices")
+      ->group("Optimization")->capture_default_str();
+  app.add_flag("--decay-embeddings", c.optim.decay_embeddings, "Also apply weight decay to the embedding matrix")->group("Optimization");
+  app.add_option("--adam-beta1", c.optim.beta1, "AdamW beta1")->group("Optimization")->capture_default_str();
+  app.add_option("--adam-beta2", c.optim.beta2, "AdamW beta2")->group("Optimization")->capture_default_str();
+  app.add_option("--adam-eps", c.optim.eps, "AdamW epsilon")->group("Optimization")->capture_default_str();
+  app.add_option("--clip-grad", c.optim.clip_grad, "Global gradient-norm clipping threshold (0 disables)")
+      ->group("Optimization")->capture_default_str();
+  app.add_option("--early-stop-on-step", c.early_stop_on_step, "Stop (with a checkpoint) at this step; the schedule still spans --num-steps")
+      ->group("Optimization");
+  app.add_option("--on-nonfinite", c.on_nonfinite, "Non-finite loss or gradient: stop (save last good state, exit 1) or skip the step")
+      ->group("Optimization")->check(CLI::IsMember({"stop", "skip"}))->capture_default_str();
+
+  // Validation, logging, checkpoints
+  app.add_option("--val-check-interval", c.val_check_interval, "Validate (and checkpoint) every N steps")
+      ->group("Checkpoints and logs")->capture_default_str();
+  app.add_option("--limit-val-batches", c.limit_val_batches, "Validation batches: a whole number of batches, or a fraction in (0,1) of the set")
+      ->group("Checkpoints and logs")->capture_default_str();
+  app.add_option("--log-every-n-steps", c.log_every_n_steps, "Progress line / metrics every N steps")
+      ->group("Checkpoints and logs")->capture_default_str();
+  app.add_option("--result-dir", c.result_dir, "Directory for runs")->group("Checkpoints and logs")->capture_default_str();
+  app.add_option("--experiment-name", c.experiment_name, "Run name: results go to <result-dir>/<experiment-name>")
+      ->group("Checkpoints and logs")->capture_default_str();
+  app.add_flag("--resume-if-exists", c.resume_if_exists, "Resume from the run's latest checkpoint if there is one")
+      ->group("Checkpoints and logs");
+  app.add_option("--restore-from-checkpoint-path", c.restore_from_checkpoint_path,
+                 "Start from this checkpoint: a training checkpoint restores optimizer, step and data position; "
+                 "a Hugging Face model directory gives weights only")
+      ->group("Checkpoints and logs");
+  app.add_option("--save-top-k", c.save_top_k, "Keep the k best checkpoints by the monitored metric (-1: all)")
+      ->group("Checkpoints and logs")->capture_default_str();
+  app.add_flag("--save-best-checkpoint,!--no-save-best-checkpoint", a->save_best, "Keep the top-k checkpoints")
+      ->group("Checkpoints and logs");
+  app.add_flag("--save-last-checkpoint,!--no-save-last-checkpoint", a->save_last, "Keep the latest checkpoint")
+      ->group("Checkpoints and logs");
+  app.add_flag("--disable-checkpointing", c.disable_checkpointing, "Write no checkpoints")->group("Checkpoints and logs");
+  app.add_option("--metric-to-monitor-for-checkpoints", c.metric_to_monitor, "val_loss or val_ppl (lower is better)")
+      ->group("Checkpoints and logs")->capture_default_str();
+  app.add_flag("--create-tensorboard-logger,!--no-tensorboard", a->tensorboard,
+               "TensorBoard event files under <run>/tensorboard (default on)")
+      ->group("Checkpoints and logs");
+  app.add_flag("--no-report", a->no_report, "Do not write report.html and the PNG curves at the end")->group("Checkpoints and logs");
+
+  // Execution
+  app.add_option("--backend", c.backend, "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda")
+      ->group("Execution")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+  app.add_option("--precision", c.precision, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU)")->group("Execution")->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->capture_default_str();
+
+  return [a]() -> int {
+    TrainConfig cfg = a->cfg;
+    cfg.preset = a->preset;
+    cfg.model = esm2::model_preset(a->preset);
+    if (a->num_layers) cfg.model.num_layers = a->num_layers;
+    if (a->hidden_size) cfg.model.hidden_size = a->hidden_size;
+    if (a->num_attention_heads) cfg.model.num_attention_heads = a->num_attention_heads;
+    if (a->ffn_hidden_size) cfg.model.ffn_hidden_size = a->ffn_hidden_size;
+    cfg.model.gelu_tanh = a->gelu == "tanh";
+    cfg.schedule.kind = esm2::parse_schedule_kind(a->schedule);
+    cfg.schedule.max_lr = a->lr;
+    cfg.schedule.min_lr = a->min_lr >= 0 ? a->min_lr : a->lr / 10;
+    cfg.schedule.warmup_steps = a->warmup_steps;
+    cfg.schedule.total_steps = a->scheduler_num_steps > 0 ? a->scheduler_num_steps : cfg.num_steps;
+    cfg.create_tensorboard_logger = a->tensorboard;
+    cfg.save_best_checkpoint = a->save_best;
+    cfg.save_last_checkpoint = a->save_last;
+    cfg.write_report = !a->no_report;
+    if (cfg.micro_batch_size == 0 && cfg.micro_batch_tokens == 0) cfg.micro_batch_tokens = 16384;
+    esm2::LocalCommunicator comm;
+    esm2::run_training(cfg, comm);
+    return 0;
+  };
+}
+
+}  // namespace
+
+ESM2_COMMAND(train, "train", "Pretrain (or continue training) an ESM-2 model with masked language modelling", setup_train);

@@ -1,0 +1,33 @@
+#include "backend/backend_factory.h"
+
+#include "core/error.h"
+
+namespace esm2 {
+
+namespace {
+bool is_fp32(const std::string& p) { return p == "32" || p == "fp32" || p == "32-true" || p == "fp32-mixed"; }
+bool is_half(const std::string& p) {
+  return p == "bf16" || p == "bf16-mixed" || p == "16" || p == "fp16" || p == "16-mixed" || p == "fp16-mixed" ||
+         p == "bf16-true";
+}
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads) {
+  ESM2_CHECK(precision == "auto" || is_fp32(precision) || is_half(precision),
+             "unknown --precision '{}' (accepted: auto, 32, fp32, 32-true, fp32-mixed, bf16-mixed, bf16, 16, fp16, "
+             "16-mixed, fp16-mixed)",
+             precision);
+  ESM2_CHECK(which == "auto" || which == "cpu" || which == "cuda", "unknown --backend '{}' (auto, cpu, cuda)", which);
+  if (which == "cuda")
+    fail("--backend cuda: this build has no CUDA backend (it is built when nvcc is found at configure time)");
+  // auto and cpu: the CPU backend.
+  ESM2_CHECK(!is_half(precision),
+             "--precision {}: the CPU backend computes in fp32 only; use --precision 32 (or auto)", precision);
+  return make_cpu_backend(threads);
+}
+
+std::string precision_label(const Backend& b) {
+  return b.activation_dtype() == DType::F32 ? "fp32" : "bf16-mixed";
+}
+
+}  // namespace esm2

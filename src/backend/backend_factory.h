@@ -1,0 +1,18 @@
+// Chooses the backend from the user's --backend / --precision flags.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+
+namespace esm2 {
+
+// which: auto | cpu | cuda. precision: auto | 32 | fp32 | 32-true | bf16-mixed | bf16 | … (the
+// reference's spellings). The CPU backend computes in fp32 only: asking it for bf16/fp16 is an
+// error, not a silent fallback. A CUDA request in a build without the CUDA backend is an error.
+std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads);
+
+// "fp32" or "bf16-mixed", for logs.
+std::string precision_label(const Backend& b);
+
+}  // namespace esm2

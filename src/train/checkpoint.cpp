@@ -1,0 +1,192 @@
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/atomic_dir.h"
+#include "core/error.h"
+#include "io/hf_checkpoint.h"
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace esm2 {
+
+nlohmann::json TrainerState::to_json() const {
+  nlohmann::json ckpts = nlohmann::json::array();
+  for (const auto& c : checkpoints)
+    ckpts.push_back({{"name", c.name}, {"step", c.step}, {"metric", std::isnan(c.metric) ? nlohmann::json() : nlohmann::json(c.metric)}});
+  return {{"step", step},
+          {"data_position", data.to_json()},
+          {"skipped_steps", skipped_steps},
+          {"consumed_tokens", consumed_tokens},
+          {"history", history},
+          {"checkpoints", ckpts}};
+}
+
+TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string& where) {
+  try {
+    TrainerState s;
+    s.step = j.at("step").get<int64_t>();
+    s.data = DataPosition::from_json(j.at("data_position"));
+    s.skipped_steps = j.at("skipped_steps").get<int64_t>();
+    s.consumed_tokens = j.at("consumed_tokens").get<int64_t>();
+    s.history = j.at("history");
+    for (const auto& c : j.at("checkpoints"))
+      s.checkpoints.push_back({c.at("name").get<std::string>(), c.at("step").get<int64_t>(),
+                               c.at("metric").is_null() ? std::nan("") : c.at("metric").get<double>()});
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed trainer state: {}", where, e.what());
+  }
+}
+
+std::string checkpoint_dir_name(int64_t step) { return fmt::format("step-{:08}", step); }
+
+namespace {
+
+const char* kStateFile = "trainer_state/state.json";
+const char* kOptimFile = "trainer_state/optimizer.safetensors";
+
+// The model as a Hugging Face checkpoint (fp32 master weights under HF names).
+HfCheckpoint to_hf(const Esm2Model& model, const std::vector<float>& flat) {
+  HfCheckpoint ck;
+  ck.config = model.config();
+  for (const auto& p : model.params_info()) {
+    ck.tensors[p.name].assign(flat.begin() + static_cast<std::ptrdiff_t>(p.offset),
+                              flat.begin() + static_cast<std::ptrdiff_t>(p.offset + p.numel));
+    ck.shapes[p.name] = p.shape;
+  }
+  ck.inv_freq = model.inv_freq();
+  return ck;
+}
+
+}  // namespace
+
+void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Model& model, const AdamW& optim,
+                     const TrainerState& state, const TrainConfig& cfg) {
+  const size_t n = model.num_params();
+  std::vector<float> flat(n), m(n), v(n);
+  model.get_params(flat);
+  optim.get_moments(m, v);
+
+  AtomicDir dir(ckpt_root / name);
+  save_hf_checkpoint_into(dir.path(), to_hf(model, flat), DType::F32);
+  fs::create_directories(dir.path() / "trainer_state");
+  SafetensorsWriter w;
+  for (const auto& p : model.params_info()) {
+    w.add_f32("exp_avg." + p.name, p.shape, std::span<const float>(m).subspan(p.offset, p.numel));
+    w.add_f32("exp_avg_sq." + p.name, p.shape, std::span<const float>(v).subspan(p.offset, p.numel));
+  }
+  w.set_metadata("optimizer", "adamw");
+  w.write(dir.path() / kOptimFile);
+  nlohmann::json st = state.to_json();
+  st["format"] = "esm2cpp-trainer-state";
+  st["version"] = kTrainerStateVersion;
+  st["optimizer_steps"] = optim.steps_taken();
+  st["model_shape"] = {{"num_layers", model.config().num_layers},
+                       {"hidden_size", model.config().hidden_size},
+                       {"num_attention_heads", model.config().num_attention_heads},
+                       {"ffn_hidden_size", model.config().ffn_hidden_size}};
+  st["seed"] = cfg.seed;
+  write_file(dir.path() / kStateFile, st.dump(1) + "\n");
+  dir.commit();
+  // The pointer is replaced atomically after the directory exists in full.
+  const fs::path tmp = ckpt_root / "latest.tmp";
+  write_file(tmp, name + "\n");
+  fsync_path(tmp);
+  fs::rename(tmp, ckpt_root / "latest");
+  fsync_path(ckpt_root);
+}
+
+bool is_training_checkpoint(const fs::path& dir) { return fs::exists(dir / kStateFile); }
+
+std::optional<fs::path> find_latest_checkpoint(const fs::path& ckpt_root) {
+  if (!fs::is_directory(ckpt_root)) return std::nullopt;
+  std::error_code ec;
+  if (fs::exists(ckpt_root / "latest")) {
+    std::string name = read_file(ckpt_root / "latest");
+    while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+    const fs::path p = ckpt_root / name;
+    if (!name.empty() && name.find('/') == std::string::npos && is_training_checkpoint(p)) return p;
+  }
+  // Fallback: highest complete step directory (temp dirs "*.tmp-<pid>" are never complete).
+  std::optional<fs::path> best;
+  for (const auto& e : fs::directory_iterator(ckpt_root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("step-", 0) != 0 || n.find(".tmp-") != std::string::npos || n.find(".old-") != std::string::npos) continue;
+    if (!is_training_checkpoint(e.path())) continue;
+    if (!best || n > best->filename().string()) best = e.path();
+  }
+  return best;
+}
+
+void load_checkpoint(const fs::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state) {
+  ESM2_CHECK(fs::is_directory(dir), "{}: checkpoint directory not found", dir.string());
+  HfCheckpoint ck = load_hf_checkpoint(dir);
+  const ModelConfig& have = model.config();
+  const ModelConfig& got = ck.config;
+  ESM2_CHECK(got.num_layers == have.num_layers && got.hidden_size == have.hidden_size &&
+                 got.num_attention_heads == have.num_attention_heads && got.ffn_hidden_size == have.ffn_hidden_size,
+             "{}: checkpoint model shape (layers {}, hidden {}, heads {}, ffn {}) differs from the configured shape "
+             "(layers {}, hidden {}, heads {}, ffn {})",
+             dir.string(), got.num_layers, got.hidden_size, got.num_attention_heads, got.ffn_hidden_size,
+             have.num_layers, have.hidden_size, have.num_attention_heads, have.ffn_hidden_size);
+  std::vector<float> flat(model.num_params());
+  for (const auto& p : model.params_info()) {
+    auto it = ck.tensors.find(p.name);
+    ESM2_CHECK(it != ck.tensors.end(), "{}: missing tensor {}", dir.string(), p.name);
+    ESM2_CHECK(it->second.size() == p.numel, "{}: tensor {} has {} elements, expected {}", dir.string(), p.name,
+               it->second.size(), p.numel);
+    std::copy(it->second.begin(), it->second.end(), flat.begin() + static_cast<std::ptrdiff_t>(p.offset));
+  }
+  model.set_params(flat);
+  if (!ck.inv_freq.empty()) model.set_inv_freq(ck.inv_freq);
+  if (!optim || !state || !is_training_checkpoint(dir)) {
+    if (optim) optim->reset();
+    return;
+  }
+  const std::string state_path = (dir / kStateFile).string();
+  nlohmann::json st;
+  try {
+    st = nlohmann::json::parse(read_file(dir / kStateFile));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", state_path, e.what());
+  }
+  ESM2_CHECK(st.value("format", "") == "esm2cpp-trainer-state", "{}: not an esm2.cpp trainer state", state_path);
+  ESM2_CHECK(st.value("version", -1) == kTrainerStateVersion, "{}: trainer state version {} is not supported (this build reads {})",
+             state_path, st.value("version", -1), kTrainerStateVersion);
+  *state = TrainerState::from_json(st, state_path);
+  const SafetensorsFile opt = SafetensorsFile::open(dir / kOptimFile);
+  std::vector<float> m(model.num_params()), v(model.num_params());
+  for (const auto& p : model.params_info()) {
+    opt.read_f32("exp_avg." + p.name, std::span<float>(m).subspan(p.offset, p.numel));
+    opt.read_f32("exp_avg_sq." + p.name, std::span<float>(v).subspan(p.offset, p.numel));
+  }
+  optim->set_moments(m, v);
+  optim->set_steps_taken(st.value("optimizer_steps", state->step));
+}
+
+void prune_checkpoints(const fs::path& ckpt_root, TrainerState& state, int top_k, bool keep_last) {
+  if (state.checkpoints.empty() || top_k < 0) return;
+  std::vector<CheckpointRecord> ranked;
+  for (const auto& c : state.checkpoints)
+    if (!std::isnan(c.metric)) ranked.push_back(c);
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.metric < b.metric; });
+  std::vector<std::string> keep;
+  for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < top_k; ++i) keep.push_back(ranked[i].name);
+  if (keep_last) keep.push_back(state.checkpoints.back().name);
+  std::vector<CheckpointRecord> kept;
+  for (const auto& c : state.checkpoints) {
+    if (std::find(keep.begin(), keep.end(), c.name) != keep.end()) {
+      kept.push_back(c);
+    } else {
+      std::error_code ec;
+      fs::remove_all(ckpt_root / c.name, ec);
+    }
+  }
+  state.checkpoints = std::move(kept);
+}
+
+}  // namespace esm2

@@ -1,0 +1,60 @@
+// Training checkpoints. Each checkpoint is a directory that Hugging Face loads directly
+// (config.json, model.safetensors with fp32 master weights under HF names, tokenizer files) plus
+// trainer_state/ (AdamW moments, state.json: step, data position, metric history, top-k list).
+// Directories are built under a temp name and renamed (AtomicDir); the `latest` pointer file is
+// replaced atomically after the rename, so a crash at any point leaves the previous checkpoint valid.
+#pragma once
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/train_data.h"
+#include "model/esm2.h"
+#include "train/optimizer.h"
+#include "train/train_config.h"
+
+namespace esm2 {
+
+constexpr int kTrainerStateVersion = 1;
+
+struct CheckpointRecord {
+  std::string name;      // directory name under checkpoints/
+  int64_t step = 0;
+  double metric = 0;     // monitored metric (lower is better); NaN when none
+};
+
+struct TrainerState {
+  int64_t step = 0;               // optimizer steps completed
+  DataPosition data;              // next sample of the training stream
+  int64_t skipped_steps = 0;      // steps skipped for non-finite loss/gradients
+  int64_t consumed_tokens = 0;    // real tokens trained on (global)
+  nlohmann::json history = nlohmann::json::array();  // [{step, train_loss, lr, grad_norm, val_loss?, …}]
+  std::vector<CheckpointRecord> checkpoints;          // existing checkpoints, oldest first
+  nlohmann::json to_json() const;
+  static TrainerState from_json(const nlohmann::json& j, const std::string& where);
+};
+
+std::string checkpoint_dir_name(int64_t step);  // "step-00001234"
+
+// Writes checkpoints/<name> atomically and then points checkpoints/latest at it.
+void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& name, Esm2Model& model,
+                     const AdamW& optim, const TrainerState& state, const TrainConfig& cfg);
+
+// The checkpoint `latest` points to; if the pointer is missing or names a missing directory, the
+// complete checkpoint with the highest step. nullopt when there is none.
+std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& ckpt_root);
+
+// True if dir has trainer_state/ (a full training checkpoint) rather than only HF model files.
+bool is_training_checkpoint(const std::filesystem::path& dir);
+
+// Loads weights (and, for training checkpoints and when optim/state are given, the optimizer and
+// trainer state). The checkpoint's model shape must equal the model's: otherwise an error naming both.
+void load_checkpoint(const std::filesystem::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state);
+
+// Removes checkpoints that are neither the newest (if keep_last) nor among the best top_k
+// (top_k < 0: keep all); updates state.checkpoints.
+void prune_checkpoints(const std::filesystem::path& ckpt_root, TrainerState& state, int top_k, bool keep_last);
+
+}  // namespace esm2

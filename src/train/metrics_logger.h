@@ -1,0 +1,31 @@
+// Where training metrics go: one console line per log interval, metrics.jsonl (one JSON object per
+// line) and TensorBoard event files under <run>/tensorboard/. Only the root rank writes.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+
+namespace esm2 {
+
+class JsonlWriter;
+class TensorBoardWriter;
+
+struct StepMetrics {
+  int64_t step = 0, num_steps = 0, consumed_tokens = 0;
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, packing_efficiency = 0, eta_s = 0;
+};
+
+class MetricsLogger {
+ public:
+  MetricsLogger(const std::filesystem::path& run_dir, bool enabled, bool tensorboard);
+  ~MetricsLogger();
+  void log_step(const StepMetrics& m);
+  void log_validation(int64_t step, double val_loss, int64_t num_labels, double seconds);
+
+ private:
+  bool enabled_;
+  std::unique_ptr<JsonlWriter> jsonl_;
+  std::unique_ptr<TensorBoardWriter> tb_;
+};
+
+}  // namespace esm2

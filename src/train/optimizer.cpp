@@ -1,0 +1,77 @@
+#include "train/optimizer.h"
+
+#include <cmath>
+
+#include "backend/backend.h"
+#include "core/error.h"
+
+namespace esm2 {
+
+AdamW::AdamW(Esm2Model& model, const OptimizerConfig& cfg)
+    : model_(model), backend_(model.backend()), cfg_(cfg) {
+  const size_t bytes = model_.num_params() * sizeof(float);
+  m_ = static_cast<float*>(backend_.alloc(bytes));
+  v_ = static_cast<float*>(backend_.alloc(bytes));
+}
+
+AdamW::~AdamW() {
+  backend_.free(m_);
+  backend_.free(v_);
+}
+
+double AdamW::grad_norm() {
+  // Per-tensor partial sums added in table order: deterministic regardless of backend threading.
+  double ss = 0;
+  const float* g = model_.grad_data();
+  for (const auto& p : model_.params_info()) ss += backend_.sum_squares(g + p.offset, p.numel);
+  return std::sqrt(ss);
+}
+
+OptimizerStepStats AdamW::step(double lr) { return step_with_norm(lr, grad_norm()); }
+
+OptimizerStepStats AdamW::step_with_norm(double lr, double norm) {
+  OptimizerStepStats st;
+  st.grad_norm = norm;
+  // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied only when < 1.
+  if (cfg_.clip_grad > 0) st.clip_coef = std::min(1.0, cfg_.clip_grad / (norm + 1e-6));
+  ++t_;
+  float* p = model_.param_data();
+  const float* g = model_.grad_data();
+  for (const auto& info : model_.params_info()) {
+    const bool is_embedding = info.name == "esm.embeddings.word_embeddings.weight";
+    const bool decay = info.weight_decay || (is_embedding && cfg_.decay_embeddings);
+    AdamWStep s;
+    s.lr = static_cast<float>(lr);
+    s.beta1 = static_cast<float>(cfg_.beta1);
+    s.beta2 = static_cast<float>(cfg_.beta2);
+    s.eps = static_cast<float>(cfg_.eps);
+    s.weight_decay = decay ? static_cast<float>(cfg_.weight_decay) : 0.0f;
+    s.grad_scale = static_cast<float>(st.clip_coef);
+    s.step = t_;
+    backend_.adamw_update(p + info.offset, g + info.offset, m_ + info.offset, v_ + info.offset, info.numel, s);
+  }
+  return st;
+}
+
+void AdamW::get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const {
+  const size_t n = model_.num_params();
+  ESM2_ASSERT(exp_avg.size() == n && exp_avg_sq.size() == n);
+  backend_.copy_to_host(exp_avg.data(), m_, n * sizeof(float));
+  backend_.copy_to_host(exp_avg_sq.data(), v_, n * sizeof(float));
+}
+
+void AdamW::set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) {
+  const size_t n = model_.num_params();
+  ESM2_ASSERT(exp_avg.size() == n && exp_avg_sq.size() == n);
+  backend_.copy_to_device(m_, exp_avg.data(), n * sizeof(float));
+  backend_.copy_to_device(v_, exp_avg_sq.data(), n * sizeof(float));
+}
+
+void AdamW::reset() {
+  const size_t bytes = model_.num_params() * sizeof(float);
+  backend_.memset_zero(m_, bytes);
+  backend_.memset_zero(v_, bytes);
+  t_ = 0;
+}
+
+}  // namespace esm2

@@ -1,0 +1,24 @@
+// The training loop of `esm2 train`: data → forward/backward over the micro-batches of a step →
+// (data-parallel reduction) → clipping + AdamW → schedule; validation, logging, checkpoints, resume.
+#pragma once
+#include <memory>
+
+#include "dist/communicator.h"
+#include "train/train_config.h"
+
+namespace esm2 {
+
+struct TrainResult {
+  int64_t steps_done = 0;          // optimizer steps completed (global step counter at exit)
+  double last_train_loss = 0;
+  double last_val_loss = -1;       // -1 when no validation ran
+  double best_val_loss = -1;
+  bool stopped_by_signal = false;
+  double real_tokens_per_s = 0;    // average over the run after the first step
+};
+
+// Runs the whole job. Throws esm2::Error for bad configuration/input, or when training stops on a
+// non-finite loss (after saving the last good state).
+TrainResult run_training(const TrainConfig& cfg, Communicator& comm);
+
+}  // namespace esm2
