@@ -70,6 +70,15 @@ class Esm2Model {
   void forward_outputs(const MicroBatch& mb, std::vector<float>* logits, std::vector<float>* last_hidden,
                        int repr_layer = -1, std::vector<float>* repr = nullptr);
 
+  // Rotary inverse frequencies [head_dim/2], shared by all layers. Default: fp32
+  // 1 / base^(2i/head_dim) as torch computes it; published checkpoints store them rounded to fp16,
+  // and a loader must install the stored buffer here.
+  void set_inv_freq(std::span<const float> inv_freq);
+  std::vector<float> inv_freq() const;
+
+  // Bytes of the activation arena, sized for the largest micro-batch seen so far.
+  size_t activation_bytes() const;
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

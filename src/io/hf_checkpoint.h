@@ -1,0 +1,73 @@
+// Hugging Face EsmForMaskedLM checkpoint directories: config.json + model.safetensors (or shards +
+// model.safetensors.index.json) + EsmTokenizer files.
+//
+// Loading accepts every variant seen in the wild (reference/esm2-model.md):
+//   - encoder-layer LayerNorms as `.gamma/.beta` (transformers 5.x) or `.weight/.bias`;
+//   - the rotary inv_freq once under the literal key `esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq`,
+//     once per layer, or not at all;
+//   - `lm_head.decoder.weight` present (checked equal to the tied embedding, then dropped) or absent;
+//   - F32, F16 or BF16 (F64 too) tensors, one file or shards.
+// Tensors are returned under the canonical `.weight/.bias` names of hf_parameter_table(); anything
+// else (esm.contact_head.*, …) is kept byte for byte in `extra` so load → save loses nothing.
+// Saving writes `.weight/.bias` names and a per-layer inv_freq (what transformers 4.x and the
+// published checkpoints use).
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/config.h"
+
+namespace esm2 {
+
+struct HfParam {
+  std::string name;            // canonical HF name, e.g. "esm.encoder.layer.3.attention.self.query.weight"
+  std::vector<int64_t> shape;  // PyTorch order ([out, in] for Linear weights)
+};
+
+// Every trainable tensor of EsmForMaskedLM for cfg in state_dict order (the decoder is tied and
+// not listed; the inv_freq buffers are not parameters).
+std::vector<HfParam> hf_parameter_table(const ModelConfig& cfg);
+// The name of layer i's rotary buffer.
+std::string hf_inv_freq_name(int layer);
+// inv_freq[j] = 1 / base^(2j / head_dim), j < head_dim/2, in float arithmetic as transformers does.
+std::vector<float> rotary_inv_freq(const ModelConfig& cfg);
+
+struct HfCheckpoint {
+  ModelConfig config;
+  std::map<std::string, std::vector<float>> tensors;    // canonical name → values (row-major)
+  std::map<std::string, std::vector<int64_t>> shapes;   // canonical name → shape
+  std::vector<float> inv_freq;                          // [head_dim/2]; empty if the file had none
+  std::map<std::string, RawTensor> extra;               // unknown tensors, verbatim
+};
+
+// Throws esm2::Error naming the file and tensor: missing tensor, wrong shape (both shapes given),
+// a per-layer inv_freq that differs between layers, a decoder that is not the embedding, a
+// tensor of a layer index beyond num_hidden_layers, a `.gamma` next to its `.weight`.
+HfCheckpoint load_hf_checkpoint(const std::filesystem::path& dir);
+
+struct HfSaveOptions {
+  DType dtype = DType::F32;         // F32, BF16 or F16 for the parameters (inv_freq stays F32)
+  uint64_t max_shard_bytes = 0;     // 0: one model.safetensors; else shards of at most this size
+};
+
+// Canonical name → the caller's fp32 data (e.g. slices of the model's flat parameter buffer); no
+// copy is made. Must hold exactly the names of hf_parameter_table(cfg) with matching sizes.
+using HfWeightViews = std::map<std::string, std::span<const float>>;
+
+// Writes config.json, model.safetensors (or shards + index) and the tokenizer files into an
+// existing directory the caller owns (e.g. inside the trainer's own AtomicDir). inv_freq empty →
+// rotary_inv_freq(cfg).
+void write_hf_checkpoint_files(const std::filesystem::path& dir, const ModelConfig& cfg, const HfWeightViews& weights,
+                               std::span<const float> inv_freq, const std::map<std::string, RawTensor>& extra,
+                               const HfSaveOptions& opt = {});
+void write_hf_checkpoint_files(const std::filesystem::path& dir, const HfCheckpoint& ckpt,
+                               const HfSaveOptions& opt = {});
+// The same through an AtomicDir: `dir` appears complete or not at all (an existing one is replaced).
+void save_hf_checkpoint(const std::filesystem::path& dir, const HfCheckpoint& ckpt, const HfSaveOptions& opt = {});
+
+}  // namespace esm2

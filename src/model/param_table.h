@@ -1,0 +1,41 @@
+// The parameter table of EsmForMaskedLM: Hugging Face names, PyTorch shapes and offsets into the one
+// flat fp32 buffer (parameters and gradients share the layout). q, k and v weights are adjacent (then
+// their biases), so the three projections run as one [3C, C] product.
+#pragma once
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model/config.h"
+#include "model/esm2.h"
+
+namespace esm2 {
+
+// Offsets (in elements) of one encoder layer's tensors.
+struct LayerOffsets {
+  size_t w_qkv, b_qkv;    // [3C, C] = query|key|value .weight; [3C] biases
+  size_t w_o, b_o;        // attention.output.dense [C, C], [C]
+  size_t ln1_w, ln1_b;    // attention.LayerNorm (pre-attention) [C]
+  size_t w_fc, b_fc;      // intermediate.dense [F, C], [F]
+  size_t w_proj, b_proj;  // output.dense [C, F], [C]
+  size_t ln2_w, ln2_b;    // LayerNorm (pre-FFN) [C]
+};
+
+struct ParamTable {
+  std::vector<ParamInfo> infos;  // in buffer order
+  size_t total = 0;
+  size_t wte = 0;                 // esm.embeddings.word_embeddings.weight [V, C] (also the tied decoder)
+  std::vector<LayerOffsets> layers;
+  size_t lnf_w = 0, lnf_b = 0;    // esm.encoder.emb_layer_norm_after [C]
+  size_t head_w = 0, head_b = 0;  // lm_head.dense [C, C], [C]
+  size_t head_ln_w = 0, head_ln_b = 0;  // lm_head.layer_norm [C]
+  size_t head_bias = 0;           // lm_head.bias [V]
+};
+
+// "esm.encoder.layer.{layer}.{leaf}" — the one place encoder names are spelled.
+std::string encoder_layer_name(int layer, std::string_view leaf);
+ParamTable build_param_table(const ModelConfig& cfg);
+// Index into infos by name, or -1.
+int find_param(const ParamTable& table, std::string_view name);
+
+}  // namespace esm2
