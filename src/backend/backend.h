@@ -16,11 +16,10 @@
 #include <memory>
 #include <string>
 
+#include "core/dtype.h"
+
 namespace esm2 {
 
-enum class DType : uint8_t { F32, BF16 };
-inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
-inline const char* dtype_name(DType t) { return t == DType::F32 ? "f32" : "bf16"; }
 
 // C[M,N] (=, or beta·C + when beta != 0) = alpha · op(A)[M,K] · op(B)[K,N] (+ bias[N] on every row).
 // op(X) = X or Xᵀ. Leading dimensions default to the packed ones (0 = packed): lda = trans_a ? M : K,

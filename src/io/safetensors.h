@@ -24,13 +24,10 @@
 #include <string_view>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace esm2 {
 
-enum class DType { F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL };
-
-size_t dtype_size(DType t);
-std::string_view dtype_name(DType t);  // "F32", "BF16", ...
-std::optional<DType> parse_dtype(std::string_view name);
 
 // fp32 ↔ 16-bit conversions. to_*: round to nearest, ties to even; NaN stays NaN (quiet), overflow
 // of F16 gives ±inf, F16 subnormals are produced exactly.

@@ -49,17 +49,11 @@ namespace {
 const char* kStateFile = "trainer_state/state.json";
 const char* kOptimFile = "trainer_state/optimizer.safetensors";
 
-// The model as a Hugging Face checkpoint (fp32 master weights under HF names).
-HfCheckpoint to_hf(const Esm2Model& model, const std::vector<float>& flat) {
-  HfCheckpoint ck;
-  ck.config = model.config();
-  for (const auto& p : model.params_info()) {
-    ck.tensors[p.name].assign(flat.begin() + static_cast<std::ptrdiff_t>(p.offset),
-                              flat.begin() + static_cast<std::ptrdiff_t>(p.offset + p.numel));
-    ck.shapes[p.name] = p.shape;
-  }
-  ck.inv_freq = model.inv_freq();
-  return ck;
+// Views of the flat fp32 master weights under their HF names (no copies).
+HfWeightViews weight_views(const Esm2Model& model, const std::vector<float>& flat) {
+  HfWeightViews views;
+  for (const auto& p : model.params_info()) views[p.name] = std::span<const float>(flat).subspan(p.offset, p.numel);
+  return views;
 }
 
 }  // namespace
@@ -72,7 +66,8 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
   optim.get_moments(m, v);
 
   AtomicDir dir(ckpt_root / name);
-  save_hf_checkpoint_into(dir.path(), to_hf(model, flat), DType::F32);
+  const std::vector<float> inv_freq = model.inv_freq();
+  write_hf_checkpoint_files(dir.path(), model.config(), weight_views(model, flat), inv_freq, {}, HfSaveOptions{});
   fs::create_directories(dir.path() / "trainer_state");
   SafetensorsWriter w;
   for (const auto& p : model.params_info()) {
