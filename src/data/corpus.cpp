@@ -1,0 +1,194 @@
+#include "data/corpus.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+#include "core/atomic_dir.h"
+#include "core/error.h"
+#include "data/length_stats.h"
+#include "data/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace esm2 {
+
+static_assert(std::endian::native == std::endian::little, "the corpus format is little-endian");
+
+namespace {
+
+uint32_t crc_of(const void* data, size_t bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const auto* p = static_cast<const Bytef*>(data);
+  while (bytes > 0) {  // crc32 takes a 32-bit length
+    uInt chunk = static_cast<uInt>(std::min<size_t>(bytes, 1u << 30));
+    crc = crc32(crc, p, chunk);
+    p += chunk;
+    bytes -= chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+template <class T>
+std::string_view bytes_of(const std::vector<T>& v) {
+  return {reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T)};
+}
+
+}  // namespace
+
+struct Corpus::Mapping {
+  void* addr = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (addr && size) ::munmap(addr, size);
+  }
+};
+
+Corpus::Corpus(Corpus&&) noexcept = default;
+Corpus& Corpus::operator=(Corpus&&) noexcept = default;
+Corpus::~Corpus() = default;
+
+nlohmann::json write_corpus(const fs::path& dir, const SequenceTable& sequences, const ClusterTable& clusters,
+                            const nlohmann::json& provenance, int max_seq_length) {
+  ESM2_CHECK(sequences.size() > 0, "{}: no sequences to write", dir.string());
+  ESM2_CHECK(clusters.offsets.back() == clusters.members.size(), "{}: inconsistent cluster table", dir.string());
+  AtomicDir out(dir);
+  nlohmann::json files = nlohmann::json::object();
+  auto put = [&](const char* name, std::string_view bytes) {
+    write_file(out.path() / name, bytes);
+    files[name] = {{"bytes", bytes.size()}, {"crc32", crc_of(bytes.data(), bytes.size())}};
+  };
+  put("residues.bin", bytes_of(sequences.tokens()));
+  put("offsets.bin", bytes_of(sequences.offsets()));
+  put("ids.bin", sequences.id_bytes());
+  put("id_offsets.bin", bytes_of(sequences.id_offsets()));
+  put("cluster_offsets.bin", bytes_of(clusters.offsets));
+  put("cluster_members.bin", bytes_of(clusters.members));
+
+  LengthStats stats = compute_length_stats(sequences.offsets(), max_seq_length);
+  nlohmann::json m = {
+      {"format", kCorpusFormatName},
+      {"format_version", kCorpusFormatVersion},
+      {"num_sequences", sequences.size()},
+      {"num_clusters", clusters.size()},
+      {"num_residues", sequences.num_residues()},
+      {"num_cluster_members", clusters.members.size()},
+      {"length_stats", stats.to_json()},
+      {"files", files},
+  };
+  for (auto& [k, v] : provenance.items()) m[k] = v;
+  write_file(out.path() / "manifest.json", m.dump(2) + "\n");
+  out.commit();
+  return m;
+}
+
+Corpus Corpus::open(const fs::path& dir) {
+  Corpus c;
+  c.dir_ = dir;
+  const fs::path mpath = dir / "manifest.json";
+  ESM2_CHECK(fs::is_directory(dir), "{}: not a corpus directory (missing; run `esm2 prepare`)", dir.string());
+  try {
+    c.manifest_ = nlohmann::json::parse(read_file(mpath));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", mpath.string(), e.what());
+  }
+  const auto& m = c.manifest_;
+  uint64_t n = 0, clusters = 0, residues = 0, members = 0;
+  try {
+    ESM2_CHECK(m.value("format", "") == kCorpusFormatName, "{}: format is '{}', expected '{}'", mpath.string(),
+               m.value("format", ""), kCorpusFormatName);
+    int version = m.at("format_version");
+    ESM2_CHECK(version == kCorpusFormatVersion,
+               "{}: corpus format version {} but this esm2 reads version {} (re-run `esm2 prepare`)",
+               mpath.string(), version, kCorpusFormatVersion);
+    n = m.at("num_sequences");
+    clusters = m.at("num_clusters");
+    residues = m.at("num_residues");
+    members = m.at("num_cluster_members");
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: missing or mistyped key: {}", mpath.string(), e.what());
+  }
+  ESM2_CHECK(n > 0 && n <= UINT32_MAX, "{}: bad num_sequences {}", mpath.string(), n);
+
+  // Maps one file after checking its size against the counts and the manifest, and its crc32.
+  auto map = [&](const char* name, uint64_t expected_bytes) -> const void* {
+    fs::path p = dir / name;
+    uint64_t listed = 0;
+    uint32_t crc = 0;
+    try {
+      listed = m.at("files").at(name).at("bytes");
+      crc = m.at("files").at(name).at("crc32");
+    } catch (const nlohmann::json::exception&) {
+      fail("{}: no entry for '{}' in files", mpath.string(), name);
+    }
+    ESM2_CHECK(listed == expected_bytes, "{}: files.{}.bytes is {} but the counts imply {}", mpath.string(), name,
+               listed, expected_bytes);
+    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    ESM2_CHECK(fd >= 0, "{}: cannot open: {}", p.string(), std::strerror(errno));
+    struct stat st {};
+    ::fstat(fd, &st);
+    if (static_cast<uint64_t>(st.st_size) != expected_bytes) {
+      ::close(fd);
+      fail("{}: size {} bytes, the manifest says {} (truncated or replaced file)", p.string(), st.st_size,
+           expected_bytes);
+    }
+    auto mp = std::make_unique<Mapping>();
+    if (expected_bytes > 0) {
+      mp->addr = ::mmap(nullptr, expected_bytes, PROT_READ, MAP_SHARED, fd, 0);
+      int err = errno;
+      ::close(fd);
+      ESM2_CHECK(mp->addr != MAP_FAILED, "{}: mmap failed: {}", p.string(), std::strerror(err));
+      mp->size = expected_bytes;
+    } else {
+      ::close(fd);
+    }
+    uint32_t actual = crc_of(mp->addr, expected_bytes);
+    ESM2_CHECK(actual == crc, "{}: crc32 {:08x} does not match the manifest's {:08x} (corrupt file)", p.string(),
+               actual, crc);
+    const void* addr = mp->addr;
+    c.maps_.push_back(std::move(mp));
+    return addr;
+  };
+  uint64_t id_bytes = 0;
+  try {
+    id_bytes = m.at("files").at("ids.bin").at("bytes");
+  } catch (const nlohmann::json::exception&) {
+    fail("{}: no entry for 'ids.bin' in files", mpath.string());
+  }
+  c.n_ = n;
+  c.c_ = clusters;
+  c.residues_ = static_cast<const uint8_t*>(map("residues.bin", residues));
+  c.offsets_ = static_cast<const uint64_t*>(map("offsets.bin", (n + 1) * 8));
+  c.ids_ = static_cast<const char*>(map("ids.bin", id_bytes));
+  c.id_offsets_ = static_cast<const uint64_t*>(map("id_offsets.bin", (n + 1) * 8));
+  c.cluster_offsets_ = static_cast<const uint64_t*>(map("cluster_offsets.bin", (clusters + 1) * 8));
+  c.members_ = static_cast<const uint32_t*>(map("cluster_members.bin", members * 4));
+
+  // Structure: a file whose crc matches may still come from a different corpus than the manifest.
+  auto monotone = [&](const uint64_t* o, size_t count, uint64_t end, const char* name) {
+    ESM2_CHECK(o[0] == 0 && o[count] == end, "{}: does not start at 0 and end at {}", (dir / name).string(), end);
+    for (size_t i = 0; i < count; ++i)
+      ESM2_CHECK(o[i] <= o[i + 1], "{}: entry {} decreases", (dir / name).string(), i + 1);
+  };
+  monotone(c.offsets_, n, residues, "offsets.bin");
+  monotone(c.id_offsets_, n, id_bytes, "id_offsets.bin");
+  monotone(c.cluster_offsets_, clusters, members, "cluster_offsets.bin");
+  for (size_t i = 0; i < n; ++i)
+    ESM2_CHECK(c.offsets_[i] < c.offsets_[i + 1], "{}: sequence {} is empty", (dir / "offsets.bin").string(), i);
+  for (uint64_t k = 0; k < residues; ++k)
+    // residue_token yields <unk> or one of the 25 letter tokens (ids 4..28).
+    ESM2_CHECK(c.residues_[k] >= kUnk && c.residues_[k] < kFirstAminoAcid + 25,
+               "{}: byte {} is not a residue token ({})", (dir / "residues.bin").string(), k, c.residues_[k]);
+  for (uint64_t k = 0; k < members; ++k)
+    ESM2_CHECK(c.members_[k] < n, "{}: member {} = {} is out of range", (dir / "cluster_members.bin").string(), k,
+               c.members_[k]);
+  return c;
+}
+
+}  // namespace esm2
