@@ -1,6 +1,9 @@
 // esm2: one binary, one subcommand per file in src/apps/.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 
 #include "apps/command.h"
@@ -14,6 +17,14 @@ std::vector<Command>& command_registry() {
 }  // namespace esm2::apps
 
 int main(int argc, char** argv) {
+  // OpenMP threads that spin while waiting make a loaded or oversubscribed machine (a shared
+  // workstation, ctest -j, several ranks per node) up to 10x slower. libgomp reads its settings when
+  // it is loaded, before main, so the default is set by re-executing once; an explicit
+  // OMP_WAIT_POLICY in the environment is respected.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: then run on with the default policy
+  }
   using namespace esm2::apps;
   CLI::App app{"esm2.cpp — pretrain ESM-2 protein language models (version " ESM2_VERSION ")"};
   app.require_subcommand(1);

@@ -9,9 +9,10 @@
 
 namespace esm2 {
 
-MetricsLogger::MetricsLogger(const std::filesystem::path& run_dir, bool enabled, bool tensorboard) : enabled_(enabled) {
+MetricsLogger::MetricsLogger(const std::filesystem::path& run_dir, bool enabled, bool tensorboard, bool append)
+    : enabled_(enabled) {
   if (!enabled_) return;
-  jsonl_ = std::make_unique<JsonlWriter>(run_dir / "metrics.jsonl");
+  jsonl_ = std::make_unique<JsonlWriter>(run_dir / "metrics.jsonl", append);
   if (tensorboard) tb_ = std::make_unique<TensorBoardWriter>(run_dir / "tensorboard");
 }
 
@@ -39,7 +40,6 @@ void MetricsLogger::log_step(const StepMetrics& m) {
     tb_->add_scalar("train/lr", m.lr, m.step);
     tb_->add_scalar("train/grad_norm", m.grad_norm, m.step);
     tb_->add_scalar("train/real_tokens_per_s", m.tokens_per_s, m.step);
-    tb_->flush();
   }
 }
 
@@ -53,7 +53,6 @@ void MetricsLogger::log_validation(int64_t step, double val_loss, int64_t num_la
   if (tb_) {
     tb_->add_scalar("val/loss", val_loss, step);
     tb_->add_scalar("val/perplexity", ppl, step);
-    tb_->flush();
   }
 }
 

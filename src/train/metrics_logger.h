@@ -17,7 +17,8 @@ struct StepMetrics {
 
 class MetricsLogger {
  public:
-  MetricsLogger(const std::filesystem::path& run_dir, bool enabled, bool tensorboard);
+  // append: continue the metrics file of a resumed run instead of starting it afresh.
+  MetricsLogger(const std::filesystem::path& run_dir, bool enabled, bool tensorboard, bool append);
   ~MetricsLogger();
   void log_step(const StepMetrics& m);
   void log_validation(int64_t step, double val_loss, int64_t num_labels, double seconds);

@@ -188,7 +188,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     model.init_weights(cfg.seed);
   }
 
-  MetricsLogger logger(run_dir, root, cfg.create_tensorboard_logger);
+  MetricsLogger logger(run_dir, root, cfg.create_tensorboard_logger, state.step > 0);
   if (root) {
     fmt::print("esm2 train: {} on {} ({}), {} rank(s); {}\n", cfg.experiment_name, backend->name(),
                precision_label(*backend), comm.world_size(), start_note);
