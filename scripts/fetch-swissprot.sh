@@ -200,14 +200,13 @@ awk -F'\t' -v tf="$corpus/train.fasta" -v vf="$corpus/valid.fasta" \
   "$corpus/train_clusters.tsv" "$work/valid_ids.txt" "$work/union.tsv" 2>>"$step_log"
 
 step "write SQLite (train.db, validation.db)"
-for pair in "train.tsv train.db" "valid.tsv validation.db"; do
-  set -- $pair
-  sqlite3 -bail "$corpus/$2" >>"$step_log" 2>&1 <<EOF
+for pair in train.tsv:train.db valid.tsv:validation.db; do
+  sqlite3 -bail "$corpus/${pair#*:}" >>"$step_log" 2>&1 <<EOF
 PRAGMA journal_mode = OFF;
 PRAGMA synchronous = OFF;
 CREATE TABLE protein(id TEXT PRIMARY KEY, sequence TEXT);
 .mode tabs
-.import '$work/$1' protein
+.import '$work/${pair%%:*}' protein
 EOF
 done
 
