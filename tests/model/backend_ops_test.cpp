@@ -13,6 +13,7 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_math.h"
 
 using namespace esm2;
 
@@ -366,4 +367,16 @@ TEST_F(Ops, SumSquaresFp64AndIndependentOfThreads) {
   EXPECT_NEAR(a, ref, 1e-9 * ref);
   auto one = make_cpu_backend(1);
   EXPECT_EQ(one->sum_squares(x.data(), n), a);
+}
+
+TEST(CpuMath, ExpApproxRelativeError) {
+  double worst = 0;
+  for (int i = 0; i <= 200000; ++i) {
+    const float x = -87.0f + 87.0f * static_cast<float>(i) / 200000.0f;
+    const double ref = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::abs(cpu::exp_approx(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 5e-7);
+  EXPECT_EQ(cpu::exp_approx(-200.0f), 0.0f);
+  EXPECT_EQ(cpu::exp_approx(0.0f), 1.0f);
 }

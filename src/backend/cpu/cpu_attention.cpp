@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/cpu_math.h"
 #include "core/error.h"
 
 namespace esm2 {
@@ -63,6 +64,13 @@ struct SingleThreadedBlas {
   ~SingleThreadedBlas() { openblas_set_num_threads(saved); }
 };
 
+bool has_pad_key(const AttentionShape& a, int64_t t0, int64_t L) {
+  if (!a.ids) return false;
+  for (int64_t j = 0; j < L; ++j)
+    if (a.ids[t0 + j] == a.pad_id) return true;
+  return false;
+}
+
 void check_shape(const AttentionShape& a) {
   ESM2_ASSERT(a.D % 2 == 0 && a.H > 0 && a.S >= 0 && a.cu_seqlens && a.inv_freq);
 }
@@ -104,17 +112,21 @@ void CpuBackend::attention_forward(void* outv, float* lse, const void* qkvv, con
     rotate_rows(Q, base, C3, L, a.D, scale, rot_cos_.data(), rot_sin_.data());
     rotate_rows(K, base + C, C3, L, a.D, 1.0f, rot_cos_.data(), rot_sin_.data());
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, a.D, 1.0f, Q, a.D, K, a.D, 0.0f, P, L);
+    const bool pads = has_pad_key(a, t0, L);
     for (int64_t i = 0; i < L; ++i) {
       float* row = P + i * L;
       float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < L; ++j)
-        if (!(a.ids && a.ids[t0 + j] == a.pad_id)) mx = std::max(mx, row[j]);
-      float sum = 0;
-      for (int64_t j = 0; j < L; ++j) {
-        const bool masked = a.ids && a.ids[t0 + j] == a.pad_id;
-        row[j] = masked ? 0.0f : std::exp(row[j] - mx);
-        sum += row[j];
+      if (pads) {
+        for (int64_t j = 0; j < L; ++j)
+          if (a.ids[t0 + j] != a.pad_id) mx = std::max(mx, row[j]);
+      } else {
+        mx = cpu::row_max(row, L);
       }
+      cpu::exp_shifted(row, L, mx);
+      if (pads)
+        for (int64_t j = 0; j < L; ++j)
+          if (a.ids[t0 + j] == a.pad_id) row[j] = 0.0f;
+      const float sum = cpu::row_sum(row, L);
       const float inv = 1.0f / sum;
       for (int64_t j = 0; j < L; ++j) row[j] *= inv;
       lse[h * a.T + t0 + i] = mx + std::log(sum);
@@ -155,11 +167,14 @@ void CpuBackend::attention_backward(void* dqkvv, const void* doutv, const void* 
     rotate_rows(Q, base, C3, L, a.D, scale, rot_cos_.data(), rot_sin_.data());
     rotate_rows(K, base + C, C3, L, a.D, 1.0f, rot_cos_.data(), rot_sin_.data());
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, a.D, 1.0f, Q, a.D, K, a.D, 0.0f, P, L);
+    const bool pads = has_pad_key(a, t0, L);
     for (int64_t i = 0; i < L; ++i) {
       float* row = P + i * L;
       const float l = lse[h * a.T + t0 + i];
-      for (int64_t j = 0; j < L; ++j)
-        row[j] = (a.ids && a.ids[t0 + j] == a.pad_id) ? 0.0f : std::exp(row[j] - l);
+      cpu::exp_shifted(row, L, l);
+      if (pads)
+        for (int64_t j = 0; j < L; ++j)
+          if (a.ids[t0 + j] == a.pad_id) row[j] = 0.0f;
       float d = 0;
       for (int k = 0; k < a.D; ++k) d += dO[i * C + k] * O[i * C + k];
       Di[i] = d;
@@ -168,8 +183,12 @@ void CpuBackend::attention_backward(void* dqkvv, const void* doutv, const void* 
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, a.D, L, 1.0f, P, L, dO, C, 0.0f, dbase + 2 * C, C3);
     // dP = dO·Vᵀ; dS = P ∘ (dP − D_i)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, a.D, 1.0f, dO, C, base + 2 * C, C3, 0.0f, dP, L);
-    for (int64_t i = 0; i < L; ++i)
-      for (int64_t j = 0; j < L; ++j) dP[i * L + j] = P[i * L + j] * (dP[i * L + j] - Di[i]);
+    for (int64_t i = 0; i < L; ++i) {
+      float* dpr = dP + i * L;
+      const float* pr = P + i * L;
+      const float di = Di[i];
+      for (int64_t j = 0; j < L; ++j) dpr[j] = pr[j] * (dpr[j] - di);
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, a.D, L, 1.0f, dP, L, K, a.D, 0.0f, dQ, a.D);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, a.D, L, 1.0f, dP, L, Q, a.D, 0.0f, dK, a.D);
     unrotate_rows(dbase, C3, dQ, L, a.D, scale, rot_cos_.data(), rot_sin_.data());

@@ -1,6 +1,7 @@
 // fp32 CPU backend: memory, dense products, elementwise ops, LayerNorm, loss and optimizer.
 // Attention lives in cpu_attention.cpp.
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/cpu_math.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -283,7 +284,7 @@ void CpuBackend::gelu_backward(void* dxv, const void* doutv, const void* xv, siz
     for (size_t i = 0; i < n; ++i) {
       const float v = x[i];
       const float cdf = 0.5f * (1.0f + std::erf(v * kSqrt1_2));
-      const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+      const float pdf = kInvSqrt2Pi * cpu::exp_approx(-0.5f * v * v);
       dx[i] = (cdf + v * pdf) * dout[i];
     }
   }
