@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <numbers>
 #include <random>
@@ -379,4 +380,29 @@ TEST(CpuMath, ExpApproxRelativeError) {
   EXPECT_LT(worst, 5e-7);
   EXPECT_EQ(cpu::exp_approx(-200.0f), 0.0f);
   EXPECT_EQ(cpu::exp_approx(0.0f), 1.0f);
+}
+
+// The threaded gemm splits C into row (or column) blocks, each a single-threaded sgemm over the full
+// K: repeated calls give the same bits, and the split agrees with the unsplit product to rounding
+// (OpenBLAS edge kernels differ, so bits may differ between thread counts).
+TEST(CpuGemm, ThreadedSplitIsDeterministicAndAgreesWithOneThread) {
+  auto one = make_cpu_backend(1), two = make_cpu_backend(2);
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      for (auto [M, N] : {std::pair<int64_t, int64_t>{203, 70}, {40, 333}}) {
+        const int64_t K = 301;
+        auto A = randv(M * K, 30), B = randv(K * N, 31);
+        std::vector<float> c1(M * N), c2(M * N);
+        GemmArgs g;
+        g.trans_a = ta, g.trans_b = tb, g.M = M, g.N = N, g.K = K, g.A = A.data(), g.B = B.data();
+        g.C = c1.data();
+        one->gemm(g);
+        g.C = c2.data();
+        two->gemm(g);
+        std::vector<float> c3(M * N);
+        g.C = c3.data();
+        two->gemm(g);
+        EXPECT_EQ(0, std::memcmp(c2.data(), c3.data(), c2.size() * 4)) << ta << tb << M;
+        for (int64_t i = 0; i < M * N; ++i) ASSERT_NEAR(c1[i], c2[i], 1e-4) << ta << tb << M;
+      }
 }

@@ -57,12 +57,6 @@ void unrotate_rows(float* dst, int64_t ld, const float* src, int64_t L, int D, f
   }
 }
 
-// While OpenMP threads each run their own small sgemm, OpenBLAS must not fan out into its pool.
-struct SingleThreadedBlas {
-  int saved;
-  SingleThreadedBlas() : saved(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~SingleThreadedBlas() { openblas_set_num_threads(saved); }
-};
 
 bool has_pad_key(const AttentionShape& a, int64_t t0, int64_t L) {
   if (!a.ids) return false;
@@ -98,7 +92,6 @@ void CpuBackend::attention_forward(void* outv, float* lse, const void* qkvv, con
   const int64_t Lmax = a.max_seqlen;
   const float scale = q_scale(a.D);
   for (int t = 0; t < num_threads_; ++t) thread_scratch(t, 2 * Lmax * a.D + Lmax * Lmax);
-  SingleThreadedBlas single;
   const int64_t tasks = static_cast<int64_t>(a.S) * a.H;
 #pragma omp parallel for num_threads(num_threads_) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
@@ -146,7 +139,6 @@ void CpuBackend::attention_backward(void* dqkvv, const void* doutv, const void* 
   const int64_t Lmax = a.max_seqlen;
   const float scale = q_scale(a.D);
   for (int t = 0; t < num_threads_; ++t) thread_scratch(t, 4 * Lmax * a.D + 2 * Lmax * Lmax + Lmax);
-  SingleThreadedBlas single;
   const int64_t tasks = static_cast<int64_t>(a.S) * a.H;
 #pragma omp parallel for num_threads(num_threads_) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
