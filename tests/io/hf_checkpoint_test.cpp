@@ -61,8 +61,8 @@ struct Variant {
   float decoder_perturb = 0.0f;   // added to one decoder element
   DType dtype = DType::F32;
   DType inv_freq_dtype = DType::F16;  // published checkpoints round inv_freq to fp16
-  std::string drop;               // tensor to leave out
-  std::string extra_name;         // an additional F32 tensor of ones
+  std::string drop{};             // tensor to leave out
+  std::string extra_name{};       // an additional F32 tensor of ones
   int64_t extra_len = 1;          // … of shape [extra_len]
 };
 
