@@ -4,8 +4,8 @@
 // return, never in a crash (run under ASan+UBSan with -DESM2_SANITIZE=ON).
 #include "data/parquet.h"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -40,7 +40,8 @@ class Scratch {
  public:
   Scratch() {
     const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / fmt::format("esm2_parquet_{}_{}_{}.parquet", getpid(), info->test_suite_name(), info->name());
+    path_ = fs::temp_directory_path() /
+            fmt::format("esm2_parquet_{}_{}_{}.parquet", getpid(), info->test_suite_name(), info->name());
   }
   ~Scratch() {
     if (fd_ >= 0) close(fd_);
@@ -114,7 +115,8 @@ TEST(Parquet, EveryVariantMatchesPyarrow) {
     EXPECT_EQ(parquet_column_names(p), expected()["columns"][file].get<std::vector<std::string>>());
     EXPECT_EQ(read_parquet_string_column(p, "ur50_id"), want["ur50_id"].get<std::vector<std::string>>());
     if (want.contains("ur90_id")) {
-      EXPECT_EQ(read_parquet_string_list_column(p, "ur90_id"), want["ur90_id"].get<std::vector<std::vector<std::string>>>());
+      EXPECT_EQ(read_parquet_string_list_column(p, "ur90_id"),
+                want["ur90_id"].get<std::vector<std::vector<std::string>>>());
     }
     ++checked;
   }
@@ -179,7 +181,8 @@ TEST(Parquet, MissingColumnNamesTheAvailableOnes) {
 
 TEST(Parquet, UnsupportedCodecIsNamed) {
   int checked = 0;
-  for (const auto& [file, codec] : {std::pair{"valid_brotli.parquet", "BROTLI"}, std::pair{"valid_lz4.parquet", "LZ4"}}) {
+  for (const auto& [file, codec] :
+       {std::pair{"valid_brotli.parquet", "BROTLI"}, std::pair{"valid_lz4.parquet", "LZ4"}}) {
     if (!expected()["files"].contains(file)) continue;  // pyarrow lacked that codec when writing
     std::string e = error_of([&] { read_parquet_string_column(kDir / file, "ur50_id"); });
     EXPECT_NE(e.find(codec), std::string::npos) << e;
