@@ -37,20 +37,34 @@ enum Encoding : int32_t { kPlain = 0, kPlainDictionary = 2, kRle = 3, kBitPacked
 enum PageType : int32_t { kDataPage = 0, kIndexPage = 1, kDictionaryPage = 2, kDataPageV2 = 3 };
 constexpr int32_t kConvertedList = 3;
 
-const char* physical_type_name(int32_t t) {
+// Names and strings from the file go into one-line error messages: control and non-ASCII bytes
+// are escaped so a corrupt name cannot break the line.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+    }
+  }
+  return out;
+}
+
+std::string physical_type_name(int32_t t) {
   static const char* names[] = {"BOOLEAN", "INT32",  "INT64",      "INT96",
                                 "FLOAT",   "DOUBLE", "BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY"};
-  return t >= 0 && t < 8 ? names[t] : "unknown";
+  return t >= 0 && t < 8 ? names[t] : fmt::format("unknown ({})", t);
 }
-const char* codec_name(int32_t c) {
+std::string codec_name(int32_t c) {
   static const char* names[] = {"UNCOMPRESSED", "SNAPPY", "GZIP", "LZO", "BROTLI", "LZ4", "ZSTD", "LZ4_RAW"};
-  return c >= 0 && c < 8 ? names[c] : "unknown";
+  return c >= 0 && c < 8 ? names[c] : fmt::format("unknown ({})", c);
 }
-const char* encoding_name(int32_t e) {
+std::string encoding_name(int32_t e) {
   static const char* names[] = {"PLAIN",          "GROUP_VAR_INT",       "PLAIN_DICTIONARY",        "RLE",
                                 "BIT_PACKED",     "DELTA_BINARY_PACKED", "DELTA_LENGTH_BYTE_ARRAY", "DELTA_BYTE_ARRAY",
                                 "RLE_DICTIONARY", "BYTE_STREAM_SPLIT"};
-  return e >= 0 && e < 10 ? names[e] : "unknown";
+  return e >= 0 && e < 10 ? names[e] : fmt::format("unknown ({})", e);
 }
 
 // Pages larger than this are corrupt (Parquet page sizes are i32; writers use ~1 MiB).
@@ -135,8 +149,9 @@ SchemaNode parse_schema_element(Reader& r) {
   r.end_struct();
   if (!has_name) r.fail("schema element without a name");
   if (node.repetition < kRequired || node.repetition > kRepeated)
-    r.fail(fmt::format("schema element '{}' has bad repetition {}", node.name, node.repetition));
-  if (node.num_children < 0) r.fail(fmt::format("schema element '{}' has {} children", node.name, node.num_children));
+    r.fail(fmt::format("schema element '{}' has bad repetition {}", printable(node.name), node.repetition));
+  if (node.num_children < 0)
+    r.fail(fmt::format("schema element '{}' has {} children", printable(node.name), node.num_children));
   return node;
 }
 
@@ -370,7 +385,7 @@ struct ColumnPlan {
 
 std::string join(const std::vector<std::string>& v, const char* sep) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + printable(v[i]);
   return s;
 }
 
@@ -378,7 +393,7 @@ const SchemaNode& find_column(const ParquetFile& f, const std::string& column) {
   const auto& s = f.meta().schema;
   for (int c : s[0].children)
     if (s[c].name == column) return s[c];
-  esm2::fail("{}: no column '{}' (columns: {})", f.path(), column, join(f.top_level_names(), ", "));
+  esm2::fail("{}: no column '{}' (columns: {})", f.path(), printable(column), join(f.top_level_names(), ", "));
 }
 
 void check_string_leaf(const ParquetFile& f, const SchemaNode& leaf, const std::string& column) {
