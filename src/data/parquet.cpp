@@ -160,7 +160,7 @@ std::vector<std::string> parse_string_list(Reader& r, ThriftType t) {
   uint32_t n = r.read_list_begin(t, et);
   std::vector<std::string> out;
   out.reserve(n);
-  for (uint32_t i = 0; i < n; ++i) out.push_back(r.read_list_string(et));
+  for (uint32_t i = 0; i < n; ++i) out.push_back(r.read_string(et));
   return out;
 }
 

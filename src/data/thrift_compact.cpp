@@ -134,14 +134,6 @@ uint32_t ThriftCompactReader::read_list_begin(ThriftType type, ThriftType& eleme
   return static_cast<uint32_t>(n);
 }
 
-int32_t ThriftCompactReader::read_list_i32(ThriftType element_type) {
-  return read_i32(element_type);
-}
-
-std::string ThriftCompactReader::read_list_string(ThriftType element_type) {
-  return read_string(element_type);
-}
-
 void ThriftCompactReader::skip(ThriftType type, bool in_list) {
   switch (type) {
     case ThriftType::BoolTrue:

@@ -50,9 +50,6 @@ class ThriftCompactReader {
   // A list header: returns the element count (checked against the bytes left, as every element
   // takes at least one byte) and stores the element type.
   uint32_t read_list_begin(ThriftType type, ThriftType& element_type);
-  // A list element of type i32 / binary (list<i32>, list<string>).
-  int32_t read_list_i32(ThriftType element_type);
-  std::string read_list_string(ThriftType element_type);
 
   // Skips a value of the given type (a field's or a list element's; for list elements, bools are a
   // whole byte: pass in_list = true).

@@ -14,6 +14,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "data/thrift_compact.h"
 
 using namespace esm2;
 namespace fs = std::filesystem;
@@ -342,4 +343,65 @@ TEST(ParquetCorrupt, NamesInErrorsAreEscaped) {
   std::string e = error_of([&] { read_parquet_string_column(s.write(bytes), "ur50_id"); });
   EXPECT_NE(e.find("(columns: ur\\x0a0_id)"), std::string::npos) << e;
   EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+}
+
+// Handmade compact-protocol bytes for the paths pyarrow's metadata does not take: long-form field
+// ids, negative zigzag values, and skipping doubles, maps and lists of bools.
+TEST(ThriftCompact, HandmadeStruct) {
+  const std::vector<uint8_t> b = {0x15, 0x05,              // field 1, i32: zigzag 5 = -3
+                                  0x06, 0x28, 0xd8, 0x04,  // field 20 (long form: zigzag 40), i64: zigzag 600 = 300
+                                  0x11,                    // field 21, bool true
+                                  0x17, 1,    2,    3,    4,    5,   6,   7, 8,  // field 22, double
+                                  0x1b, 0x01, 0x58, 0x0e, 0x02, 'h', 'i',        // field 23, map<i32, binary>{7: "hi"}
+                                  0x19, 0x21, 0x01, 0x02,                        // field 24, list<bool>{true, false}
+                                  0x18, 0x03, 'a',  'b',  'c',                   // field 25, binary "abc"
+                                  0x00};
+  ThriftCompactReader r(b.data(), b.size(), "handmade");
+  r.begin_struct();
+  int16_t id;
+  ThriftType t;
+  ASSERT_TRUE(r.next_field(id, t));
+  EXPECT_EQ(id, 1);
+  EXPECT_EQ(r.read_i32(t), -3);
+  ASSERT_TRUE(r.next_field(id, t));
+  EXPECT_EQ(id, 20);
+  EXPECT_EQ(r.read_i64(t), 300);
+  ASSERT_TRUE(r.next_field(id, t));
+  EXPECT_EQ(id, 21);
+  EXPECT_TRUE(r.read_bool(t));
+  for (int16_t want = 22; want <= 24; ++want) {
+    ASSERT_TRUE(r.next_field(id, t));
+    EXPECT_EQ(id, want);
+    r.skip(t);
+  }
+  ASSERT_TRUE(r.next_field(id, t));
+  EXPECT_EQ(id, 25);
+  EXPECT_EQ(r.read_string(t), "abc");
+  EXPECT_FALSE(r.next_field(id, t));
+  r.end_struct();
+  EXPECT_EQ(r.position(), b.size());
+
+  // Every truncation fails cleanly, and a type mismatch names both types.
+  for (size_t len = 0; len < b.size(); ++len) {
+    ThriftCompactReader cut(b.data(), len, "cut");
+    EXPECT_THROW(cut.skip(ThriftType::Struct), Error) << len;
+  }
+  ThriftCompactReader wrong(b.data(), b.size(), "wrong");
+  wrong.begin_struct();
+  ASSERT_TRUE(wrong.next_field(id, t));
+  std::string e = error_of([&] { wrong.read_string(t); });
+  EXPECT_NE(e.find("field has Thrift type i32, expected binary"), std::string::npos) << e;
+}
+
+TEST(ThriftCompact, DeepNestingAndHugeCountsFail) {
+  std::vector<uint8_t> deep(200, 0x1c);  // field +1 of type struct, nested 200 times
+  deep.insert(deep.end(), 200, 0x00);
+  ThriftCompactReader r(deep.data(), deep.size(), "deep");
+  std::string e = error_of([&] { r.skip(ThriftType::Struct); });
+  EXPECT_NE(e.find("nested too deeply"), std::string::npos) << e;
+  const std::vector<uint8_t> list = {0xf8, 0xff, 0xff, 0xff, 0xff, 0x0f};  // list<binary> of 2^32-1 elements
+  ThriftCompactReader l(list.data(), list.size(), "list");
+  ThriftType et;
+  e = error_of([&] { l.read_list_begin(ThriftType::List, et); });
+  EXPECT_NE(e.find("cannot fit"), std::string::npos) << e;
 }
