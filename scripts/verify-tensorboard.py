@@ -9,6 +9,12 @@ LOGDIR holds no scalars, 0 otherwise.
 
     python3 scripts/verify-tensorboard.py runs/x/tensorboard --expected runs/x/metrics.jsonl
     python3 scripts/verify-tensorboard.py LOGDIR --expected m.jsonl --tag-prefix train/ --ignore elapsed_s
+    # the trainer's MetricsLogger (src/train/metrics_logger.cpp) naming:
+    python3 scripts/verify-tensorboard.py RUN/tensorboard --expected RUN/metrics.jsonl \
+        --map train_loss=train/loss --map train_ppl=train/perplexity --map lr=train/lr \
+        --map grad_norm=train/grad_norm --map tokens_per_s=train/real_tokens_per_s \
+        --map val_loss=val/loss --map val_ppl=val/perplexity \
+        --ignore packing_efficiency --ignore consumed_tokens --ignore val_labels
 
 Needs the `tensorboard` package (present on the GPU machine).
 """
@@ -38,11 +44,20 @@ def main():
     ap.add_argument("--expected", help="JSONL metrics file whose values must appear as scalars")
     ap.add_argument("--step-key", default="step", help="JSONL key holding the step (default: step)")
     ap.add_argument("--tag-prefix", default="", help="TensorBoard tag = prefix + JSONL key (default: none)")
+    ap.add_argument("--map", action="append", default=[], metavar="KEY=TAG",
+                    help="JSONL key KEY is TensorBoard tag TAG (repeatable; overrides --tag-prefix for KEY)")
     ap.add_argument("--ignore", action="append", default=[], help="JSONL key not logged to TensorBoard (repeatable)")
     ap.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance after float32 rounding")
     ap.add_argument("--allow-extra", action="store_true",
                     help="do not fail on TensorBoard points that have no JSONL counterpart")
     args = ap.parse_args()
+
+    tag_of = {}
+    for m in args.map:
+        key, sep, tag = m.partition("=")
+        if not sep or not key or not tag:
+            ap.error(f"--map {m!r}: expected KEY=TAG")
+        tag_of[key] = tag
 
     from tensorboard.backend.event_processing import event_accumulator as ea
 
@@ -84,7 +99,7 @@ def main():
                     continue
                 if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
                     continue  # strings/objects are not scalars
-                tag = args.tag_prefix + key
+                tag = tag_of.get(key, args.tag_prefix + key)
                 mentioned.add(tag)
                 if tag not in series:
                     if tag not in missing:  # once per key, not once per line

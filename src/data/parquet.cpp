@@ -23,23 +23,48 @@ namespace {
 // ---- enums of parquet.thrift (only the values we name) ----
 enum PhysicalType : int32_t { kBoolean = 0, kInt32, kInt64, kInt96, kFloat, kDouble, kByteArray, kFixedLenByteArray };
 enum Repetition : int32_t { kRequired = 0, kOptional = 1, kRepeated = 2 };
-enum Codec : int32_t { kUncompressed = 0, kSnappy = 1, kGzip = 2, kLzo = 3, kBrotli = 4, kLz4 = 5, kZstd = 6, kLz4Raw = 7 };
+enum Codec : int32_t {
+  kUncompressed = 0,
+  kSnappy = 1,
+  kGzip = 2,
+  kLzo = 3,
+  kBrotli = 4,
+  kLz4 = 5,
+  kZstd = 6,
+  kLz4Raw = 7
+};
 enum Encoding : int32_t { kPlain = 0, kPlainDictionary = 2, kRle = 3, kBitPacked = 4, kRleDictionary = 8 };
 enum PageType : int32_t { kDataPage = 0, kIndexPage = 1, kDictionaryPage = 2, kDataPageV2 = 3 };
 constexpr int32_t kConvertedList = 3;
 
-const char* physical_type_name(int32_t t) {
-  static const char* names[] = {"BOOLEAN", "INT32", "INT64", "INT96", "FLOAT", "DOUBLE", "BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY"};
-  return t >= 0 && t < 8 ? names[t] : "unknown";
+// Names and strings from the file go into one-line error messages: control and non-ASCII bytes
+// are escaped so a corrupt name cannot break the line.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+    }
+  }
+  return out;
 }
-const char* codec_name(int32_t c) {
+
+std::string physical_type_name(int32_t t) {
+  static const char* names[] = {"BOOLEAN", "INT32",  "INT64",      "INT96",
+                                "FLOAT",   "DOUBLE", "BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY"};
+  return t >= 0 && t < 8 ? names[t] : fmt::format("unknown ({})", t);
+}
+std::string codec_name(int32_t c) {
   static const char* names[] = {"UNCOMPRESSED", "SNAPPY", "GZIP", "LZO", "BROTLI", "LZ4", "ZSTD", "LZ4_RAW"};
-  return c >= 0 && c < 8 ? names[c] : "unknown";
+  return c >= 0 && c < 8 ? names[c] : fmt::format("unknown ({})", c);
 }
-const char* encoding_name(int32_t e) {
-  static const char* names[] = {"PLAIN", "GROUP_VAR_INT", "PLAIN_DICTIONARY", "RLE", "BIT_PACKED", "DELTA_BINARY_PACKED",
-                                "DELTA_LENGTH_BYTE_ARRAY", "DELTA_BYTE_ARRAY", "RLE_DICTIONARY", "BYTE_STREAM_SPLIT"};
-  return e >= 0 && e < 10 ? names[e] : "unknown";
+std::string encoding_name(int32_t e) {
+  static const char* names[] = {"PLAIN",          "GROUP_VAR_INT",       "PLAIN_DICTIONARY",        "RLE",
+                                "BIT_PACKED",     "DELTA_BINARY_PACKED", "DELTA_LENGTH_BYTE_ARRAY", "DELTA_BYTE_ARRAY",
+                                "RLE_DICTIONARY", "BYTE_STREAM_SPLIT"};
+  return e >= 0 && e < 10 ? names[e] : fmt::format("unknown ({})", e);
 }
 
 // Pages larger than this are corrupt (Parquet page sizes are i32; writers use ~1 MiB).
@@ -108,7 +133,10 @@ SchemaNode parse_schema_element(Reader& r) {
     switch (id) {
       case 1: node.type = r.read_i32(t); break;
       case 3: node.repetition = r.read_i32(t); break;
-      case 4: node.name = r.read_string(t); has_name = true; break;
+      case 4:
+        node.name = r.read_string(t);
+        has_name = true;
+        break;
       case 5: node.num_children = r.read_i32(t); break;
       case 6: node.converted_type = r.read_i32(t); break;
       case 10:
@@ -120,8 +148,10 @@ SchemaNode parse_schema_element(Reader& r) {
   }
   r.end_struct();
   if (!has_name) r.fail("schema element without a name");
-  if (node.repetition < kRequired || node.repetition > kRepeated) r.fail(fmt::format("schema element '{}' has bad repetition {}", node.name, node.repetition));
-  if (node.num_children < 0) r.fail(fmt::format("schema element '{}' has {} children", node.name, node.num_children));
+  if (node.repetition < kRequired || node.repetition > kRepeated)
+    r.fail(fmt::format("schema element '{}' has bad repetition {}", printable(node.name), node.repetition));
+  if (node.num_children < 0)
+    r.fail(fmt::format("schema element '{}' has {} children", printable(node.name), node.num_children));
   return node;
 }
 
@@ -130,7 +160,7 @@ std::vector<std::string> parse_string_list(Reader& r, ThriftType t) {
   uint32_t n = r.read_list_begin(t, et);
   std::vector<std::string> out;
   out.reserve(n);
-  for (uint32_t i = 0; i < n; ++i) out.push_back(r.read_list_string(et));
+  for (uint32_t i = 0; i < n; ++i) out.push_back(r.read_string(et));
   return out;
 }
 
@@ -162,13 +192,19 @@ ChunkMeta parse_column_chunk(Reader& r) {
   ThriftType t;
   while (r.next_field(id, t)) {
     switch (id) {
-      case 1: r.skip(t); c.external = true; break;  // file_path: the chunk lives in another file
+      case 1:
+        r.skip(t);
+        c.external = true;
+        break;  // file_path: the chunk lives in another file
       case 3:
         if (t != ThriftType::Struct) r.fail("ColumnChunk.meta_data is not a struct");
         parse_column_meta(r, c);
         break;
       case 8:
-      case 9: r.skip(t); c.encrypted = true; break;  // crypto_metadata, encrypted_column_metadata
+      case 9:
+        r.skip(t);
+        c.encrypted = true;
+        break;  // crypto_metadata, encrypted_column_metadata
       default: r.skip(t);
     }
   }
@@ -256,7 +292,10 @@ FileMeta parse_file_meta(const uint8_t* data, size_t size, const std::string& wh
         for (uint32_t i = 0; i < n; ++i) m.row_groups.push_back(parse_row_group(r));
         break;
       }
-      case 8: r.skip(t); m.encrypted = true; break;  // encryption_algorithm (plaintext-footer encryption)
+      case 8:
+        r.skip(t);
+        m.encrypted = true;
+        break;  // encryption_algorithm (plaintext-footer encryption)
       default: r.skip(t);
     }
   }
@@ -269,8 +308,10 @@ FileMeta parse_file_meta(const uint8_t* data, size_t size, const std::string& wh
     const auto& rg = m.row_groups[g];
     if (rg.num_rows < 0) esm2::fail("{}: row group {} has num_rows {}", what, g, rg.num_rows);
     if (rg.columns.size() != static_cast<size_t>(m.num_leaves))
-      esm2::fail("{}: row group {} has {} column chunks but the schema has {} columns", what, g, rg.columns.size(), m.num_leaves);
-    if (rg.num_rows > m.num_rows - rows) esm2::fail("{}: row groups hold more rows than the footer's {}", what, m.num_rows);
+      esm2::fail("{}: row group {} has {} column chunks but the schema has {} columns", what, g, rg.columns.size(),
+                 m.num_leaves);
+    if (rg.num_rows > m.num_rows - rows)
+      esm2::fail("{}: row groups hold more rows than the footer's {}", what, m.num_rows);
     rows += rg.num_rows;
   }
   if (rows != m.num_rows) esm2::fail("{}: row groups hold {} rows but the footer says {}", what, rows, m.num_rows);
@@ -291,10 +332,12 @@ class ParquetFile {
     uint8_t head[4], tail[8];
     read_at(0, head, 4);
     read_at(size_ - 8, tail, 8);
-    if (std::memcmp(tail + 4, "PARE", 4) == 0) esm2::fail("{}: encrypted Parquet files (PARE footer) are not supported", path_);
+    if (std::memcmp(tail + 4, "PARE", 4) == 0)
+      esm2::fail("{}: encrypted Parquet files (PARE footer) are not supported", path_);
     if (std::memcmp(head, "PAR1", 4) != 0 || std::memcmp(tail + 4, "PAR1", 4) != 0)
       esm2::fail("{}: not a Parquet file (no PAR1 magic at both ends)", path_);
-    uint32_t footer_len = uint32_t{tail[0]} | uint32_t{tail[1]} << 8 | uint32_t{tail[2]} << 16 | uint32_t{tail[3]} << 24;
+    uint32_t footer_len =
+        uint32_t{tail[0]} | uint32_t{tail[1]} << 8 | uint32_t{tail[2]} << 16 | uint32_t{tail[3]} << 24;
     if (footer_len == 0 || int64_t{footer_len} > size_ - 12)
       esm2::fail("{}: footer length {} does not fit in the file of {} bytes", path_, footer_len, size_);
     data_end_ = size_ - 8 - footer_len;
@@ -342,7 +385,7 @@ struct ColumnPlan {
 
 std::string join(const std::vector<std::string>& v, const char* sep) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + printable(v[i]);
   return s;
 }
 
@@ -350,7 +393,7 @@ const SchemaNode& find_column(const ParquetFile& f, const std::string& column) {
   const auto& s = f.meta().schema;
   for (int c : s[0].children)
     if (s[c].name == column) return s[c];
-  esm2::fail("{}: no column '{}' (columns: {})", f.path(), column, join(f.top_level_names(), ", "));
+  esm2::fail("{}: no column '{}' (columns: {})", f.path(), printable(column), join(f.top_level_names(), ", "));
 }
 
 void check_string_leaf(const ParquetFile& f, const SchemaNode& leaf, const std::string& column) {
@@ -366,12 +409,12 @@ ColumnPlan plan_string_column(const ParquetFile& f, const std::string& column) {
   if (node.num_children > 0) {
     bool list = node.list_logical || node.converted_type == kConvertedList ||
                 (node.children.size() == 1 && s[node.children[0]].repetition == kRepeated);
-    if (list)
-      esm2::fail("{}: column '{}' is a list; read it with read_parquet_string_list_column", f.path(), column);
+    if (list) esm2::fail("{}: column '{}' is a list; read it with read_parquet_string_list_column", f.path(), column);
     esm2::fail("{}: column '{}' is a nested group (struct/map), not a string column", f.path(), column);
   }
   if (node.repetition == kRepeated)
-    esm2::fail("{}: column '{}' is a repeated (list) column; read it with read_parquet_string_list_column", f.path(), column);
+    esm2::fail("{}: column '{}' is a repeated (list) column; read it with read_parquet_string_list_column", f.path(),
+               column);
   check_string_leaf(f, node, column);
   p.leaf = node.leaf;
   p.max_def = node.repetition == kOptional ? 1 : 0;
@@ -388,7 +431,8 @@ ColumnPlan plan_string_list_column(const ParquetFile& f, const std::string& colu
   p.max_rep = 1;
   const SchemaNode* leaf = nullptr;
   if (node.num_children == 0) {
-    if (node.repetition != kRepeated) esm2::fail("{}: column '{}' is not a list (it is a flat column)", f.path(), column);
+    if (node.repetition != kRepeated)
+      esm2::fail("{}: column '{}' is not a list (it is a flat column)", f.path(), column);
     leaf = &node;
     p.def_list = 0;
     p.def_element = 1;
@@ -405,7 +449,8 @@ ColumnPlan plan_string_list_column(const ParquetFile& f, const std::string& colu
       leaf = &rep;
       p.max_def = p.def_element;
     } else {
-      if (rep.children.size() != 1 || s[rep.children[0]].num_children != 0 || s[rep.children[0]].repetition == kRepeated)
+      if (rep.children.size() != 1 || s[rep.children[0]].num_children != 0 ||
+          s[rep.children[0]].repetition == kRepeated)
         esm2::fail("{}: column '{}' is a list of nested values, not a list<string> column", f.path(), column);
       leaf = &s[rep.children[0]];
       p.max_def = p.def_element + (leaf->repetition == kOptional ? 1 : 0);
@@ -417,8 +462,7 @@ ColumnPlan plan_string_list_column(const ParquetFile& f, const std::string& colu
 }
 
 // ---- decompression: every codec must yield exactly the page's declared size ----
-void decompress(const std::string& where, int32_t codec, const uint8_t* in, size_t n, uint8_t* out,
-                size_t out_n) {
+void decompress(const std::string& where, int32_t codec, const uint8_t* in, size_t n, uint8_t* out, size_t out_n) {
   switch (codec) {
     case kSnappy: {
       size_t len = 0;
@@ -450,7 +494,8 @@ void decompress(const std::string& where, int32_t codec, const uint8_t* in, size
       return;
     }
     default:
-      esm2::fail("{}: compression codec {} is not supported (only UNCOMPRESSED, SNAPPY, GZIP, ZSTD)", where, codec_name(codec));
+      esm2::fail("{}: compression codec {} is not supported (only UNCOMPRESSED, SNAPPY, GZIP, ZSTD)", where,
+                 codec_name(codec));
   }
 }
 
@@ -497,7 +542,8 @@ class HybridDecoder {
       if (groups == 0) corrupt("empty bit-packed run");
       uint64_t avail = static_cast<uint64_t>(end_ - p_);
       // The last run may be cut short of its padded groups; values actually read are checked.
-      if (bit_width_ > 0 && groups > avail / static_cast<uint64_t>(bit_width_) + 1) corrupt("bit-packed run runs past the end of the page");
+      if (bit_width_ > 0 && groups > avail / static_cast<uint64_t>(bit_width_) + 1)
+        corrupt("bit-packed run runs past the end of the page");
       packed_ = true;
       packed_start_ = p_;
       packed_bytes_ = std::min<uint64_t>(groups * static_cast<uint64_t>(bit_width_), avail);
@@ -575,9 +621,12 @@ void parse_page_header(Reader& r, PageHeader& h) {
       case 1: h.type = r.read_i32(t); break;
       case 2: h.uncompressed_size = r.read_i32(t); break;
       case 3: h.compressed_size = r.read_i32(t); break;
-      case 4: h.crc = static_cast<uint32_t>(r.read_i32(t)); h.has_crc = true; break;
-      case 5:  // DataPageHeader
-      case 7:  // DictionaryPageHeader
+      case 4:
+        h.crc = static_cast<uint32_t>(r.read_i32(t));
+        h.has_crc = true;
+        break;
+      case 5:    // DataPageHeader
+      case 7:    // DictionaryPageHeader
       case 8: {  // DataPageHeaderV2
         if (t != ThriftType::Struct) r.fail("page sub-header is not a struct");
         h.has_body_header = true;
@@ -632,14 +681,18 @@ struct ChunkValues {
 class ChunkDecoder {
  public:
   ChunkDecoder(ParquetFile& f, const ColumnPlan& plan, size_t row_group)
-      : f_(f), plan_(plan), rg_(f.meta().row_groups[row_group]), chunk_(rg_.columns[plan.leaf]),
+      : f_(f),
+        plan_(plan),
+        rg_(f.meta().row_groups[row_group]),
+        chunk_(rg_.columns[plan.leaf]),
         where_(fmt::format("column '{}', row group {}", plan.name, row_group)) {}
 
   void decode(ChunkValues& out) {
     check_chunk_meta();
     int64_t start = chunk_.dictionary_page_offset > 0 ? chunk_.dictionary_page_offset : chunk_.data_page_offset;
     if (chunk_.dictionary_page_offset > 0 && chunk_.dictionary_page_offset > chunk_.data_page_offset)
-      fail("dictionary page offset {} lies after the data page offset {}", chunk_.dictionary_page_offset, chunk_.data_page_offset);
+      fail("dictionary page offset {} lies after the data page offset {}", chunk_.dictionary_page_offset,
+           chunk_.data_page_offset);
     if (start < 4 || chunk_.total_compressed <= 0 || chunk_.total_compressed > f_.data_end() - start)
       fail("chunk [{}, +{}) lies outside the file's data [4, {})", start, chunk_.total_compressed, f_.data_end());
     bytes_.resize(static_cast<size_t>(chunk_.total_compressed));
@@ -649,17 +702,19 @@ class ChunkDecoder {
     int64_t values_read = 0;
     int page = 0;
     while (values_read < chunk_.num_values) {
-      if (pos >= bytes_.size())
-        fail("chunk ends after {} of {} values", values_read, chunk_.num_values);
+      if (pos >= bytes_.size()) fail("chunk ends after {} of {} values", values_read, chunk_.num_values);
       page_where_ = fmt::format("{}: {}, page {}", f_.path(), where_, page);
       Reader r(bytes_.data() + pos, bytes_.size() - pos, page_where_ + " header");
       PageHeader h;
       parse_page_header(r, h);
       pos += r.position();
       if (h.compressed_size < 0 || static_cast<size_t>(h.compressed_size) > bytes_.size() - pos)
-        fail_page("compressed size {} runs past the chunk's end ({} bytes left)", h.compressed_size, bytes_.size() - pos);
-      if (h.uncompressed_size < 0 || h.uncompressed_size > chunk_.total_uncompressed || h.uncompressed_size >= kMaxPageBytes)
-        fail_page("uncompressed size {} is negative or larger than the chunk's {}", h.uncompressed_size, chunk_.total_uncompressed);
+        fail_page("compressed size {} runs past the chunk's end ({} bytes left)", h.compressed_size,
+                  bytes_.size() - pos);
+      if (h.uncompressed_size < 0 || h.uncompressed_size > chunk_.total_uncompressed ||
+          h.uncompressed_size >= kMaxPageBytes)
+        fail_page("uncompressed size {} is negative or larger than the chunk's {}", h.uncompressed_size,
+                  chunk_.total_uncompressed);
       const uint8_t* body = bytes_.data() + pos;
       pos += static_cast<size_t>(h.compressed_size);
       if (h.has_crc && static_cast<uint32_t>(crc32(0, body, static_cast<uInt>(h.compressed_size))) != h.crc)
@@ -707,7 +762,8 @@ class ChunkDecoder {
     ESM2_ASSERT(leaf);
     if (chunk_.path != leaf->path)
       fail("chunk's path '{}' differs from the schema's '{}'", join(chunk_.path, "."), join(leaf->path, "."));
-    if (chunk_.type != kByteArray) fail("chunk has physical type {}, the schema says BYTE_ARRAY", physical_type_name(chunk_.type));
+    if (chunk_.type != kByteArray)
+      fail("chunk has physical type {}, the schema says BYTE_ARRAY", physical_type_name(chunk_.type));
     if (chunk_.num_values < 0) fail("chunk has {} values", chunk_.num_values);
     if (plan_.max_rep == 0 && chunk_.num_values != rg_.num_rows)
       fail("chunk has {} values for {} rows", chunk_.num_values, rg_.num_rows);
@@ -733,10 +789,12 @@ class ChunkDecoder {
     if (!h.has_body_header || h.num_values < 0) fail_page("dictionary page without a valid header");
     if (h.encoding != kPlain && h.encoding != kPlainDictionary)
       fail_page("dictionary page encoding {} is not supported", encoding_name(h.encoding));
-    const uint8_t* p = uncompress(body, static_cast<size_t>(h.compressed_size), static_cast<size_t>(h.uncompressed_size), true);
+    const uint8_t* p =
+        uncompress(body, static_cast<size_t>(h.compressed_size), static_cast<size_t>(h.uncompressed_size), true);
     const uint8_t* end = p + h.uncompressed_size;
     dictionary_.clear();
-    dictionary_.reserve(std::min<size_t>(static_cast<size_t>(h.num_values), static_cast<size_t>(h.uncompressed_size) / 4));
+    dictionary_.reserve(
+        std::min<size_t>(static_cast<size_t>(h.num_values), static_cast<size_t>(h.uncompressed_size) / 4));
     read_plain(p, end, static_cast<size_t>(h.num_values), dictionary_);
     has_dictionary_ = true;
   }
@@ -747,7 +805,8 @@ class ChunkDecoder {
       if (end - p < 4) fail_page("PLAIN value {} of {}: length runs past the end of the page", i, n);
       uint32_t len = uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
       p += 4;
-      if (len > static_cast<size_t>(end - p)) fail_page("PLAIN value {} of {}: {} bytes run past the end of the page", i, n, len);
+      if (len > static_cast<size_t>(end - p))
+        fail_page("PLAIN value {} of {}: {} bytes run past the end of the page", i, n, len);
       out.emplace_back(reinterpret_cast<const char*>(p), len);
       p += len;
     }
@@ -777,7 +836,8 @@ class ChunkDecoder {
       HybridDecoder dec(p, end, bw, &page_where_);
       dec.get(present, indices_);
       for (uint32_t idx : indices_) {
-        if (idx >= dictionary_.size()) fail_page("dictionary index {} out of range (dictionary has {} entries)", idx, dictionary_.size());
+        if (idx >= dictionary_.size())
+          fail_page("dictionary index {} out of range (dictionary has {} entries)", idx, dictionary_.size());
         out.values.push_back(dictionary_[idx]);
       }
     } else {
@@ -786,7 +846,8 @@ class ChunkDecoder {
   }
 
   void read_data_page_v1(const PageHeader& h, const uint8_t* body, ChunkValues& out) {
-    const uint8_t* p = uncompress(body, static_cast<size_t>(h.compressed_size), static_cast<size_t>(h.uncompressed_size), true);
+    const uint8_t* p =
+        uncompress(body, static_cast<size_t>(h.compressed_size), static_cast<size_t>(h.uncompressed_size), true);
     const uint8_t* end = p + h.uncompressed_size;
     size_t n = static_cast<size_t>(h.num_values);
     // v1 levels: each section is a u32 LE byte length followed by RLE/bit-packed hybrid data.
@@ -796,14 +857,18 @@ class ChunkDecoder {
       if (end - p < 4) fail_page("{} levels' length runs past the end of the page", kind);
       uint32_t len = uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
       p += 4;
-      if (len > static_cast<size_t>(end - p)) fail_page("{} levels of {} bytes run past the end of the page", kind, len);
+      if (len > static_cast<size_t>(end - p))
+        fail_page("{} levels of {} bytes run past the end of the page", kind, len);
       read_levels(p, p + len, max_level, n, dst, kind);
       p += len;
     };
     size_t first_level = out.def.size();
     section(plan_.max_rep, h.rep_encoding, out.rep, "repetition");
     section(plan_.max_def, h.def_encoding, out.def, "definition");
-    size_t present = plan_.max_def > 0 ? static_cast<size_t>(std::count(out.def.begin() + static_cast<ptrdiff_t>(first_level), out.def.end(), plan_.max_def)) : n;
+    size_t present = plan_.max_def > 0
+                         ? static_cast<size_t>(std::count(out.def.begin() + static_cast<ptrdiff_t>(first_level),
+                                                          out.def.end(), plan_.max_def))
+                         : n;
     read_values(h.encoding, p, end, present, out);
   }
 
@@ -819,12 +884,17 @@ class ChunkDecoder {
     p += h.rep_bytes;
     if (plan_.max_def > 0) read_levels(p, p + h.def_bytes, plan_.max_def, n, out.def, "definition");
     p += h.def_bytes;
-    size_t present = plan_.max_def > 0 ? static_cast<size_t>(std::count(out.def.begin() + static_cast<ptrdiff_t>(first_level), out.def.end(), plan_.max_def)) : n;
+    size_t present = plan_.max_def > 0
+                         ? static_cast<size_t>(std::count(out.def.begin() + static_cast<ptrdiff_t>(first_level),
+                                                          out.def.end(), plan_.max_def))
+                         : n;
     if (h.num_nulls >= 0 && plan_.max_rep == 0 && static_cast<size_t>(h.num_nulls) != n - present)
       fail_page("header says {} nulls, the levels hold {}", h.num_nulls, n - present);
     if (h.num_rows >= 0 && plan_.max_rep > 0) {
-      size_t rows = static_cast<size_t>(std::count(out.rep.begin() + static_cast<ptrdiff_t>(first_rep), out.rep.end(), 0));
-      if (rows != static_cast<size_t>(h.num_rows)) fail_page("header says {} rows, the levels hold {}", h.num_rows, rows);
+      size_t rows =
+          static_cast<size_t>(std::count(out.rep.begin() + static_cast<ptrdiff_t>(first_rep), out.rep.end(), 0));
+      if (rows != static_cast<size_t>(h.num_rows))
+        fail_page("header says {} rows, the levels hold {}", h.num_rows, rows);
     }
     size_t level_bytes = static_cast<size_t>(h.def_bytes) + static_cast<size_t>(h.rep_bytes);
     const uint8_t* v = uncompress(p, static_cast<size_t>(h.compressed_size) - level_bytes,
@@ -893,14 +963,15 @@ std::vector<std::vector<std::string>> read_parquet_string_list_column(const std:
       if (cv.rep[i] == 0) {
         rows.emplace_back();
       } else if (rows.size() == first_row) {
-        esm2::fail("{}: column '{}', row group {}: the first value continues a row (repetition level {})", f.path(), column, g,
-                   cv.rep[i]);
+        esm2::fail("{}: column '{}', row group {}: the first value continues a row (repetition level {})", f.path(),
+                   column, g, cv.rep[i]);
       }
       size_t row = rows.size() - 1;
       if (def < plan.def_list)
         esm2::fail("{}: column '{}', row {}: null list (ids may not be null)", f.path(), column, row);
       if (def < plan.def_element) {
-        if (cv.rep[i] != 0) esm2::fail("{}: column '{}', row {}: empty-list marker inside a list", f.path(), column, row);
+        if (cv.rep[i] != 0)
+          esm2::fail("{}: column '{}', row {}: empty-list marker inside a list", f.path(), column, row);
         continue;
       }
       if (def < plan.max_def)

@@ -8,6 +8,7 @@
 #include "data/cluster_tsv.h"
 #include "data/corpus.h"
 #include "data/fasta.h"
+#include "data/parquet_clusters.h"
 #include "data/sqlite_proteins.h"
 
 namespace fs = std::filesystem;
@@ -40,6 +41,13 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
       read_fasta(f, sequences);
       record_source("fasta", f);
     }
+  } else if (!opt.parquet.empty()) {
+    ParquetCorpusInput in = read_parquet_clusters(opt.parquet, opt.sqlite);
+    sequences = std::move(in.sequences);
+    clusters = std::move(in.clusters);
+    result.unreferenced = in.unreferenced;
+    record_source("sqlite", opt.sqlite);
+    record_source(in.validation ? "parquet_validation_clusters" : "parquet_train_clusters", opt.parquet);
   } else {
     read_sqlite_proteins(opt.sqlite, sequences);
     record_source("sqlite", opt.sqlite);
@@ -47,7 +55,7 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
   if (!opt.clusters.empty()) {
     clusters = read_cluster_tsv(opt.clusters, sequences);
     record_source("clusters_tsv", opt.clusters);
-  } else {
+  } else if (opt.parquet.empty()) {
     clusters = ClusterTable::singletons(sequences.size());
   }
   ESM2_CHECK(sequences.size() > 0, "prepare: the inputs hold no sequences");
@@ -55,7 +63,8 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
   std::time_t now = std::time(nullptr);
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  nlohmann::json provenance = {{"sources", sources}, {"command", opt.command}, {"created_utc", stamp}};
+  nlohmann::json provenance = {{"sources", sources}, {"command", opt.command}, {"created_utc", stamp},
+                               {"unreferenced_database_rows", result.unreferenced}};
   result.manifest = write_corpus(opt.output, sequences, clusters, provenance, opt.max_seq_length);
   result.stats = LengthStats::from_json(result.manifest.at("length_stats"));
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

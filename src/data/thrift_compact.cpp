@@ -28,7 +28,9 @@ const char* type_name(ThriftType t) {
   return "unknown";
 }
 
-int64_t unzigzag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
+int64_t unzigzag(uint64_t v) {
+  return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1);
+}
 
 }  // namespace
 
@@ -131,10 +133,6 @@ uint32_t ThriftCompactReader::read_list_begin(ThriftType type, ThriftType& eleme
   if (n > size_ - pos_) fail(fmt::format("list of {} elements cannot fit in the bytes left", n));
   return static_cast<uint32_t>(n);
 }
-
-int32_t ThriftCompactReader::read_list_i32(ThriftType element_type) { return read_i32(element_type); }
-
-std::string ThriftCompactReader::read_list_string(ThriftType element_type) { return read_string(element_type); }
 
 void ThriftCompactReader::skip(ThriftType type, bool in_list) {
   switch (type) {

@@ -14,8 +14,19 @@ namespace esm2 {
 
 // The compact protocol's type nibble of a field or list element.
 enum class ThriftType : uint8_t {
-  Stop = 0, BoolTrue = 1, BoolFalse = 2, Byte = 3, I16 = 4, I32 = 5, I64 = 6, Double = 7,
-  Binary = 8, List = 9, Set = 10, Map = 11, Struct = 12,
+  Stop = 0,
+  BoolTrue = 1,
+  BoolFalse = 2,
+  Byte = 3,
+  I16 = 4,
+  I32 = 5,
+  I64 = 6,
+  Double = 7,
+  Binary = 8,
+  List = 9,
+  Set = 10,
+  Map = 11,
+  Struct = 12,
 };
 
 class ThriftCompactReader {
@@ -39,9 +50,6 @@ class ThriftCompactReader {
   // A list header: returns the element count (checked against the bytes left, as every element
   // takes at least one byte) and stores the element type.
   uint32_t read_list_begin(ThriftType type, ThriftType& element_type);
-  // A list element of type i32 / binary (list<i32>, list<string>).
-  int32_t read_list_i32(ThriftType element_type);
-  std::string read_list_string(ThriftType element_type);
 
   // Skips a value of the given type (a field's or a list element's; for list elements, bools are a
   // whole byte: pass in_list = true).

@@ -10,9 +10,12 @@ namespace esm2 {
 namespace {
 
 // Packing stops drawing after this many consecutive samples that fit in no micro-batch; those
-// samples are deferred to the next step, not dropped. The cap bounds the deferred list.
-constexpr int kMaxConsecutiveMisses = 64;
-constexpr size_t kMaxDeferred = 1024;
+// samples are deferred to the next step, not dropped. The cap bounds the deferred list and so how
+// late a sample can be placed. Measured on the bundled corpus (max length 1024): 32/128 gives
+// 99.9% efficiency at 16384 tokens and 97.9% at 1024 with samples placed at most ~500 draws late;
+// 64/256 gains 0.05-0.3 points for twice the delay.
+constexpr int kMaxConsecutiveMisses = 32;
+constexpr size_t kMaxDeferred = 128;
 
 using SampleFn = std::function<SampleRef(int64_t)>;
 

@@ -275,6 +275,7 @@ void SafetensorsFile::read_f32(std::string_view tensor, std::span<float> out) co
   const size_t n = static_cast<size_t>(t.numel());
   ESM2_CHECK(out.size() == n, "{}: tensor '{}' has {} elements, destination holds {}", impl_->name, tensor, n,
              out.size());
+  if (n == 0) return;  // empty tensors may have null data pointers; memcpy must not see them
   const std::byte* src = bytes(tensor).data();
   // memcpy per element: the data region is only as aligned as the header length makes it.
   switch (t.dtype) {
@@ -471,6 +472,7 @@ class FileOut {
 // Emits entry data to `sink(ptr, n)`, converting fp32 sources in bounded chunks.
 template <class Sink>
 void emit_f32_as(std::span<const float> src, DType dtype, Sink&& sink) {
+  if (src.empty()) return;
   if (dtype == DType::F32) {
     sink(src.data(), src.size() * 4);
     return;

@@ -117,8 +117,22 @@ TensorBoardWriter::TensorBoardWriter(const fs::path& logdir)
   file_.append(tfrecord(tb_file_version_event(now_seconds())));
 }
 
+TensorBoardWriter::~TensorBoardWriter() {
+  try {
+    flush();
+  } catch (const Error&) {
+  }
+}
+
 void TensorBoardWriter::add_scalar(std::string_view tag, float value, int64_t step) {
-  file_.append(tfrecord(tb_scalar_event(now_seconds(), step, tag, value)));
+  pending_ += tfrecord(tb_scalar_event(now_seconds(), step, tag, value));
+}
+
+void TensorBoardWriter::flush() {
+  if (pending_.empty()) return;
+  std::string out;
+  out.swap(pending_);  // on failure the records are dropped, not written twice by a later flush
+  file_.append(out);
 }
 
 }  // namespace esm2

@@ -8,7 +8,8 @@
 //   Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
 //   Summary { repeated Value value = 1; }
 //   Value   { string tag = 1; float simple_value = 2; }
-// The first record carries file_version "brain.Event:2"; then one Event per add_scalar call.
+// The first record carries file_version "brain.Event:2" (written at once); then one Event per add_scalar
+// call, written at the next flush().
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -31,13 +32,18 @@ class TensorBoardWriter {
  public:
   // Creates logdir if needed and a new event file in it; writes the file_version record.
   explicit TensorBoardWriter(const std::filesystem::path& logdir);
-  // Appends one Event (wall time now) and hands it to the kernel before returning.
+  ~TensorBoardWriter();  // flushes what is pending (errors there are dropped: destructors don't throw)
+  // Queues one Event (wall time now) in memory.
   void add_scalar(std::string_view tag, float value, int64_t step);
+  // Hands every queued Event to the kernel in one write(2); call once per step so a crash loses at
+  // most the step in progress. Throws naming the file on a write failure.
+  void flush();
   const std::filesystem::path& path() const { return file_.path(); }
 
  private:
   static std::filesystem::path new_file_name(const std::filesystem::path& logdir);
   AppendFile file_;
+  std::string pending_;  // framed records not yet written
 };
 
 }  // namespace esm2

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/atomic_dir.h"
 #include "core/error.h"
@@ -61,8 +62,8 @@ struct Variant {
   float decoder_perturb = 0.0f;   // added to one decoder element
   DType dtype = DType::F32;
   DType inv_freq_dtype = DType::F16;  // published checkpoints round inv_freq to fp16
-  std::string drop;               // tensor to leave out
-  std::string extra_name;         // an additional F32 tensor of ones
+  std::string drop{};             // tensor to leave out
+  std::string extra_name{};       // an additional F32 tensor of ones
   int64_t extra_len = 1;          // … of shape [extra_len]
 };
 
@@ -323,5 +324,72 @@ TEST(HfCheckpoint, WriteFromViewsIntoAnExistingDirectory) {
   expect_msg(v, "'lm_head.bias' has 32 values, shape [33] needs 33");
   const std::vector<float> bad_inv = {1.0f};
   EXPECT_THROW(write_hf_checkpoint_files(dir, ck.config, views, bad_inv, {}), Error);
+  fs::remove_all(dir);
+}
+
+// ---- checkpoints written by transformers 5.17 save_pretrained (tests/fixtures/hf/README.md) ----
+
+namespace {
+const fs::path kFixtures = fs::path(ESM2_SOURCE_DIR) / "tests" / "fixtures" / "hf";
+}
+
+TEST(HfCheckpointFixtures, LoadsTransformers517Checkpoints) {
+  struct Shape { const char* dir; int hidden, heads, layers, ffn; };
+  for (const Shape s : {Shape{"tiny-hd16", 32, 2, 2, 64}, Shape{"tiny-hd24", 48, 2, 3, 96},
+                        Shape{"tiny-hd64", 128, 2, 2, 128}}) {
+    SCOPED_TRACE(s.dir);
+    const HfCheckpoint ck = load_hf_checkpoint(kFixtures / s.dir / "model");
+    EXPECT_EQ(ck.config.hidden_size, s.hidden);
+    EXPECT_EQ(ck.config.num_attention_heads, s.heads);
+    EXPECT_EQ(ck.config.num_layers, s.layers);
+    EXPECT_EQ(ck.config.ffn_hidden_size, s.ffn);
+    EXPECT_TRUE(ck.config.token_dropout);
+    EXPECT_EQ(ck.config.layer_norm_eps, 1e-5f);
+    // Our canonical names are exactly transformers' named_parameters() (the fixture's grad.* names).
+    const auto fx = SafetensorsFile::open(kFixtures / s.dir / "fixtures.safetensors");
+    std::set<std::string> grads;
+    for (const auto& t : fx.tensors())
+      if (t.name.starts_with("grad.") && !t.name.starts_with("grad.esm.contact_head.")) grads.insert(t.name.substr(5));
+    std::set<std::string> ours;
+    for (const auto& [name, v] : ck.tensors) ours.insert(name);
+    EXPECT_EQ(ours, grads);
+    for (const auto& [name, shape] : ck.shapes) EXPECT_EQ(shape, fx.info("grad." + name).shape) << name;
+    // The stored rotary table is used, and it is the one the HF model holds.
+    EXPECT_EQ(ck.inv_freq, fx.to_f32("inv_freq"));
+    ASSERT_EQ(ck.extra.size(), 2u);
+    EXPECT_EQ(ck.extra.at("esm.contact_head.regression.weight").shape,
+              (std::vector<int64_t>{1, static_cast<int64_t>(s.layers) * s.heads}));
+  }
+}
+
+TEST(HfCheckpointFixtures, Bf16CopyIsTheRoundedFp32Model) {
+  const HfCheckpoint f32 = load_hf_checkpoint(kFixtures / "tiny-hd16" / "model");
+  const HfCheckpoint b16 = load_hf_checkpoint(kFixtures / "tiny-hd16-bf16" / "model");
+  ASSERT_EQ(b16.tensors.size(), f32.tensors.size());
+  for (const auto& [name, v] : f32.tensors) {
+    const auto& b = b16.tensors.at(name);
+    ASSERT_EQ(b.size(), v.size()) << name;
+    for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(b[i], bf16_to_f32(f32_to_bf16(v[i]))) << name << "[" << i << "]";
+  }
+  // The loaded table is the bf16-rounded stored one (1.0, 0.31640625, …), as transformers holds it.
+  const auto fx = SafetensorsFile::open(kFixtures / "tiny-hd16-bf16" / "fixtures.safetensors");
+  EXPECT_EQ(b16.inv_freq, fx.to_f32("inv_freq"));
+  EXPECT_EQ(b16.inv_freq[1], 0.31640625f);
+  EXPECT_EQ(b16.extra.at("esm.contact_head.regression.weight").dtype, DType::BF16);
+}
+
+TEST(HfCheckpointFixtures, ResavedInOurLayoutLoadsTheSame) {
+  const HfCheckpoint ck = load_hf_checkpoint(kFixtures / "tiny-hd24" / "model");
+  const fs::path dir = temp_dir("fixture-resave");
+  save_hf_checkpoint(dir / "m", ck);
+  const HfCheckpoint back = load_hf_checkpoint(dir / "m");
+  EXPECT_EQ(back.tensors, ck.tensors);
+  EXPECT_EQ(back.inv_freq, ck.inv_freq);
+  EXPECT_EQ(back.extra.at("esm.contact_head.regression.weight").data,
+            ck.extra.at("esm.contact_head.regression.weight").data);
+  const auto file = SafetensorsFile::open(dir / "m" / "model.safetensors");
+  EXPECT_TRUE(file.contains("esm.encoder.layer.2.LayerNorm.weight"));
+  EXPECT_FALSE(file.contains("esm.encoder.layer.2.LayerNorm.gamma"));
+  EXPECT_TRUE(file.contains(hf_inv_freq_name(2)));
   fs::remove_all(dir);
 }

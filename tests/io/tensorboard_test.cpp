@@ -128,12 +128,17 @@ TEST(TensorBoard, WriterFileDecodes) {
     TensorBoardWriter w(dir / "logs");
     first = w.path();
     EXPECT_TRUE(first.filename().string().starts_with("events.out.tfevents."));
+    EXPECT_EQ(records(read_file(first)).size(), 1u);  // the file_version record is written at once
     w.add_scalar("train/loss", 2.5f, 1);
     w.add_scalar("train/lr", 1e-4f, 1);
-    // Flushed per call: the bytes are in the file while the writer is still open.
+    EXPECT_EQ(records(read_file(first)).size(), 1u);  // queued until flush()
+    w.flush();
+    // Flushed: the bytes are in the file while the writer is still open.
+    EXPECT_EQ(records(read_file(first)).size(), 3u);
+    w.flush();  // nothing pending: no-op
     EXPECT_EQ(records(read_file(first)).size(), 3u);
     w.add_scalar("train/loss", 2.25f, 2);
-  }
+  }  // the destructor flushes step 2
   const auto recs = records(read_file(first));
   ASSERT_EQ(recs.size(), 4u);
   const auto hdr = decode(recs[0]);
