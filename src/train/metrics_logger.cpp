@@ -40,6 +40,7 @@ void MetricsLogger::log_step(const StepMetrics& m) {
     tb_->add_scalar("train/lr", m.lr, m.step);
     tb_->add_scalar("train/grad_norm", m.grad_norm, m.step);
     tb_->add_scalar("train/real_tokens_per_s", m.tokens_per_s, m.step);
+    tb_->flush();
   }
 }
 
@@ -53,6 +54,7 @@ void MetricsLogger::log_validation(int64_t step, double val_loss, int64_t num_la
   if (tb_) {
     tb_->add_scalar("val/loss", val_loss, step);
     tb_->add_scalar("val/perplexity", ppl, step);
+    tb_->flush();
   }
 }
 
