@@ -216,6 +216,10 @@ SafetensorsFile SafetensorsFile::open(const fs::path& path) {
     ::close(fd);
     fail("{}: cannot stat: {}", impl->name, std::strerror(err));
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("{}: not a regular file", impl->name);
+  }
   impl->size = static_cast<uint64_t>(st.st_size);
   if (impl->size > 0) {
     void* m = ::mmap(nullptr, impl->size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -314,8 +318,9 @@ SafetensorsSet SafetensorsSet::open(const fs::path& path) {
   SafetensorsSet set;
   fs::path index_path, single_path;
   if (fs::is_directory(path)) {
-    if (fs::exists(path / kIndexName)) index_path = path / kIndexName;
-    else if (fs::exists(path / kSingleName)) single_path = path / kSingleName;
+    // transformers' from_pretrained order: the single file wins over an index.
+    if (fs::exists(path / kSingleName)) single_path = path / kSingleName;
+    else if (fs::exists(path / kIndexName)) index_path = path / kIndexName;
     else fail("{}: neither {} nor {} found", path.string(), kSingleName, kIndexName);
   } else if (path.string().ends_with(".index.json")) {
     index_path = path;
@@ -549,10 +554,12 @@ std::vector<std::string> SafetensorsWriter::write_sharded(const fs::path& dir, u
   }
   if (shards.size() == 1) {
     write_file_of(dir / kSingleName, shards[0]);
-    std::error_code ec;  // a stale index would take precedence over the new single file when reading
+    std::error_code ec;  // a stale index would describe other files than the ones just written
     fs::remove(dir / kIndexName, ec);
     return {kSingleName};
   }
+  std::error_code ec;  // a stale single file would be read instead of the new shards
+  fs::remove(dir / kSingleName, ec);
   std::vector<std::string> names;
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   for (size_t s = 0; s < shards.size(); ++s) {

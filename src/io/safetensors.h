@@ -91,8 +91,8 @@ class SafetensorsFile {
 // shards is an error.
 class SafetensorsSet {
  public:
-  // path: a directory (looks for model.safetensors.index.json, then model.safetensors), an index
-  // file, or a single .safetensors file.
+  // path: a directory (model.safetensors, else model.safetensors.index.json, as transformers looks),
+  // an index file, or a single .safetensors file.
   static SafetensorsSet open(const std::filesystem::path& path);
 
   std::vector<std::string> names() const;  // sorted
@@ -131,7 +131,8 @@ class SafetensorsWriter {
   void write(const std::filesystem::path& path) const;
   // Writes model.safetensors if everything fits in max_shard_bytes (0 = no limit), else
   // model-0000k-of-0000n.safetensors shards (greedy in insertion order; a tensor larger than the
-  // limit gets a shard of its own) plus model.safetensors.index.json, written last. Returns the
+  // limit gets a shard of its own) plus model.safetensors.index.json, written last. The other
+  // layout's entry file (index or single file) is removed so readers see the new one. Returns the
   // file names written (relative to dir).
   std::vector<std::string> write_sharded(const std::filesystem::path& dir, uint64_t max_shard_bytes) const;
 

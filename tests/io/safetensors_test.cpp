@@ -221,11 +221,15 @@ TEST(Safetensors, ShardedRoundTrip) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(set.to_f32(fmt::format("t{}", i)), data[i]);
 
   // No limit → one model.safetensors, and the stale index is gone.
-  for (const auto& n : names) fs::remove(dir / n);
   EXPECT_EQ(w.write_sharded(dir, 0), std::vector<std::string>{"model.safetensors"});
   const auto single = SafetensorsSet::open(dir);
   EXPECT_EQ(single.files().size(), 1u);
   EXPECT_EQ(single.to_f32("t3"), data[3]);
+  EXPECT_FALSE(fs::exists(dir / "model.safetensors.index.json"));
+  // And back to shards: the single file goes, so the shards are what a reader finds.
+  w.write_sharded(dir, 900);
+  EXPECT_FALSE(fs::exists(dir / "model.safetensors"));
+  EXPECT_EQ(SafetensorsSet::open(dir).files().size(), 3u);
   fs::remove_all(dir);
 }
 
@@ -397,5 +401,11 @@ TEST(Safetensors, OpenErrorsNameThePath) {
   write_file(dir / "empty.safetensors", "");
   EXPECT_THROW(SafetensorsFile::open(dir / "empty.safetensors"), Error);
   EXPECT_THROW(SafetensorsSet::open(dir), Error);  // neither model.safetensors nor an index
+  try {
+    SafetensorsFile::open(dir);
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
   fs::remove_all(dir);
 }
