@@ -84,6 +84,8 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Optimization")->capture_default_str();
   app.add_option("--early-stop-on-step", c.early_stop_on_step, "Stop (with a checkpoint) at this step; the schedule still spans --num-steps")
       ->group("Optimization");
+  app.add_option("--max-time", c.max_time_s, "Stop after this many seconds of training (validation and checkpoint first); 0: no limit")
+      ->group("Optimization");
   app.add_option("--on-nonfinite", c.on_nonfinite, "Non-finite loss or gradient: stop (save last good state, exit 1) or skip the step")
       ->group("Optimization")->check(CLI::IsMember({"stop", "skip"}))->capture_default_str();
 

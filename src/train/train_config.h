@@ -38,6 +38,7 @@ struct TrainConfig {
   int64_t num_steps = 1000;
   int64_t early_stop_on_step = -1;  // stop (with checkpoint) at this step though the schedule runs to num_steps
   std::string on_nonfinite = "stop";  // stop | skip
+  double max_time_s = 0;              // > 0: stop (validation + checkpoint) once this much wall time has passed
 
   // --- validation / logging / checkpoints ---
   int64_t val_check_interval = 100;

@@ -29,14 +29,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::string format_duration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  const int64_t t = static_cast<int64_t>(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
-  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
-}
-
 DataConfig make_data_config(const TrainConfig& c) {
   DataConfig d;
   d.seed = c.seed;
@@ -213,6 +205,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   double ema_step_s = 0;
   double tokens_since_log = 0, seconds_since_log = 0, total_tokens_timed = 0, total_seconds_timed = 0;
   int64_t val_batches_done = 0;
+  const auto run_start = Clock::now();
 
   auto validate_and_checkpoint = [&](bool do_validation, bool final_save) {
     double val_loss = std::nan("");
@@ -307,9 +300,15 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     }
 
     const bool val_due = state.step % cfg.val_check_interval == 0;
-    const bool at_end = state.step == last_step;
+    const bool out_of_time = cfg.max_time_s > 0 && seconds_since(run_start) >= cfg.max_time_s;
+    const bool at_end = state.step == last_step || out_of_time;
     const bool stopping = stop.requested();
     if (val_due || at_end || stopping) validate_and_checkpoint(val_due || at_end, at_end || stopping);
+    if (out_of_time && state.step < last_step) {
+      if (root) fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; checkpoint saved, stopping\n",
+                           cfg.max_time_s, state.step);
+      break;
+    }
     if (stopping) {
       result.stopped_by_signal = true;
       if (root) fmt::print("esm2 train: signal {} received; checkpoint at step {} saved, exiting\n", stop.signal_number(), state.step);
