@@ -23,7 +23,13 @@ int main(int argc, char** argv) {
   // OMP_WAIT_POLICY in the environment is respected.
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: then run on with the default policy
+    // exec the resolved path, not /proc/self/exe, so that ps/top show "esm2" rather than "exe".
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+      self[n] = '\0';
+      execv(self, argv);  // returns only on failure: then run on with the default policy
+    }
   }
   using namespace esm2::apps;
   CLI::App app{"esm2.cpp — pretrain ESM-2 protein language models (version " ESM2_VERSION ")"};
