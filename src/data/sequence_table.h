@@ -2,6 +2,7 @@
 // out as a memory-mapped Corpus. Residues are stored as token ids (one byte each, no <cls>/<eos>).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
