@@ -5,11 +5,14 @@
 #include "apps/command.h"
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "io/hf_config.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 
 namespace {
 
 using esm2::TrainConfig;
+namespace fs = std::filesystem;
 
 struct TrainArgs {
   TrainConfig cfg;
@@ -22,6 +25,61 @@ struct TrainArgs {
   bool tensorboard = true, no_report = false;
   bool save_best = true, save_last = true;
 };
+
+// The checkpoint whose weights the run starts from, in the trainer's order of precedence (a resumed
+// run's latest checkpoint, else --restore-from-checkpoint-path, else --init-from-hf); empty if none.
+fs::path starting_checkpoint(const TrainConfig& c) {
+  if (c.resume_if_exists)
+    if (auto latest = esm2::find_latest_checkpoint(fs::path(c.result_dir) / c.experiment_name / "checkpoints"))
+      return *latest;
+  if (!c.restore_from_checkpoint_path.empty()) return c.restore_from_checkpoint_path;
+  return c.init_from;
+}
+
+// The model shape. Weights from a checkpoint fix it: its config.json decides (layers, sizes and the
+// numerics options: GELU form, eps, rotary base, token dropout), so fine-tuning a published model
+// needs no shape flags. A shape flag or --preset given explicitly must then agree with it; a
+// conflict is an error naming both rather than a silently ignored flag. Without a checkpoint the
+// preset and its overrides decide.
+void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
+  const fs::path from = starting_checkpoint(cfg);
+  if (from.empty()) {
+    cfg.model = esm2::model_preset(a.preset);
+    if (a.num_layers) cfg.model.num_layers = a.num_layers;
+    if (a.hidden_size) cfg.model.hidden_size = a.hidden_size;
+    if (a.num_attention_heads) cfg.model.num_attention_heads = a.num_attention_heads;
+    if (a.ffn_hidden_size) cfg.model.ffn_hidden_size = a.ffn_hidden_size;
+    cfg.model.gelu_tanh = a.gelu == "tanh";
+    return;
+  }
+  ESM2_CHECK(fs::is_directory(from), "{}: checkpoint directory not found", from.string());
+  cfg.model = esm2::read_hf_config(from / "config.json");
+  const esm2::ModelConfig& m = cfg.model;
+  auto agree = [&](const char* flag, int given, int have) {
+    ESM2_CHECK(app.count(flag) == 0 || given == have,
+               "train: {} {} conflicts with the checkpoint {} ({} {}); leave the flag out to use the checkpoint's",
+               flag, given, from.string(), flag, have);
+  };
+  agree("--num-layers", a.num_layers, m.num_layers);
+  agree("--hidden-size", a.hidden_size, m.hidden_size);
+  agree("--num-attention-heads", a.num_attention_heads, m.num_attention_heads);
+  agree("--ffn-hidden-size", a.ffn_hidden_size, m.ffn_hidden_size);
+  if (app.count("--preset")) {
+    const esm2::ModelConfig p = esm2::model_preset(a.preset);
+    // Flags given next to the preset override it, as without a checkpoint.
+    const int layers = a.num_layers ? a.num_layers : p.num_layers, hidden = a.hidden_size ? a.hidden_size : p.hidden_size;
+    const int heads = a.num_attention_heads ? a.num_attention_heads : p.num_attention_heads;
+    const int ffn = a.ffn_hidden_size ? a.ffn_hidden_size : p.ffn_hidden_size;
+    ESM2_CHECK(layers == m.num_layers && hidden == m.hidden_size && heads == m.num_attention_heads && ffn == m.ffn_hidden_size,
+               "train: --preset {} (layers {}, hidden {}, heads {}, ffn {}) conflicts with the checkpoint {} "
+               "(layers {}, hidden {}, heads {}, ffn {}); leave --preset out to use the checkpoint's shape",
+               a.preset, layers, hidden, heads, ffn, from.string(), m.num_layers, m.hidden_size, m.num_attention_heads,
+               m.ffn_hidden_size);
+  }
+  ESM2_CHECK(app.count("--gelu") == 0 || (a.gelu == "tanh") == m.gelu_tanh,
+             "train: --gelu {} conflicts with the checkpoint {} (gelu {})", a.gelu, from.string(),
+             m.gelu_tanh ? "tanh" : "erf");
+}
 
 esm2::apps::RunFn setup_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
@@ -54,9 +112,10 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--seed", c.seed, "Seed of sampling, masking and initialisation")->group("Data")->capture_default_str();
 
   // Model
-  app.add_option("--preset", a->preset, "Model shape: demo, 8M, esm2_t6_8M, 35M, 150M, 650M, 3B, 15B")
+  app.add_option("--preset", a->preset, "Model shape: demo, 8M, esm2_t6_8M, 35M, 150M, 650M, 3B, 15B (a checkpoint to start from decides the shape; "
+                 "an explicit conflicting preset or shape flag is an error)")
       ->group("Model")->capture_default_str();
-  app.add_option("--num-layers", a->num_layers, "Override the preset's number of layers")->group("Model");
+  app.add_option("--num-layers", a->num_layers, "Override the preset's number of layers (with a checkpoint to start from: its config.json decides the shape)")->group("Model");
   app.add_option("--hidden-size", a->hidden_size, "Override the preset's hidden size")->group("Model");
   app.add_option("--num-attention-heads", a->num_attention_heads, "Override the preset's attention heads")->group("Model");
   app.add_option("--ffn-hidden-size", a->ffn_hidden_size, "Override the preset's FFN size")->group("Model");
@@ -125,15 +184,10 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--precision", c.precision, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU)")->group("Execution")->capture_default_str();
   app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->capture_default_str();
 
-  return [a]() -> int {
+  return [a, app_ptr = &app]() -> int {
     TrainConfig cfg = a->cfg;
     cfg.preset = a->preset;
-    cfg.model = esm2::model_preset(a->preset);
-    if (a->num_layers) cfg.model.num_layers = a->num_layers;
-    if (a->hidden_size) cfg.model.hidden_size = a->hidden_size;
-    if (a->num_attention_heads) cfg.model.num_attention_heads = a->num_attention_heads;
-    if (a->ffn_hidden_size) cfg.model.ffn_hidden_size = a->ffn_hidden_size;
-    cfg.model.gelu_tanh = a->gelu == "tanh";
+    model_config(*a, *app_ptr, cfg);
     cfg.schedule.kind = esm2::parse_schedule_kind(a->schedule);
     cfg.schedule.max_lr = a->lr;
     cfg.schedule.min_lr = a->min_lr >= 0 ? a->min_lr : a->lr / 10;
