@@ -19,6 +19,8 @@ constexpr std::string_view kLayerPrefix = "esm.encoder.layer.";
 constexpr std::string_view kInvFreqSuffix = ".attention.self.rotary_embeddings.inv_freq";
 constexpr const char* kEmbedding = "esm.embeddings.word_embeddings.weight";
 constexpr const char* kDecoder = "lm_head.decoder.weight";
+constexpr const char* kContactWeight = "esm.contact_head.regression.weight";
+constexpr const char* kContactBias = "esm.contact_head.regression.bias";
 
 // "esm.encoder.layer.<i>.<rest>" → (i, rest); nullopt for other names or a malformed index.
 std::optional<std::pair<int64_t, std::string_view>> split_layer(std::string_view name) {
@@ -199,6 +201,17 @@ void write_hf_checkpoint_files(const fs::path& dir, const ModelConfig& cfg, cons
                 DType::F32);
   }
   for (const auto& [name, raw] : extra) w.add_raw(name, raw);
+  // EsmForMaskedLM always has a contact head (logistic regression over the layers × heads attention
+  // maps). Without it transformers 5.17 reports esm.contact_head.regression.* as MISSING and
+  // initialises it randomly (checked with scripts/verify-hf-load.py). The MLM loss never trains it,
+  // so a model that has none (trained from scratch) gets an all-zero head: deterministic, loads
+  // cleanly, and says "untrained" (every contact probability 0.5). A head that exists is kept.
+  const int64_t maps = static_cast<int64_t>(cfg.num_layers) * cfg.num_attention_heads;
+  for (const auto& [name, shape] : {std::pair<std::string, std::vector<int64_t>>{kContactWeight, {1, maps}},
+                                    std::pair<std::string, std::vector<int64_t>>{kContactBias, {1}}})
+    if (!extra.contains(name))
+      w.add_raw(name, RawTensor{opt.dtype, shape, std::string(static_cast<size_t>(shape_numel(shape, name)) *
+                                                                   dtype_size(opt.dtype), '\0')});
   w.write_sharded(dir, opt.max_shard_bytes);
   write_hf_config(dir, cfg, opt.dtype);
   write_hf_tokenizer_files(dir, cfg.max_position_embeddings);

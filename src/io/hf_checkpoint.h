@@ -61,7 +61,8 @@ using HfWeightViews = std::map<std::string, std::span<const float>>;
 
 // Writes config.json, model.safetensors (or shards + index) and the tokenizer files into an
 // existing directory the caller owns (e.g. inside the trainer's own AtomicDir). inv_freq empty →
-// rotary_inv_freq(cfg).
+// rotary_inv_freq(cfg). An esm.contact_head.regression.{weight,bias} missing from `extra` is
+// written as zeros (transformers reports an absent contact head as MISSING).
 void write_hf_checkpoint_files(const std::filesystem::path& dir, const ModelConfig& cfg, const HfWeightViews& weights,
                                std::span<const float> inv_freq, const std::map<std::string, RawTensor>& extra,
                                const HfSaveOptions& opt = {});

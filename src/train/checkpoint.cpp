@@ -59,7 +59,7 @@ HfWeightViews weight_views(const Esm2Model& model, const std::vector<float>& fla
 }  // namespace
 
 void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Model& model, const AdamW& optim,
-                     const TrainerState& state, const TrainConfig& cfg) {
+                     const TrainerState& state, const TrainConfig& cfg, const std::map<std::string, RawTensor>& extra) {
   const size_t n = model.num_params();
   std::vector<float> flat(n), m(n), v(n);
   model.get_params(flat);
@@ -67,7 +67,7 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
 
   AtomicDir dir(ckpt_root / name);
   const std::vector<float> inv_freq = model.inv_freq();
-  write_hf_checkpoint_files(dir.path(), model.config(), weight_views(model, flat), inv_freq, {}, HfSaveOptions{});
+  write_hf_checkpoint_files(dir.path(), model.config(), weight_views(model, flat), inv_freq, extra, HfSaveOptions{});
   fs::create_directories(dir.path() / "trainer_state");
   SafetensorsWriter w;
   for (const auto& p : model.params_info()) {
@@ -117,7 +117,8 @@ std::optional<fs::path> find_latest_checkpoint(const fs::path& ckpt_root) {
   return best;
 }
 
-void load_checkpoint(const fs::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state) {
+void load_checkpoint(const fs::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state,
+                     std::map<std::string, RawTensor>* extra) {
   ESM2_CHECK(fs::is_directory(dir), "{}: checkpoint directory not found", dir.string());
   HfCheckpoint ck = load_hf_checkpoint(dir);
   const ModelConfig& have = model.config();
@@ -138,6 +139,7 @@ void load_checkpoint(const fs::path& dir, Esm2Model& model, AdamW* optim, Traine
   }
   model.set_params(flat);
   if (!ck.inv_freq.empty()) model.set_inv_freq(ck.inv_freq);
+  if (extra) *extra = std::move(ck.extra);
   if (!optim || !state || !is_training_checkpoint(dir)) {
     if (optim) optim->reset();
     return;

@@ -5,12 +5,14 @@
 // replaced atomically after the rename, so a crash at any point leaves the previous checkpoint valid.
 #pragma once
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "data/train_data.h"
+#include "io/safetensors.h"
 #include "model/esm2.h"
 #include "train/optimizer.h"
 #include "train/train_config.h"
@@ -39,8 +41,11 @@ struct TrainerState {
 std::string checkpoint_dir_name(int64_t step);  // "step-00001234"
 
 // Writes checkpoints/<name> atomically and then points checkpoints/latest at it.
+// `extra`: tensors the model does not train but the checkpoint carries (the contact head of a
+// published model we fine-tune), written verbatim; a missing contact head is written as zeros.
 void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& name, Esm2Model& model,
-                     const AdamW& optim, const TrainerState& state, const TrainConfig& cfg);
+                     const AdamW& optim, const TrainerState& state, const TrainConfig& cfg,
+                     const std::map<std::string, RawTensor>& extra = {});
 
 // The checkpoint `latest` points to; if the pointer is missing or names a missing directory, the
 // complete checkpoint with the highest step. nullopt when there is none.
@@ -51,7 +56,9 @@ bool is_training_checkpoint(const std::filesystem::path& dir);
 
 // Loads weights (and, for training checkpoints and when optim/state are given, the optimizer and
 // trainer state). The checkpoint's model shape must equal the model's: otherwise an error naming both.
-void load_checkpoint(const std::filesystem::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state);
+// `extra` (optional) receives the checkpoint's tensors outside the parameter table (esm.contact_head.*).
+void load_checkpoint(const std::filesystem::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state,
+                     std::map<std::string, RawTensor>* extra = nullptr);
 
 // Removes checkpoints that are neither the newest (if keep_last) nor among the best top_k
 // (top_k < 0: keep all); updates state.checkpoints.

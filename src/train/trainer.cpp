@@ -160,21 +160,24 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   TrainerState state;
   std::string start_note = "from scratch";
   std::optional<fs::path> resume_from;
+  // Tensors of the starting checkpoint that training does not touch (a published model's contact
+  // head): carried into every checkpoint so fine-tuning loses nothing.
+  std::map<std::string, RawTensor> extra_tensors;
   if (cfg.resume_if_exists) resume_from = find_latest_checkpoint(ckpt_root);
   if (resume_from) {
-    load_checkpoint(*resume_from, model, &optim, &state);
+    load_checkpoint(*resume_from, model, &optim, &state, &extra_tensors);
     start_note = fmt::format("resumed from {} (step {})", resume_from->string(), state.step);
   } else if (!cfg.restore_from_checkpoint_path.empty()) {
     const fs::path p = cfg.restore_from_checkpoint_path;
     if (is_training_checkpoint(p)) {
-      load_checkpoint(p, model, &optim, &state);
+      load_checkpoint(p, model, &optim, &state, &extra_tensors);
       start_note = fmt::format("restored from {} (step {})", p.string(), state.step);
     } else {
-      load_checkpoint(p, model, nullptr, nullptr);
+      load_checkpoint(p, model, nullptr, nullptr, &extra_tensors);
       start_note = fmt::format("weights from {} (fresh optimizer)", p.string());
     }
   } else if (!cfg.init_from.empty()) {
-    load_checkpoint(cfg.init_from, model, nullptr, nullptr);
+    load_checkpoint(cfg.init_from, model, nullptr, nullptr, &extra_tensors);
     start_note = fmt::format("weights from {} (fresh optimizer)", cfg.init_from);
   } else {
     model.init_weights(cfg.seed);
@@ -229,7 +232,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
                                            [&](const CheckpointRecord& r) { return r.name == name; }),
                             state.checkpoints.end());
     state.checkpoints.push_back({name, state.step, std::isnan(val_loss) ? val_loss : monitored(cfg, val_loss)});
-    save_checkpoint(ckpt_root, name, model, optim, state, cfg);
+    save_checkpoint(ckpt_root, name, model, optim, state, cfg, extra_tensors);
     prune_checkpoints(ckpt_root, state, cfg.save_best_checkpoint ? cfg.save_top_k : 0,
                       cfg.save_last_checkpoint || final_save);
   };
@@ -254,7 +257,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
       if (cfg.on_nonfinite == "stop") {
         if (root && checkpointing) {
           // The weights are still those of the last good step: save them for inspection/resume.
-          save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, optim, state, cfg);
+          save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, optim, state, cfg, extra_tensors);
         }
         fail("train: non-finite {} at step {} (loss {}, grad norm {}); stopped{}", std::isfinite(loss) ? "gradient" : "loss",
              state.step, loss, gnorm,

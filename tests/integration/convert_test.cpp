@@ -209,3 +209,29 @@ TEST(Convert, BadInputsFailCleanly) {
   EXPECT_NE(r.output.find("is the input directory"), std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(root / "exists/model.safetensors"));
 }
+
+TEST(Convert, MissingContactHeadAndInvFreqAreFilledIn) {
+  // An input as older/minimal writers make it: parameters only, no rotary buffer, no contact head.
+  const fs::path root = scratch_dir("convert-minimal");
+  const HfCheckpoint src = load_hf_checkpoint(fixture_model("tiny-hd24"));
+  fs::create_directories(root / "in");
+  SafetensorsWriter w;
+  for (const auto& [name, v] : src.tensors) w.add_f32(name, src.shapes.at(name), v);
+  w.write(root / "in/model.safetensors");
+  fs::copy_file(fixture_model("tiny-hd24") / "config.json", root / "in/config.json");
+  auto r = convert(root / "in", root / "out", " --dtype bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("inv_freq computed"), std::string::npos) << r.output;
+  const SafetensorsFile f = SafetensorsFile::open(root / "out/model.safetensors");
+  // transformers reports an absent contact head as MISSING: an all-zero one (in --dtype) is written.
+  const int64_t maps = int64_t{src.config.num_layers} * src.config.num_attention_heads;
+  ASSERT_TRUE(f.contains("esm.contact_head.regression.weight"));
+  EXPECT_EQ(f.info("esm.contact_head.regression.weight").shape, (std::vector<int64_t>{1, maps}));
+  EXPECT_EQ(f.info("esm.contact_head.regression.weight").dtype, DType::BF16);
+  for (float x : f.to_f32("esm.contact_head.regression.weight")) EXPECT_EQ(x, 0.0f);
+  EXPECT_EQ(f.to_f32("esm.contact_head.regression.bias"), std::vector<float>{0.0f});
+  // The rotary table is the formula (bitwise what the 5.17 model computed for the fixture).
+  const auto inv = f.to_f32(hf_inv_freq_name(src.config.num_layers - 1));
+  EXPECT_EQ(inv, rotary_inv_freq(src.config));
+  EXPECT_EQ(inv, src.inv_freq);
+}

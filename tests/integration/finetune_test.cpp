@@ -121,7 +121,11 @@ TEST_F(FineTune, InitFromHfTakesShapeAndWeights) {
 
   // The run's own checkpoint is a clean HF directory with the per-layer rotary table.
   const esm2::HfCheckpoint out = esm2::load_hf_checkpoint(root / "init/checkpoints/step-00000003");
-  EXPECT_EQ(out.inv_freq, esm2::load_hf_checkpoint(hf_model()).inv_freq);
+  const esm2::HfCheckpoint in = esm2::load_hf_checkpoint(hf_model());
+  EXPECT_EQ(out.inv_freq, in.inv_freq);
+  // The contact head (untouched by MLM training) is carried over byte for byte.
+  ASSERT_EQ(out.extra.size(), 2u);
+  for (const auto& [name, t] : in.extra) EXPECT_TRUE(out.extra.at(name).data == t.data) << name;
 
   // Resuming that run needs no shape flags either: its checkpoint decides.
   r = run_cli("train" + kRun + data_args() + " --result-dir " + root.string() +
