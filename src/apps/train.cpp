@@ -57,7 +57,8 @@ void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
   const esm2::ModelConfig& m = cfg.model;
   auto agree = [&](const char* flag, int given, int have) {
     ESM2_CHECK(app.count(flag) == 0 || given == have,
-               "train: {} {} conflicts with the checkpoint {} ({} {}); leave the flag out to use the checkpoint's",
+               "train: {} {} conflicts with the checkpoint {}, whose model shape has {} {}; leave the flag out to use "
+               "the checkpoint's shape",
                flag, given, from.string(), flag, have);
   };
   agree("--num-layers", a.num_layers, m.num_layers);

@@ -200,18 +200,21 @@ void write_hf_checkpoint_files(const fs::path& dir, const ModelConfig& cfg, cons
       w.add_f32(hf_inv_freq_name(static_cast<int>(layer->first)), {static_cast<int64_t>(inv_freq.size())}, inv_freq,
                 DType::F32);
   }
-  for (const auto& [name, raw] : extra) w.add_raw(name, raw);
   // EsmForMaskedLM always has a contact head (logistic regression over the layers × heads attention
   // maps). Without it transformers 5.17 reports esm.contact_head.regression.* as MISSING and
   // initialises it randomly (checked with scripts/verify-hf-load.py). The MLM loss never trains it,
   // so a model that has none (trained from scratch) gets an all-zero head: deterministic, loads
   // cleanly, and says "untrained" (every contact probability 0.5). A head that exists is kept.
+  // Extras go in name order whether given or filled in here, so a checkpoint written from scratch
+  // and one re-written after loading it are byte-identical (exact resume compares files).
+  std::map<std::string, RawTensor> extras = extra;
   const int64_t maps = static_cast<int64_t>(cfg.num_layers) * cfg.num_attention_heads;
   for (const auto& [name, shape] : {std::pair<std::string, std::vector<int64_t>>{kContactWeight, {1, maps}},
                                     std::pair<std::string, std::vector<int64_t>>{kContactBias, {1}}})
-    if (!extra.contains(name))
-      w.add_raw(name, RawTensor{opt.dtype, shape, std::string(static_cast<size_t>(shape_numel(shape, name)) *
-                                                                   dtype_size(opt.dtype), '\0')});
+    if (!extras.contains(name))
+      extras.emplace(name, RawTensor{opt.dtype, shape, std::string(static_cast<size_t>(shape_numel(shape, name)) *
+                                                                        dtype_size(opt.dtype), '\0')});
+  for (const auto& [name, raw] : extras) w.add_raw(name, raw);
   w.write_sharded(dir, opt.max_shard_bytes);
   write_hf_config(dir, cfg, opt.dtype);
   write_hf_tokenizer_files(dir, cfg.max_position_embeddings);
