@@ -7,6 +7,7 @@
 #include <map>
 
 #include "apps/command.h"
+#include "core/config_file.h"
 #include "core/error.h"
 
 namespace esm2::apps {
@@ -44,10 +45,18 @@ int main(int argc, char** argv) {
     runners[c.name] = c.setup(*sub);
     subs.emplace_back(sub, c.name);
   }
+  app.footer("Every subcommand also takes --config FILE (JSON object or `key = value` lines, keys are the long\n"
+             "flag names); flags after --config override the file.");
   try {
-    app.parse(argc, argv);
+    // CLI11 takes the arguments in reverse order when given a vector.
+    std::vector<std::string> args = esm2::expand_config_args({argv + 1, argv + argc});
+    std::reverse(args.begin(), args.end());
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const esm2::Error& e) {
+    std::fprintf(stderr, "esm2: error: %s\n", e.what());
+    return 1;
   }
   try {
     for (auto& [sub, name] : subs)

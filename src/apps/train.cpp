@@ -88,8 +88,6 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   // A later occurrence of a flag overrides an earlier one (and the config file), as users expect
   // when they append an override to a long command line.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.set_config("--config", "", "Read options from a TOML/INI file (key = value, keys are the long flag names)");
-  app.get_config_ptr()->group("Run");
 
   // Data
   app.add_option("--train-data", c.train_corpus, "Training corpus directory (made by `esm2 prepare`)")
