@@ -406,3 +406,13 @@ TEST(CpuGemm, ThreadedSplitIsDeterministicAndAgreesWithOneThread) {
         for (int64_t i = 0; i < M * N; ++i) ASSERT_NEAR(c1[i], c2[i], 1e-4) << ta << tb << M;
       }
 }
+
+TEST(CpuMath, ErfApproxAbsoluteError) {
+  double worst = 0;
+  for (int i = -300000; i <= 300000; ++i) {
+    const float x = 6.0f * static_cast<float>(i) / 300000.0f;
+    worst = std::max(worst, std::abs(cpu::erf_approx(x) - std::erf(static_cast<double>(x))));
+  }
+  EXPECT_LT(worst, 6e-7);  // 1.5e-7 of the formula + fp32 rounding
+  EXPECT_EQ(cpu::erf_approx(0.0f), 0.0f);
+}

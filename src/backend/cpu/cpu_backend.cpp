@@ -286,7 +286,7 @@ void CpuBackend::gelu_forward(void* outv, const void* xv, size_t n, bool tanh_ap
 #pragma omp parallel for num_threads(num_threads_) schedule(static)
     for (size_t i = 0; i < n; ++i) {
       const float v = x[i];
-      out[i] = v * 0.5f * (1.0f + std::erf(v * kSqrt1_2));
+      out[i] = v * 0.5f * (1.0f + cpu::erf_approx(v * kSqrt1_2));
     }
   }
 }
@@ -306,7 +306,7 @@ void CpuBackend::gelu_backward(void* dxv, const void* doutv, const void* xv, siz
 #pragma omp parallel for num_threads(num_threads_) schedule(static)
     for (size_t i = 0; i < n; ++i) {
       const float v = x[i];
-      const float cdf = 0.5f * (1.0f + std::erf(v * kSqrt1_2));
+      const float cdf = 0.5f * (1.0f + cpu::erf_approx(v * kSqrt1_2));
       const float pdf = kInvSqrt2Pi * cpu::exp_approx(-0.5f * v * v);
       dx[i] = (cdf + v * pdf) * dout[i];
     }
