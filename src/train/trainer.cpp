@@ -207,7 +207,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   const bool checkpointing = !cfg.disable_checkpointing;
   double ema_step_s = 0;
   double tokens_since_log = 0, seconds_since_log = 0, total_tokens_timed = 0, total_seconds_timed = 0;
-  int64_t val_batches_done = 0;
   const auto run_start = Clock::now();
 
   auto validate_and_checkpoint = [&](bool do_validation, bool final_save) {
@@ -219,7 +218,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
       val_loss = v.loss_sum / static_cast<double>(v.num_labels);
       result.last_val_loss = val_loss;
       if (result.best_val_loss < 0 || val_loss < result.best_val_loss) result.best_val_loss = val_loss;
-      ++val_batches_done;
       logger.log_validation(state.step, val_loss, v.num_labels, seconds_since(t0));
       nlohmann::json h = {{"step", state.step}, {"val_loss", val_loss}, {"val_ppl", std::exp(val_loss)}};
       state.history.push_back(h);
@@ -353,7 +351,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     fmt::print("esm2 train: done at step {}; real tokens/s {:.0f}; report {}\n", state.step, result.real_tokens_per_s,
                (run_dir / "report.html").string());
   }
-  (void)val_batches_done;
   return result;
 }
 

@@ -1,0 +1,66 @@
+// Which checkpoints survive: the newest (save_last) plus the top-k by the monitored metric, and the
+// `latest` pointer fallback when the pointer is missing or stale.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/atomic_dir.h"
+#include "train/checkpoint.h"
+
+using namespace esm2;
+namespace fs = std::filesystem;
+
+namespace {
+fs::path make_root(const std::string& name, const std::vector<std::string>& dirs) {
+  const fs::path root = fs::temp_directory_path() / ("esm2-prune-" + name);
+  fs::remove_all(root);
+  for (const auto& d : dirs) {
+    fs::create_directories(root / d / "trainer_state");
+    write_file(root / d / "trainer_state/state.json", "{}");
+  }
+  return root;
+}
+std::vector<std::string> names(const TrainerState& s) {
+  std::vector<std::string> out;
+  for (const auto& c : s.checkpoints) out.push_back(c.name);
+  return out;
+}
+}  // namespace
+
+TEST(CheckpointPrune, KeepsTopKAndLast) {
+  const std::vector<std::string> dirs = {"step-00000010", "step-00000020", "step-00000030", "step-00000040"};
+  const fs::path root = make_root("topk", dirs);
+  TrainerState st;
+  st.checkpoints = {{dirs[0], 10, 2.0}, {dirs[1], 20, 1.5}, {dirs[2], 30, 1.7}, {dirs[3], 40, 1.9}};
+  prune_checkpoints(root, st, 1, true);  // best (step 20) + last (step 40)
+  EXPECT_EQ(names(st), (std::vector<std::string>{dirs[1], dirs[3]}));
+  EXPECT_FALSE(fs::exists(root / dirs[0]));
+  EXPECT_TRUE(fs::exists(root / dirs[1]));
+  EXPECT_FALSE(fs::exists(root / dirs[2]));
+  EXPECT_TRUE(fs::exists(root / dirs[3]));
+}
+
+TEST(CheckpointPrune, TopKZeroKeepsOnlyLastAndNegativeKeepsAll) {
+  const std::vector<std::string> dirs = {"step-00000001", "step-00000002", "step-00000003"};
+  const fs::path root = make_root("zero", dirs);
+  TrainerState st;
+  st.checkpoints = {{dirs[0], 1, 0.5}, {dirs[1], 2, std::nan("")}, {dirs[2], 3, 0.9}};
+  TrainerState all = st;
+  prune_checkpoints(root, all, -1, true);
+  EXPECT_EQ(all.checkpoints.size(), 3u);
+  prune_checkpoints(root, st, 0, true);
+  EXPECT_EQ(names(st), (std::vector<std::string>{dirs[2]}));
+  EXPECT_FALSE(fs::exists(root / dirs[0]));
+}
+
+TEST(CheckpointPrune, LatestPointerAndFallback) {
+  const fs::path root = make_root("latest", {"step-00000005", "step-00000012"});
+  fs::create_directories(root / "step-00000013.tmp-4242");  // a crashed write: never chosen
+  EXPECT_EQ(find_latest_checkpoint(root)->filename(), "step-00000012");  // no pointer: highest complete step
+  write_file(root / "latest", "step-00000005\n");
+  EXPECT_EQ(find_latest_checkpoint(root)->filename(), "step-00000005");  // the pointer wins
+  write_file(root / "latest", "step-00000099\n");                        // stale pointer: fall back
+  EXPECT_EQ(find_latest_checkpoint(root)->filename(), "step-00000012");
+  EXPECT_FALSE(find_latest_checkpoint(root / "missing").has_value());
+}
