@@ -182,6 +182,13 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Execution")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   app.add_option("--precision", c.precision, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU)")->group("Execution")->capture_default_str();
   app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->capture_default_str();
+  // [dist] data parallelism over MPI (docs/dist.md)
+  app.add_flag("!--no-distributed-optimizer", c.distributed_optimizer,
+               "With several ranks: replicated AdamW + gradient all-reduce instead of ZeRO-1 (sharded moments)")
+      ->group("Execution");
+  app.add_option("--collective-timeout", c.collective_timeout_s,
+                 "Seconds a collective may take before every rank is aborted (\"rank R: timed out in <what>\")")
+      ->group("Execution")->capture_default_str();
 
   return [a, app_ptr = &app]() -> int {
     TrainConfig cfg = a->cfg;
@@ -197,8 +204,21 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     cfg.save_last_checkpoint = a->save_last;
     cfg.write_report = !a->no_report;
     if (cfg.micro_batch_size == 0 && cfg.micro_batch_tokens == 0) cfg.micro_batch_tokens = 16384;
-    esm2::LocalCommunicator comm;
-    esm2::run_training(cfg, comm);
+    // [dist] MPI under mpirun/srun, else one local rank. An error on one rank ends the whole job:
+    // the others would otherwise wait in their next collective.
+    const std::unique_ptr<esm2::Communicator> comm = esm2::make_communicator(cfg.collective_timeout_s);
+    if (comm->world_size() == 1) {
+      esm2::run_training(cfg, *comm);
+      return 0;
+    }
+    try {
+      esm2::run_training(cfg, *comm);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "error: rank {}: {}\n", comm->rank(), e.what());
+      std::fflush(stderr);
+      esm2::abort_job(*comm, 1);
+      throw;
+    }
     return 0;
   };
 }

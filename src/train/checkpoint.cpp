@@ -58,7 +58,7 @@ HfWeightViews weight_views(const Esm2Model& model, const std::vector<float>& fla
 
 }  // namespace
 
-void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Model& model, const AdamW& optim,
+void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Model& model, const Optimizer& optim,
                      const TrainerState& state, const TrainConfig& cfg, const std::map<std::string, RawTensor>& extra) {
   const size_t n = model.num_params();
   std::vector<float> flat(n), m(n), v(n);
@@ -117,7 +117,7 @@ std::optional<fs::path> find_latest_checkpoint(const fs::path& ckpt_root) {
   return best;
 }
 
-void load_checkpoint(const fs::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state,
+void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, TrainerState* state,
                      std::map<std::string, RawTensor>* extra) {
   ESM2_CHECK(fs::is_directory(dir), "{}: checkpoint directory not found", dir.string());
   HfCheckpoint ck = load_hf_checkpoint(dir);

@@ -44,7 +44,7 @@ std::string checkpoint_dir_name(int64_t step);  // "step-00001234"
 // `extra`: tensors the model does not train but the checkpoint carries (the contact head of a
 // published model we fine-tune), written verbatim; a missing contact head is written as zeros.
 void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& name, Esm2Model& model,
-                     const AdamW& optim, const TrainerState& state, const TrainConfig& cfg,
+                     const Optimizer& optim, const TrainerState& state, const TrainConfig& cfg,
                      const std::map<std::string, RawTensor>& extra = {});
 
 // The checkpoint `latest` points to; if the pointer is missing or names a missing directory, the
@@ -57,7 +57,7 @@ bool is_training_checkpoint(const std::filesystem::path& dir);
 // Loads weights (and, for training checkpoints and when optim/state are given, the optimizer and
 // trainer state). The checkpoint's model shape must equal the model's: otherwise an error naming both.
 // `extra` (optional) receives the checkpoint's tensors outside the parameter table (esm.contact_head.*).
-void load_checkpoint(const std::filesystem::path& dir, Esm2Model& model, AdamW* optim, TrainerState* state,
+void load_checkpoint(const std::filesystem::path& dir, Esm2Model& model, Optimizer* optim, TrainerState* state,
                      std::map<std::string, RawTensor>* extra = nullptr);
 
 // Removes checkpoints that are neither the newest (if keep_last) nor among the best top_k

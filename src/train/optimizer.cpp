@@ -4,11 +4,17 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 
 namespace esm2 {
 
-AdamW::AdamW(Esm2Model& model, const OptimizerConfig& cfg)
-    : model_(model), backend_(model.backend()), cfg_(cfg) {
+bool decays(const ParamInfo& info, const OptimizerConfig& cfg) {
+  const bool is_embedding = info.name == "esm.embeddings.word_embeddings.weight";
+  return info.weight_decay || (is_embedding && cfg.decay_embeddings);
+}
+
+AdamW::AdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator* comm)
+    : model_(model), backend_(model.backend()), cfg_(cfg), comm_(comm) {
   const size_t bytes = model_.num_params() * sizeof(float);
   m_ = static_cast<float*>(backend_.alloc(bytes));
   v_ = static_cast<float*>(backend_.alloc(bytes));
@@ -27,7 +33,9 @@ double AdamW::grad_norm() {
   return std::sqrt(ss);
 }
 
-OptimizerStepStats AdamW::step(double lr) { return step_with_norm(lr, grad_norm()); }
+void AdamW::reduce_gradients() {
+  if (comm_ && comm_->world_size() > 1) comm_->allreduce_sum(model_.grad_data(), model_.num_params(), "gradient all-reduce");
+}
 
 OptimizerStepStats AdamW::step_with_norm(double lr, double norm) {
   OptimizerStepStats st;
@@ -38,8 +46,7 @@ OptimizerStepStats AdamW::step_with_norm(double lr, double norm) {
   float* p = model_.param_data();
   const float* g = model_.grad_data();
   for (const auto& info : model_.params_info()) {
-    const bool is_embedding = info.name == "esm.embeddings.word_embeddings.weight";
-    const bool decay = info.weight_decay || (is_embedding && cfg_.decay_embeddings);
+    const bool decay = decays(info, cfg_);
     AdamWStep s;
     s.lr = static_cast<float>(lr);
     s.beta1 = static_cast<float>(cfg_.beta1);

@@ -12,38 +12,67 @@
 namespace esm2 {
 
 class Backend;
+class Communicator;
 
 struct OptimizerStepStats {
   double grad_norm = 0;   // global L2 norm before clipping
   double clip_coef = 1;   // factor applied to the gradients (1 = not clipped)
 };
 
-class AdamW {
+// The per-tensor weight-decay policy: Linear weight matrices, plus the embedding matrix if configured.
+bool decays(const ParamInfo& info, const OptimizerConfig& cfg);
+
+// What the trainer and checkpoints need of an optimizer; AdamW (replicated) and ZeroAdamW
+// (src/train/zero_optimizer.h, moments sharded over data-parallel ranks) implement it.
+class Optimizer {
  public:
-  AdamW(Esm2Model& model, const OptimizerConfig& cfg);
-  ~AdamW();
+  virtual ~Optimizer() = default;
+  // Collective: sums the ranks' gradients into what step() reads (the full buffer, or this rank's shard).
+  virtual void reduce_gradients() = 0;
+  // Global gradient norm (collective under ZeRO-1).
+  virtual double grad_norm() = 0;
+  virtual OptimizerStepStats step_with_norm(double lr, double grad_norm) = 0;
+  OptimizerStepStats step(double lr) { return step_with_norm(lr, grad_norm()); }
+  virtual int64_t steps_taken() const = 0;
+  virtual void set_steps_taken(int64_t t) = 0;
+  // Collective, on every rank, before rank 0 calls get_moments for a checkpoint.
+  virtual void gather_for_checkpoint() {}
+  // Full moments in the model's flat layout (ZeRO-1: on rank 0, after gather_for_checkpoint).
+  virtual void get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const = 0;
+  // Full moments in; each rank keeps what it owns (a checkpoint of any DP size loads at any other).
+  virtual void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) = 0;
+  virtual void reset() = 0;  // zero moments, t = 0
+};
+
+// Replicated AdamW: every rank holds all moments. With a communicator of world > 1,
+// reduce_gradients all-reduces the full gradient buffer.
+class AdamW final : public Optimizer {
+ public:
+  AdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator* comm = nullptr);
+  ~AdamW() override;
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
 
+  void reduce_gradients() override;
   // Global gradient norm (fp64 accumulation over every tensor).
-  double grad_norm();
-  // One update with learning rate `lr` (step counter t advances by one: bias correction uses t).
-  OptimizerStepStats step(double lr);
-  // Also apply clipping computed from an already-known norm (used when the norm was needed earlier
-  // to detect non-finite gradients).
-  OptimizerStepStats step_with_norm(double lr, double grad_norm);
+  double grad_norm() override;
+  using Optimizer::step;
+  // One update with learning rate `lr` (step counter t advances by one: bias correction uses t),
+  // clipping by an already-known norm (needed earlier to detect non-finite gradients).
+  OptimizerStepStats step_with_norm(double lr, double grad_norm) override;
 
-  int64_t steps_taken() const { return t_; }
-  void set_steps_taken(int64_t t) { t_ = t; }
+  int64_t steps_taken() const override { return t_; }
+  void set_steps_taken(int64_t t) override { t_ = t; }
   // Host copies of the moments in the model's flat parameter layout (for checkpoints).
-  void get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const;
-  void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq);
-  void reset();  // zero moments, t = 0
+  void get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const override;
+  void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) override;
+  void reset() override;
 
  private:
   Esm2Model& model_;
   Backend& backend_;
   OptimizerConfig cfg_;
+  Communicator* comm_;
   float* m_ = nullptr;  // backend memory, [num_params]
   float* v_ = nullptr;
   int64_t t_ = 0;

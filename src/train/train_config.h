@@ -57,6 +57,9 @@ struct TrainConfig {
   std::string backend = "auto";      // auto | cpu | cuda
   std::string precision = "auto";    // auto | 32 | fp32 | bf16-mixed …
   int threads = 0;                   // CPU threads (0 = all cores)
+  // --- data parallelism (docs/dist.md) ---
+  bool distributed_optimizer = true;  // ZeRO-1 when world > 1; false: replicated AdamW + all-reduce
+  double collective_timeout_s = 600;  // a collective unfinished after this aborts every rank
 };
 
 }  // namespace esm2

@@ -17,6 +17,7 @@
 #include "train/model_summary.h"
 #include "train/optimizer.h"
 #include "train/report.h"
+#include "train/zero_optimizer.h"
 
 namespace fs = std::filesystem;
 
@@ -156,7 +157,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
 
   // ---- model, optimizer, state ----
   Esm2Model model(cfg.model, *backend);
-  AdamW optim(model, cfg.optim);
+  // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
+  const std::unique_ptr<Optimizer> optim_owner = make_optimizer(model, cfg.optim, comm, cfg.distributed_optimizer);
+  Optimizer& optim = *optim_owner;
   TrainerState state;
   std::string start_note = "from scratch";
   std::optional<fs::path> resume_from;
@@ -187,6 +190,10 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   if (root) {
     fmt::print("esm2 train: {} on {} ({}), {} rank(s); {}\n", cfg.experiment_name, backend->name(),
                precision_label(*backend), comm.world_size(), start_note);
+    // [dist]
+    fmt::print("data parallel: DP size {} ({} communicator), optimizer {}\n", comm.world_size(), comm.name(),
+               comm.world_size() > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
+                                                                  : "AdamW (replicated)");
     fmt::print("{}", model_summary(cfg.model, model.params_info()));
     fmt::print("train corpus: {} ({} sequences, {} clusters); validation: {}\n", cfg.train_corpus,
                train_corpus->num_sequences(), train_corpus->num_clusters(),
@@ -222,8 +229,10 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
       nlohmann::json h = {{"step", state.step}, {"val_loss", val_loss}, {"val_ppl", std::exp(val_loss)}};
       state.history.push_back(h);
     }
-    if (!checkpointing || !root) return;
+    if (!checkpointing) return;
     if (!(cfg.save_last_checkpoint || cfg.save_best_checkpoint) && !final_save) return;
+    optim.gather_for_checkpoint();  // [dist] collective: ZeRO-1 moments to rank 0
+    if (!root) return;
     const std::string name = checkpoint_dir_name(state.step);
     // Recorded before saving so that the checkpoint's own state lists it (a resumed run prunes it later).
     state.checkpoints.erase(std::remove_if(state.checkpoints.begin(), state.checkpoints.end(),
@@ -243,16 +252,15 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     const float grad_scale = 1.0f / static_cast<float>(batch.global_num_labels);
     double loss_acc = 0;
     for (const auto& mb : batch.micro) loss_acc += model.forward_backward(mb, grad_scale).loss_sum;
-    if (comm.world_size() > 1) {
-      comm.allreduce_sum(model.grad_data(), model.num_params(), "gradient all-reduce");
-      comm.allreduce_sum(&loss_acc, 1, "loss all-reduce");
-    }
+    optim.reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
+    if (comm.world_size() > 1) comm.allreduce_sum(&loss_acc, 1, "loss all-reduce");
     const double loss = loss_acc / static_cast<double>(batch.global_num_labels);
     const double lr = learning_rate(cfg.schedule, state.step);
     const double gnorm = optim.grad_norm();
     const bool finite = std::isfinite(loss) && std::isfinite(gnorm);
     if (!finite) {
       if (cfg.on_nonfinite == "stop") {
+        if (checkpointing) optim.gather_for_checkpoint();  // [dist] collective
         if (root && checkpointing) {
           // The weights are still those of the last good step: save them for inspection/resume.
           save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, optim, state, cfg, extra_tensors);
@@ -301,9 +309,16 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     }
 
     const bool val_due = state.step % cfg.val_check_interval == 0;
-    const bool out_of_time = cfg.max_time_s > 0 && seconds_since(run_start) >= cfg.max_time_s;
+    bool out_of_time = cfg.max_time_s > 0 && seconds_since(run_start) >= cfg.max_time_s;
+    bool stopping = stop.requested();
+    if (comm.world_size() > 1) {
+      // [dist] Clocks and signals are per rank: every rank must take the same decision this step.
+      double flags[2] = {out_of_time ? 1.0 : 0.0, stopping ? 1.0 : 0.0};
+      comm.allreduce_sum(flags, 2, "stop decision all-reduce");
+      out_of_time = flags[0] > 0;
+      stopping = flags[1] > 0;
+    }
     const bool at_end = state.step == last_step || out_of_time;
-    const bool stopping = stop.requested();
     if (val_due || at_end || stopping) validate_and_checkpoint(val_due || at_end, at_end || stopping);
     if (out_of_time && state.step < last_step) {
       if (root) fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; checkpoint saved, stopping\n",

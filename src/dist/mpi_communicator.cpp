@@ -1,0 +1,215 @@
+#include "dist/mpi_communicator.h"
+
+#include <mpi.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+
+namespace esm2 {
+
+// Marks a collective as in progress for the watchdog.
+class CollectiveScope {
+ public:
+  CollectiveScope(MpiCommunicator& c, const char* what) : c_(c) {
+    c_.started_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count());
+    c_.current_.store(what);
+  }
+  ~CollectiveScope() { c_.current_.store(nullptr); }
+
+ private:
+  MpiCommunicator& c_;
+};
+
+namespace {
+
+// MPI counts are int: larger buffers are exchanged in chunks of at most this many elements.
+constexpr size_t kMaxChunk = size_t{1} << 28;
+
+template <class T>
+MPI_Datatype mpi_type();
+template <>
+MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
+template <>
+MPI_Datatype mpi_type<double>() { return MPI_DOUBLE; }
+
+void check_mpi(int rc, int rank, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  fail("rank {}: MPI error in {}: {}", rank, what, std::string(msg, static_cast<size_t>(len)));
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(double collective_timeout_s) : timeout_s_(collective_timeout_s) {
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (!inited) {
+    // MULTIPLE: the watchdog thread may call MPI_Abort while the main thread is inside a collective.
+    int provided = 0;
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+    owns_mpi_ = true;
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &world_);
+  if (timeout_s_ > 0) watchdog_ = std::thread([this] { watchdog_loop(); });
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
+  if (owns_mpi_) MPI_Finalize();
+}
+
+void MpiCommunicator::watchdog_loop() {
+  const auto poll = std::chrono::milliseconds(std::min<int64_t>(1000, std::max<int64_t>(10, int64_t(timeout_s_ * 100))));
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lk, poll);
+    const char* what = current_.load();
+    if (stopping_ || !what) continue;
+    const double elapsed =
+        1e-9 * double(std::chrono::steady_clock::now().time_since_epoch().count() - started_ns_.load());
+    if (elapsed >= timeout_s_ && current_.load() == what) {
+      std::fprintf(stderr, "rank %d: timed out in %s after %.0f s (--collective-timeout); aborting all ranks\n", rank_,
+                   what, elapsed);
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+  }
+}
+
+void MpiCommunicator::abort(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return; this satisfies [[noreturn]]
+}
+
+template <class T>
+void MpiCommunicator::reduce_scatter_impl(const T* in, T* out, size_t shard_n, const char* what) {
+  CollectiveScope scope(*this, what);
+  const MPI_Datatype type = mpi_type<T>();
+  std::vector<T>& recv = [&]() -> std::vector<T>& {
+    if constexpr (std::is_same_v<T, float>) return recv_f_; else return recv_d_;
+  }();
+  const size_t chunk_max = std::min(shard_n, kMaxChunk);
+  recv.resize(static_cast<size_t>(world_) * chunk_max);
+  std::vector<MPI_Request> reqs(2 * static_cast<size_t>(world_));
+  for (size_t c0 = 0; c0 < shard_n; c0 += chunk_max) {
+    const size_t len = std::min(chunk_max, shard_n - c0);
+    const int count = static_cast<int>(len);
+    int nreq = 0;
+    for (int p = 0; p < world_; ++p) {
+      if (p == rank_) continue;
+      check_mpi(MPI_Irecv(recv.data() + size_t(p) * chunk_max, count, type, p, 1, MPI_COMM_WORLD, &reqs[nreq++]),
+                rank_, what);
+      check_mpi(MPI_Isend(in + size_t(p) * shard_n + c0, count, type, p, 1, MPI_COMM_WORLD, &reqs[nreq++]), rank_,
+                what);
+    }
+    std::memcpy(recv.data() + size_t(rank_) * chunk_max, in + size_t(rank_) * shard_n + c0, len * sizeof(T));
+    check_mpi(MPI_Waitall(nreq, reqs.data(), MPI_STATUSES_IGNORE), rank_, what);
+    // Rank order, whatever order the messages arrived in: the bitwise-reproducible part.
+    T* o = out + c0;
+    std::memcpy(o, recv.data(), len * sizeof(T));
+    for (int p = 1; p < world_; ++p) {
+      const T* r = recv.data() + size_t(p) * chunk_max;
+      for (size_t i = 0; i < len; ++i) o[i] += r[i];
+    }
+  }
+}
+
+template <class T>
+void MpiCommunicator::allgather_impl(const T* in, T* out, size_t shard_n, const char* what) {
+  CollectiveScope scope(*this, what);
+  const MPI_Datatype type = mpi_type<T>();
+  T* own = out + size_t(rank_) * shard_n;
+  if (in != own) std::memmove(own, in, shard_n * sizeof(T));
+  std::vector<MPI_Request> reqs(2 * static_cast<size_t>(world_));
+  for (size_t c0 = 0; c0 < shard_n; c0 += kMaxChunk) {
+    const int count = static_cast<int>(std::min(kMaxChunk, shard_n - c0));
+    int nreq = 0;
+    for (int p = 0; p < world_; ++p) {
+      if (p == rank_) continue;
+      check_mpi(MPI_Irecv(out + size_t(p) * shard_n + c0, count, type, p, 2, MPI_COMM_WORLD, &reqs[nreq++]), rank_,
+                what);
+      check_mpi(MPI_Isend(own + c0, count, type, p, 2, MPI_COMM_WORLD, &reqs[nreq++]), rank_, what);
+    }
+    check_mpi(MPI_Waitall(nreq, reqs.data(), MPI_STATUSES_IGNORE), rank_, what);
+  }
+}
+
+template <class T>
+void MpiCommunicator::allreduce_impl(T* data, size_t n, std::vector<T>& scratch, const char* what) {
+  if (world_ == 1 || n == 0) return;
+  // Padded to a multiple of world: the same shard layout ZeRO-1 uses, hence the same sums.
+  const size_t shard = (n + size_t(world_) - 1) / size_t(world_);
+  scratch.assign(shard * size_t(world_), T(0));
+  std::memcpy(scratch.data(), data, n * sizeof(T));
+  std::vector<T> mine(shard);
+  reduce_scatter_impl(scratch.data(), mine.data(), shard, what);
+  allgather_impl(mine.data(), scratch.data(), shard, what);
+  std::memcpy(data, scratch.data(), n * sizeof(T));
+}
+
+void MpiCommunicator::allreduce_sum(float* data, size_t n, const char* what) { allreduce_impl(data, n, scratch_f_, what); }
+void MpiCommunicator::allreduce_sum(double* data, size_t n, const char* what) { allreduce_impl(data, n, scratch_d_, what); }
+
+void MpiCommunicator::reduce_scatter_sum(const float* in, float* out, size_t shard_n, const char* what) {
+  if (world_ == 1) {
+    std::memmove(out, in, shard_n * sizeof(float));
+    return;
+  }
+  reduce_scatter_impl(in, out, shard_n, what);
+}
+
+void MpiCommunicator::allgather(const float* in, float* out, size_t shard_n, const char* what) {
+  allgather_impl(in, out, shard_n, what);
+}
+
+void MpiCommunicator::gather(const float* in, float* out, size_t shard_n, int root, const char* what) {
+  CollectiveScope scope(*this, what);
+  for (size_t c0 = 0; c0 < shard_n; c0 += kMaxChunk) {
+    const int count = static_cast<int>(std::min(kMaxChunk, shard_n - c0));
+    if (rank_ != root) {
+      check_mpi(MPI_Send(in + c0, count, MPI_FLOAT, root, 3, MPI_COMM_WORLD), rank_, what);
+      continue;
+    }
+    std::vector<MPI_Request> reqs;
+    for (int p = 0; p < world_; ++p) {
+      if (p == rank_) {
+        std::memmove(out + size_t(p) * shard_n + c0, in + c0, size_t(count) * sizeof(float));
+        continue;
+      }
+      reqs.emplace_back();
+      check_mpi(MPI_Irecv(out + size_t(p) * shard_n + c0, count, MPI_FLOAT, p, 3, MPI_COMM_WORLD, &reqs.back()), rank_,
+                what);
+    }
+    check_mpi(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), rank_, what);
+  }
+}
+
+void MpiCommunicator::broadcast(void* data, size_t bytes, int root, const char* what) {
+  CollectiveScope scope(*this, what);
+  auto* p = static_cast<char*>(data);
+  for (size_t c0 = 0; c0 < bytes; c0 += kMaxChunk)
+    check_mpi(MPI_Bcast(p + c0, static_cast<int>(std::min(kMaxChunk, bytes - c0)), MPI_BYTE, root, MPI_COMM_WORLD),
+              rank_, what);
+}
+
+void MpiCommunicator::barrier(const char* what) {
+  CollectiveScope scope(*this, what);
+  check_mpi(MPI_Barrier(MPI_COMM_WORLD), rank_, what);
+}
+
+}  // namespace esm2
