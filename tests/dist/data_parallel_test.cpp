@@ -75,9 +75,8 @@ double max_abs_diff(const fs::path& a, const fs::path& b) {
   const auto fa = esm2::SafetensorsFile::open(a), fb = esm2::SafetensorsFile::open(b);
   double worst = 0;
   for (const auto& t : fa.tensors()) {
-    if (t.dtype != "F32") continue;
-    size_t n = 1;
-    for (auto d : t.shape) n *= static_cast<size_t>(d);
+    if (t.dtype != esm2::DType::F32) continue;
+    const size_t n = static_cast<size_t>(t.numel());
     std::vector<float> x(n), y(n);
     fa.read_f32(t.name, x);
     fb.read_f32(t.name, y);
