@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -185,26 +186,29 @@ TEST_F(DataParallel, CheckpointReshardsAcrossDataParallelSizes) {
   }
 }
 
-// kill -9 of one rank mid-run: the job ends (non-zero) well within the collective timeout, and the
-// output names a rank.
-TEST_F(DataParallel, KilledRankEndsEveryRankWithADiagnostic) {
-  const fs::path root = scratch_dir("dist-kill");
-  const std::string cmd = mpirun(2) + " train" + kTinyModel + data_args() +
-                          " --num-steps 100000 --val-check-interval 100000 --collective-timeout 10 --result-dir " +
-                          root.string() + " --experiment-name killed";
+struct SignalledJob {
+  int status = 0;
+  std::string output;
+  double seconds_to_end = 0;
+  bool ended = false;
+};
+
+// Starts a 2-rank run, waits for its first metrics line, sends `sig` to one rank process (a child
+// of mpirun) and waits up to 60 s for the job to end.
+SignalledJob signal_one_rank(const std::string& name, const std::string& args, int sig) {
+  SignalledJob job;
+  const fs::path root = scratch_dir(name);
+  const std::string cmd = mpirun(2) + " train" + args + " --result-dir " + root.string() + " --experiment-name run";
   const fs::path log = root / "mpirun.log";
   pid_t pid = fork();
-  ASSERT_GE(pid, 0);
   if (pid == 0) {
     setpgid(0, 0);
     execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >" + log.string() + " 2>&1").c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  const fs::path metrics = root / "killed/metrics.jsonl";
+  const fs::path metrics = root / "run/metrics.jsonl";
   for (int i = 0; i < 1500 && !(fs::exists(metrics) && fs::file_size(metrics) > 0); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ASSERT_TRUE(fs::exists(metrics)) << esm2::read_file(log);
-  // The ranks are mpirun's children (esm2 processes); kill the last one found.
   pid_t victim = 0;
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string n = e.path().filename().string();
@@ -220,24 +224,45 @@ TEST_F(DataParallel, KilledRankEndsEveryRankWithADiagnostic) {
     rest >> state >> ppid;
     if (ppid == pid) victim = static_cast<pid_t>(std::stol(n));
   }
-  ASSERT_GT(victim, 0) << "no rank process found under mpirun " << pid;
   const auto t0 = std::chrono::steady_clock::now();
-  kill(victim, SIGKILL);
-  int status = 0;
+  if (victim > 0) kill(victim, sig);
   pid_t done = 0;
-  while ((done = waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
+  while ((done = waitpid(pid, &job.status, WNOHANG)) == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  job.ended = done == pid && victim > 0;
   if (done == 0) {
+    if (victim > 0) kill(victim, SIGKILL);
     kill(-pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    FAIL() << "the job did not end within 60 s of killing rank pid " << victim << "\n" << esm2::read_file(log);
+    waitpid(pid, &job.status, 0);
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const std::string out = esm2::read_file(log);
-  EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
-  EXPECT_NE(out.find("rank"), std::string::npos) << out;
-  std::printf("job ended %.1f s after kill -9 of one rank; exit status %d\n", secs,
-              WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-  // No rank survives: every child of mpirun is gone once mpirun itself has exited.
-  EXPECT_NE(kill(victim, 0), 0);
+  job.seconds_to_end = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  job.output = esm2::read_file(log);
+  return job;
+}
+
+bool exited_nonzero(int status) { return !(WIFEXITED(status) && WEXITSTATUS(status) == 0); }
+
+// kill -9 of one rank mid-run: the job ends (non-zero) well within the collective timeout, and the
+// output names the rank ("rank 1", not the banner's "rank(s)").
+TEST_F(DataParallel, KilledRankEndsEveryRankWithADiagnostic) {
+  const auto job = signal_one_rank("dist-kill", kTinyModel + data_args() +
+                                                    " --num-steps 100000 --val-check-interval 100000 --collective-timeout 10",
+                                   SIGKILL);
+  ASSERT_TRUE(job.ended) << job.output;
+  EXPECT_TRUE(exited_nonzero(job.status)) << job.output;
+  EXPECT_TRUE(std::regex_search(job.output, std::regex("rank [0-9]"))) << job.output;
+  std::printf("job ended %.1f s after kill -9 of one rank\n", job.seconds_to_end);
+}
+
+// A stalled rank (SIGSTOP: alive, never answers): the watchdog of the other rank names itself and
+// the collective it waited in, and aborts the job.
+TEST_F(DataParallel, StalledRankTimesOutNamingRankAndCollective) {
+  const auto job = signal_one_rank("dist-stall", kTinyModel + data_args() +
+                                                     " --num-steps 100000 --val-check-interval 100000 --collective-timeout 3",
+                                   SIGSTOP);
+  ASSERT_TRUE(job.ended) << job.output;
+  EXPECT_TRUE(exited_nonzero(job.status)) << job.output;
+  EXPECT_TRUE(std::regex_search(job.output, std::regex("rank [0-9]: timed out in [a-z]"))) << job.output;
+  EXPECT_LT(job.seconds_to_end, 30.0);
+  std::printf("job aborted %.1f s after SIGSTOP of one rank (timeout 3 s)\n", job.seconds_to_end);
 }
