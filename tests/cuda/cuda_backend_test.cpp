@@ -367,7 +367,7 @@ TEST_P(CudaOps, EmbeddingTokenDropoutRowsAndLoss) {
   EXPECT_LT(rel_l2(drop[1], drop[0]), tol());
   EXPECT_LT(rel_l2(ddrop[1], ddrop[0]), tol(1e-7, 1e-7));  // without rescale: rows copied or zeroed
   EXPECT_LT(rel_l2(dwte[1], dwte[0]), tol(2e-5, 2e-3));
-  EXPECT_LT(rel_l2(gat[1], gat[0]), tol(1e-7, 1e-7));
+  EXPECT_LT(rel_l2(gat[1], gat[0]), tol());  // rows of the token-dropout output (already within tol())
   EXPECT_LT(rel_l2(sca[1], sca[0]), tol());
   EXPECT_LT(rel_l2(loss[1], loss[0]), tol(2e-5, 2e-5));  // fp32 arithmetic on identical inputs
   EXPECT_LT(rel_l2(dlog[1], dlog[0]), tol());
