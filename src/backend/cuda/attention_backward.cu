@@ -4,8 +4,12 @@
 //   query pass (a block per query tile, keys streamed):   dQ_i = Σ_j dS_ij k_j
 // q, k are the rotated (q also scaled) vectors; the rotary adjoint is applied when storing dQ, dK.
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cuda/attention_backward.cuh"
+#include "backend/cuda/attention_forward.cuh"
+#include "backend/cuda/attention_mma.cuh"
+#include "backend/cuda/attention_rotary.cuh"
 #include "backend/cuda/attention_tiles.cuh"
 
 namespace esm2::cuda {
@@ -128,9 +132,244 @@ __global__ void __launch_bounds__(attn::Cfg<D>::NT)
   attn::store_unrot_slice<D>(dqkv + static_cast<int64_t>(t0 + qi) * C3 + h * D, dq, g, qi, inv_freq, scale);
 }
 
+// ---- tensor-core backward (bf16; D a multiple of 16) ----
+// Both passes keep 4 warps × 16 rows per block and 64-row tiles of the other side in shared memory.
+// Scores and their gradients are recomputed in mma accumulators; P and dS become bf16 A fragments
+// in registers (acc_to_a), as in FlashAttention-2. dQ and dK leave the kernels through the rotary
+// adjoint applied in registers: columns d and d + D/2 of a row sit in the same thread (tiles j and
+// j + D/16).
+
+// out_row[d], out_row[d + D/2] (d < D/2 in the tiles this thread holds) = rotᵀ(y)·scale at position pos.
+template <int D>
+__device__ __forceinline__ void store_unrot_acc(bf16* row0, bf16* row1, int pos0, int pos1, bool ok0, bool ok1,
+                                                const float (&y)[D / 8][4], const float* inv_freq, float scale) {
+  constexpr int h2 = D / 2, HT = D / 16;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < HT; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int d = j * 8 + 2 * (lane & 3) + e;
+      float sn, cs;
+      if (ok0) {
+        sincosf(static_cast<float>(pos0) * inv_freq[d], &sn, &cs);
+        const float a = y[j][e], b = y[j + HT][e];
+        row0[d] = __float2bfloat16_rn((a * cs + b * sn) * scale);
+        row0[d + h2] = __float2bfloat16_rn((b * cs - a * sn) * scale);
+      }
+      if (ok1) {
+        sincosf(static_cast<float>(pos1) * inv_freq[d], &sn, &cs);
+        const float a = y[j][2 + e], b = y[j + HT][2 + e];
+        row1[d] = __float2bfloat16_rn((a * cs + b * sn) * scale);
+        row1[d + h2] = __float2bfloat16_rn((b * cs - a * sn) * scale);
+      }
+    }
+  }
+}
+
+// Key pass: block = 64 keys; queries streamed. dV = Pᵀ·dO, dK = dSᵀ·Q.
+template <int D>
+__global__ void __launch_bounds__(128)
+    attention_dkv_mma(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                      const bf16* __restrict__ qr, const bf16* __restrict__ kr, const float* __restrict__ lse,
+                      const float* __restrict__ delta, const int32_t* __restrict__ cu,
+                      const int32_t* __restrict__ ids, int32_t pad_id, const float* __restrict__ inv_freq,
+                      int64_t Ttot, int H) {
+  constexpr int kB = 64, LD = D + 8, NQ = kB / 8, ND = D / 8, KD = D / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + kB * LD;
+  bf16* Qs = Vs + kB * LD;
+  bf16* dOs = Qs + kB * LD;
+  float* lse_s = reinterpret_cast<float*>(dOs + kB * LD);
+  float* delta_s = lse_s + kB;
+  const int s = blockIdx.x, h = blockIdx.y;
+  const int t0 = cu[s], L = cu[s + 1] - t0;
+  const int j0 = blockIdx.z * kB;
+  if (j0 >= L) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t C = static_cast<int64_t>(H) * D;
+  mma::load_rows<D, kB, 128>(Ks, kr + static_cast<int64_t>(t0) * C + h * D, C, j0, L);
+  mma::load_rows<D, kB, 128>(Vs, qkv + static_cast<int64_t>(t0) * 3 * C + 2 * C + h * D, 3 * C, j0, L);
+  const int k0r = j0 + warp * 16 + (lane >> 2), k1r = k0r + 8;  // this thread's two key rows
+  const bool kv0 = k0r < L && !(ids && ids[t0 + k0r] == pad_id);
+  const bool kv1 = k1r < L && !(ids && ids[t0 + k1r] == pad_id);
+  const float* lse_h = lse + static_cast<int64_t>(h) * Ttot + t0;
+  const float* delta_h = delta + static_cast<int64_t>(h) * Ttot + t0;
+
+  float dv[ND][4], dk[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dv[j][e] = dk[j][e] = 0.0f;
+  for (int i0 = 0; i0 < L; i0 += kB) {
+    __syncthreads();
+    mma::load_rows<D, kB, 128>(Qs, qr + static_cast<int64_t>(t0) * C + h * D, C, i0, L);
+    mma::load_rows<D, kB, 128>(dOs, dout + static_cast<int64_t>(t0) * C + h * D, C, i0, L);
+    for (int i = threadIdx.x; i < kB; i += 128) {
+      const bool ok = i0 + i < L && lse_h[i0 + i] != -INFINITY;
+      lse_s[i] = ok ? lse_h[i0 + i] : INFINITY;  // exp(s − ∞) = 0 for rows outside the sequence
+      delta_s[i] = ok ? delta_h[i0 + i] : 0.0f;
+    }
+    __syncthreads();
+    float p[NQ][4], dp[NQ][4];
+#pragma unroll
+    for (int j = 0; j < NQ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p[j][e] = dp[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk) {
+      uint32_t ak[4], av[4];
+      mma::load_a(ak, Ks, LD, warp * 16, kk * 16);
+      mma::load_a(av, Vs, LD, warp * 16, kk * 16);
+#pragma unroll
+      for (int j = 0; j < NQ; ++j) {
+        uint32_t b[2];
+        mma::load_b_nk(b, Qs, LD, j * 8, kk * 16);
+        mma::mma16816(p[j], ak, b);  // Sᵀ = K·Qᵀ
+        mma::load_b_nk(b, dOs, LD, j * 8, kk * 16);
+        mma::mma16816(dp[j], av, b);  // dPᵀ = V·dOᵀ
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NQ; ++j) {
+      const int c = j * 8 + 2 * (lane & 3);
+      const float l0 = lse_s[c], l1 = lse_s[c + 1], d0 = delta_s[c], d1 = delta_s[c + 1];
+      p[j][0] = kv0 ? __expf(p[j][0] - l0) : 0.0f;
+      p[j][1] = kv0 ? __expf(p[j][1] - l1) : 0.0f;
+      p[j][2] = kv1 ? __expf(p[j][2] - l0) : 0.0f;
+      p[j][3] = kv1 ? __expf(p[j][3] - l1) : 0.0f;
+      dp[j][0] = p[j][0] * (dp[j][0] - d0);  // dSᵀ
+      dp[j][1] = p[j][1] * (dp[j][1] - d1);
+      dp[j][2] = p[j][2] * (dp[j][2] - d0);
+      dp[j][3] = p[j][3] * (dp[j][3] - d1);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kB / 16; ++kk) {
+      uint32_t ap[4], ads[4];
+      mma::acc_to_a<NQ>(ap, p, kk);
+      mma::acc_to_a<NQ>(ads, dp, kk);
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        uint32_t b[2];
+        mma::load_b_kn(b, dOs, LD, kk * 16, j * 8);
+        mma::mma16816(dv[j], ap, b);
+        mma::load_b_kn(b, Qs, LD, kk * 16, j * 8);
+        mma::mma16816(dk[j], ads, b);
+      }
+    }
+  }
+  const bool ok0 = k0r < L, ok1 = k1r < L;
+  bf16* row0 = dqkv + static_cast<int64_t>(t0 + k0r) * 3 * C + h * D;
+  bf16* row1 = dqkv + static_cast<int64_t>(t0 + k1r) * 3 * C + h * D;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = j * 8 + 2 * (lane & 3);
+    if (ok0) *reinterpret_cast<__nv_bfloat162*>(row0 + 2 * C + c) = __floats2bfloat162_rn(dv[j][0], dv[j][1]);
+    if (ok1) *reinterpret_cast<__nv_bfloat162*>(row1 + 2 * C + c) = __floats2bfloat162_rn(dv[j][2], dv[j][3]);
+  }
+  store_unrot_acc<D>(row0 + C, row1 + C, k0r, k1r, ok0, ok1, dk, inv_freq, 1.0f);
+}
+
+// Query pass: block = 64 queries; keys streamed. dQ = dS·K.
+template <int D>
+__global__ void __launch_bounds__(128)
+    attention_dq_mma(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                     const bf16* __restrict__ qr, const bf16* __restrict__ kr, const float* __restrict__ lse,
+                     const float* __restrict__ delta, const int32_t* __restrict__ cu, const int32_t* __restrict__ ids,
+                     int32_t pad_id, const float* __restrict__ inv_freq, int64_t Ttot, int H, float scale) {
+  constexpr int kB = 64, LD = D + 8, NK = kB / 8, ND = D / 8, KD = D / 16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* dOs = Qs + kB * LD;
+  bf16* Ks = dOs + kB * LD;
+  bf16* Vs = Ks + kB * LD;
+  float* kval = reinterpret_cast<float*>(Vs + kB * LD);
+  const int s = blockIdx.x, h = blockIdx.y;
+  const int t0 = cu[s], L = cu[s + 1] - t0;
+  const int q0 = blockIdx.z * kB;
+  if (q0 >= L) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t C = static_cast<int64_t>(H) * D;
+  mma::load_rows<D, kB, 128>(Qs, qr + static_cast<int64_t>(t0) * C + h * D, C, q0, L);
+  mma::load_rows<D, kB, 128>(dOs, dout + static_cast<int64_t>(t0) * C + h * D, C, q0, L);
+  const int r0 = q0 + warp * 16 + (lane >> 2), r1 = r0 + 8;
+  const float* lse_h = lse + static_cast<int64_t>(h) * Ttot + t0;
+  const float* delta_h = delta + static_cast<int64_t>(h) * Ttot + t0;
+  float l0 = r0 < L ? lse_h[r0] : INFINITY, l1 = r1 < L ? lse_h[r1] : INFINITY;
+  if (l0 == -INFINITY) l0 = INFINITY;  // a row with every key masked has no gradient
+  if (l1 == -INFINITY) l1 = INFINITY;
+  const float d0 = r0 < L ? delta_h[r0] : 0.0f, d1 = r1 < L ? delta_h[r1] : 0.0f;
+
+  float dq[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.0f;
+  for (int k0 = 0; k0 < L; k0 += kB) {
+    __syncthreads();
+    mma::load_rows<D, kB, 128>(Ks, kr + static_cast<int64_t>(t0) * C + h * D, C, k0, L);
+    mma::load_rows<D, kB, 128>(Vs, qkv + static_cast<int64_t>(t0) * 3 * C + 2 * C + h * D, 3 * C, k0, L);
+    for (int j = threadIdx.x; j < kB; j += 128)
+      kval[j] = (k0 + j < L && !(ids && ids[t0 + k0 + j] == pad_id)) ? 1.0f : 0.0f;
+    __syncthreads();
+    float p[NK][4], dp[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p[j][e] = dp[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk) {
+      uint32_t aq[4], ado[4];
+      mma::load_a(aq, Qs, LD, warp * 16, kk * 16);
+      mma::load_a(ado, dOs, LD, warp * 16, kk * 16);
+#pragma unroll
+      for (int j = 0; j < NK; ++j) {
+        uint32_t b[2];
+        mma::load_b_nk(b, Ks, LD, j * 8, kk * 16);
+        mma::mma16816(p[j], aq, b);  // S = Q·Kᵀ
+        mma::load_b_nk(b, Vs, LD, j * 8, kk * 16);
+        mma::mma16816(dp[j], ado, b);  // dP = dO·Vᵀ
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+      const int c = j * 8 + 2 * (lane & 3);
+      const float v0 = kval[c], v1 = kval[c + 1];
+      p[j][0] = v0 * __expf(p[j][0] - l0);
+      p[j][1] = v1 * __expf(p[j][1] - l0);
+      p[j][2] = v0 * __expf(p[j][2] - l1);
+      p[j][3] = v1 * __expf(p[j][3] - l1);
+      dp[j][0] = p[j][0] * (dp[j][0] - d0);  // dS
+      dp[j][1] = p[j][1] * (dp[j][1] - d0);
+      dp[j][2] = p[j][2] * (dp[j][2] - d1);
+      dp[j][3] = p[j][3] * (dp[j][3] - d1);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kB / 16; ++kk) {
+      uint32_t a[4];
+      mma::acc_to_a<NK>(a, dp, kk);
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        uint32_t b[2];
+        mma::load_b_kn(b, Ks, LD, kk * 16, j * 8);
+        mma::mma16816(dq[j], a, b);
+      }
+    }
+  }
+  store_unrot_acc<D>(dqkv + static_cast<int64_t>(t0 + r0) * 3 * C + h * D,
+                     dqkv + static_cast<int64_t>(t0 + r1) * 3 * C + h * D, r0, r1, r0 < L, r1 < L, dq, inv_freq,
+                     scale);
+}
+
+template <int D>
+size_t mma_backward_smem() {
+  return 4 * 64 * (D + 8) * sizeof(bf16) + 2 * 64 * sizeof(float);
+}
+
 }  // namespace
 
-size_t attention_backward_scratch_floats(const AttentionShape& a) { return static_cast<size_t>(a.T) * a.H; }
+size_t attention_backward_scratch_floats(const AttentionShape& a) {
+  return static_cast<size_t>(a.T) * a.H + static_cast<size_t>(a.T) * a.H * a.D;
+}
 
 void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
                                const AttentionShape& a, DType dt, float* scratch, cudaStream_t s) {
@@ -143,6 +382,34 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
     attention_delta_kernel<E><<<(n + 255) / 256, 256, 0, s>>>(delta, static_cast<const E*>(dout),
                                                               static_cast<const E*>(out), a.T, a.H, a.D);
     ESM2_CUDA_CHECK_LAUNCH();
+    if constexpr (std::is_same_v<E, bf16>) {
+      if (attention_uses_mma(dt, a.D)) {
+        bf16* qr = reinterpret_cast<bf16*>(scratch + a.T * a.H);
+        bf16* kr = qr + a.T * a.H * a.D;
+        launch_rotate_qk(qr, kr, qkv, a, scale, s);
+        attn::dispatch_head_dim(a.D, [&](auto dc) {
+          constexpr int D = decltype(dc)::value;
+          if constexpr (D % 16 == 0) {
+            const size_t smem = mma_backward_smem<D>();
+            ESM2_CUDA_CHECK(cudaFuncSetAttribute(attention_dkv_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem)));
+            ESM2_CUDA_CHECK(cudaFuncSetAttribute(attention_dq_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem)));
+            const dim3 grid(a.S, a.H, (a.max_seqlen + 63) / 64);
+            auto* dq = static_cast<bf16*>(dqkv);
+            auto* go = static_cast<const bf16*>(dout);
+            auto* x = static_cast<const bf16*>(qkv);
+            attention_dkv_mma<D><<<grid, 128, smem, s>>>(dq, go, x, qr, kr, lse, delta, a.cu_seqlens, a.ids, a.pad_id,
+                                                         a.inv_freq, a.T, a.H);
+            ESM2_CUDA_CHECK_LAUNCH();
+            attention_dq_mma<D><<<grid, 128, smem, s>>>(dq, go, x, qr, kr, lse, delta, a.cu_seqlens, a.ids, a.pad_id,
+                                                        a.inv_freq, a.T, a.H, scale);
+            ESM2_CUDA_CHECK_LAUNCH();
+          }
+        });
+        return;
+      }
+    }
     attn::dispatch_head_dim(a.D, [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       using Cf = attn::Cfg<D>;

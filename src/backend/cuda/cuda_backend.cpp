@@ -196,7 +196,8 @@ class CudaBackend final : public Backend {
 
   // ---- attention ----
   void attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a) override {
-    cuda::launch_attention_forward(out, lse, qkv, a, act_, stream_);
+    cuda::launch_attention_forward(out, lse, qkv, a, act_,
+                                   scratch(Slot::Attention, cuda::attention_forward_scratch_floats(a)), stream_);
   }
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
                           const AttentionShape& a) override {
