@@ -15,18 +15,19 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/run.
     -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
     -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so &&
     time ninja -C build -j16 esm2 cuda_backend_test cuda_attention_bench
-} > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+} > /tmp/build.log 2>&1 || { tail -60 /tmp/build.log | tee "$OUT/build.log"; exit 1; }
 echo "build ok" | tee -a "$OUT/run.log"
 E=./build/esm2
 $E prepare --fasta data/swissprot-sample/train.fasta.gz --clusters data/swissprot-sample/train_clusters.tsv \
   --output /tmp/corpus --force > /dev/null 2>&1
 $E prepare --fasta data/swissprot-sample/valid.fasta.gz --output /tmp/corpus_valid --force > /dev/null 2>&1
-# The CPU reference run overlaps the GPU work (12 of 16 cores).
-(timeout ${CPU_TIMEOUT:-300} $E train --train-data /tmp/corpus --valid-data /tmp/corpus_valid --preset 8M \
+# The CPU reference run (CPU_STEPS > 0) overlaps the GPU work (12 of 16 cores).
+CPU_PID=
+[ "${CPU_STEPS:-60}" -gt 0 ] && (timeout ${CPU_TIMEOUT:-300} $E train --train-data /tmp/corpus --valid-data /tmp/corpus_valid --preset 8M \
   --backend cpu --precision 32 --threads 12 --num-steps 200 --early-stop-on-step ${CPU_STEPS:-60} \
   --warmup-steps 20 --micro-batch-tokens 16384 --val-check-interval 100 --limit-val-batches 2 \
   --log-every-n-steps 10 --result-dir /tmp/runs --experiment-name cpu8M --seed 1 > /tmp/train_cpu.log 2>&1) &
-CPU_PID=$!
+[ "${CPU_STEPS:-60}" -gt 0 ] && CPU_PID=$!
 timeout 200 ./build/cuda_backend_test 2>&1 | tee "$OUT/cuda_test.log" |
   grep -E "^\[  (FAILED|PASSED|  OK) |Failure|error|Expected|Which|actual" | head -80
 timeout 120 ./build/cuda_attention_bench --benchmark_min_time=0.5s 2>&1 | tee -a "$OUT/run.log" | tail -8
@@ -36,12 +37,24 @@ for spec in "8M 65536" "8M 16384" "650M 32768"; do
     --steps ${BENCH_STEPS:-5} --warmup 2 --peak-tflops 989 --json "$OUT/bench_${1}_$2.json" 2>&1 |
     tee -a "$OUT/run.log"
 done
+# Kernel time breakdown of a few 8M and 650M steps (nsys), when asked for.
+if [ "${PROFILE:-0}" = 1 ] && command -v nsys > /dev/null; then
+  for spec in "8M 65536" "650M 16384"; do
+    set -- $spec
+    timeout 120 nsys profile -o /tmp/prof_$1 --force-overwrite true --trace cuda $E bench --backend cuda --preset $1 \
+      --micro-batch-tokens $2 --data /tmp/corpus --steps 3 --warmup 1 > /dev/null 2>&1
+    nsys stats --report cuda_gpu_kern_sum --format csv /tmp/prof_$1.nsys-rep 2>/dev/null |
+      head -40 > "$OUT/profile_$1.csv"
+  done
+fi
 timeout 120 $E train --train-data /tmp/corpus --valid-data /tmp/corpus_valid --preset 8M --backend cuda \
   --num-steps 200 --warmup-steps 20 --micro-batch-tokens 16384 --val-check-interval 100 --limit-val-batches 2 \
   --log-every-n-steps 10 --result-dir /tmp/runs --experiment-name gpu8M --seed 1 > /tmp/train_gpu.log 2>&1
 tail -5 /tmp/train_gpu.log | tee -a "$OUT/run.log"
-wait $CPU_PID
-tail -3 /tmp/train_cpu.log | tee -a "$OUT/run.log"
+if [ -n "$CPU_PID" ]; then
+  wait $CPU_PID
+  tail -3 /tmp/train_cpu.log | tee -a "$OUT/run.log"
+fi
 cp /tmp/train_gpu.log /tmp/train_cpu.log /tmp/runs/ 2>/dev/null
 tar -czf "$OUT/train_runs.tgz" -C /tmp/runs --exclude='*.safetensors' --exclude='*.bin' . 2>/dev/null
 ls -la "$OUT"
