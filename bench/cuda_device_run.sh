@@ -8,7 +8,7 @@ DEPS=${1:?deps dir with the .deb files}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/deps
 for f in "$DEPS"/*.deb; do dpkg -x "$f" /tmp/deps; done
-export PATH=/opt/torch/.venv/bin:$PATH LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/run.log" 2>&1
 {
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \

@@ -367,8 +367,13 @@ size_t mma_backward_smem() {
 
 }  // namespace
 
+namespace {
+// Δ[H,T] first, then the rotated q and k; the latter start on a 256-byte boundary for 16-byte loads.
+size_t delta_floats(const AttentionShape& a) { return (static_cast<size_t>(a.T) * a.H + 63) / 64 * 64; }
+}  // namespace
+
 size_t attention_backward_scratch_floats(const AttentionShape& a) {
-  return static_cast<size_t>(a.T) * a.H + static_cast<size_t>(a.T) * a.H * a.D;
+  return delta_floats(a) + static_cast<size_t>(a.T) * a.H * a.D;
 }
 
 void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
@@ -384,7 +389,7 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
     ESM2_CUDA_CHECK_LAUNCH();
     if constexpr (std::is_same_v<E, bf16>) {
       if (attention_uses_mma(dt, a.D)) {
-        bf16* qr = reinterpret_cast<bf16*>(scratch + a.T * a.H);
+        bf16* qr = reinterpret_cast<bf16*>(scratch + delta_floats(a));
         bf16* kr = qr + a.T * a.H * a.D;
         launch_rotate_qk(qr, kr, qkv, a, scale, s);
         attn::dispatch_head_dim(a.D, [&](auto dc) {
