@@ -1,0 +1,351 @@
+// CudaBackend: memory, dispatch of every Backend op to its launcher (one .cu/.cuh pair per op), and the
+// bf16 weight cache.
+//
+// Weight cache: in bf16-mixed mode a GEMM operand given as F32 (a master weight, e.g. P + w_qkv) is read
+// through a bf16 copy keyed by its pointer. The copy stays valid until something writes the fp32 range
+// through this backend (uploads, copies, memsets, fp32 GEMM outputs, ...); adamw_update on exactly that
+// tensor rewrites the copy in the same kernel, so a training step casts each weight once, at first use.
+#include "backend/cuda/cuda_backend.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <map>
+
+#include "backend/cuda/adamw.cuh"
+#include "backend/cuda/add.cuh"
+#include "backend/cuda/attention_backward.cuh"
+#include "backend/cuda/attention_forward.cuh"
+#include "backend/cuda/bias_backward.cuh"
+#include "backend/cuda/convert.cuh"
+#include "backend/cuda/cross_entropy.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/embedding.cuh"
+#include "backend/cuda/gelu.cuh"
+#include "backend/cuda/gemm_lt.h"
+#include "backend/cuda/layernorm.cuh"
+#include "backend/cuda/rows.cuh"
+#include "backend/cuda/sum_squares.cuh"
+#include "backend/cuda/token_dropout.cuh"
+#include "core/error.h"
+
+namespace esm2 {
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(DType act, int device) : act_(act) {
+    ESM2_CHECK(act == DType::F32 || act == DType::BF16, "cuda backend: activation dtype must be F32 or BF16");
+    const int n = cuda_device_count();
+    ESM2_CHECK(n > 0, "--backend cuda: no CUDA device is visible (cudaGetDeviceCount reports none)");
+    ESM2_CHECK(device >= 0 && device < n, "--backend cuda: device {} requested, {} visible", device, n);
+    ESM2_CUDA_CHECK(cudaSetDevice(device));
+    ESM2_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    ESM2_CUDA_CHECK(cudaMallocHost(&host_word_, 16));
+    lt_ = std::make_unique<cuda::LtRunner>();
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& [p, m] : mirrors_) cudaFree(m.bf);
+    for (auto& s : scratch_) cudaFree(s.ptr);
+    lt_.reset();
+    cudaFreeHost(host_word_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  DType activation_dtype() const override { return act_; }
+
+  // ---- memory ----
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("cuda backend: out of device memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f}): {}",
+           bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, cudaGetErrorString(e));
+    }
+    ESM2_CUDA_CHECK(cudaMemsetAsync(p, 0, std::max<size_t>(bytes, 256), stream_));
+    sizes_[p] = bytes;
+    return p;
+  }
+  void free(void* p) override {
+    if (!p) return;
+    auto it = sizes_.find(p);
+    if (it != sizes_.end()) {
+      drop_mirrors(p, it->second);
+      sizes_.erase(it);
+    }
+    ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    ESM2_CUDA_CHECK(cudaFree(p));
+  }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override {
+    if (!bytes) return;
+    invalidate(dst, bytes);
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    if (!bytes) return;
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (!bytes) return;
+    invalidate(dst, bytes);
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void memset_zero(void* dst, size_t bytes) override {
+    if (!bytes) return;
+    invalidate(dst, bytes);
+    ESM2_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
+  }
+  void act_to_host_f32(float* dst, const void* src, size_t n) override {
+    if (act_ == DType::F32) return copy_to_host(dst, src, n * 4);
+    float* tmp = scratch(Slot::Convert, n);
+    cuda::launch_convert(tmp, DType::F32, src, act_, n, stream_);
+    copy_to_host(dst, tmp, n * 4);
+  }
+  void act_from_host_f32(void* dst, const float* src, size_t n) override {
+    if (act_ == DType::F32) return copy_to_device(dst, src, n * 4);
+    float* tmp = scratch(Slot::Convert, n);
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(tmp, src, n * 4, cudaMemcpyHostToDevice, stream_));
+    cuda::launch_convert(dst, act_, tmp, DType::F32, n, stream_);
+  }
+  void synchronize() override { ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- dense ----
+  void gemm(const GemmArgs& g) override {
+    cuda::LtGemm l;
+    l.trans_a = g.trans_a, l.trans_b = g.trans_b, l.M = g.M, l.N = g.N, l.K = g.K, l.alpha = g.alpha,
+    l.beta = g.beta;
+    l.lda = g.lda ? g.lda : (g.trans_a ? g.M : g.K);
+    l.ldb = g.ldb ? g.ldb : (g.trans_b ? g.K : g.N);
+    l.ldc = g.ldc ? g.ldc : g.N;
+    l.A = operand(g.A, g.a_dtype, g.trans_a ? g.K : g.M, g.trans_a ? g.M : g.K, l.lda);
+    l.B = operand(g.B, g.b_dtype, g.trans_b ? g.N : g.K, g.trans_b ? g.K : g.N, l.ldb);
+    l.a_dtype = l.b_dtype = act_;
+    ESM2_CHECK(g.c_dtype == DType::F32 || g.c_dtype == act_, "cuda gemm: output dtype {} with activations {}",
+               dtype_name(g.c_dtype), dtype_name(act_));
+    l.C = g.C, l.c_dtype = g.c_dtype;
+    l.bias = g.bias;
+    if (g.c_dtype == DType::F32 && g.M > 0) invalidate(g.C, ((g.M - 1) * l.ldc + g.N) * 4);
+    lt_->run(l, stream_);
+  }
+  void bias_backward(float* db, const void* dy, int64_t M, int64_t N) override {
+    invalidate(db, N * 4);
+    cuda::launch_bias_backward(db, dy, act_, M, N, scratch(Slot::Columns, cuda::bias_backward_scratch_floats(M, N)),
+                               stream_);
+  }
+  void add(void* out, const void* a, const void* b, size_t n) override {
+    cuda::launch_add(out, a, b, n, act_, stream_);
+  }
+
+  // ---- embedding and token dropout ----
+  void embedding_forward(void* out, const int32_t* ids, const float* wte, int64_t T, int64_t C) override {
+    cuda::launch_embedding_forward(out, ids, wte, T, C, act_, stream_);
+  }
+  void embedding_backward(float* dwte, const void* dout, const int32_t* ids, int64_t T, int64_t C) override {
+    if (T == 0) return;
+    // The interface does not pass V: read the largest id back (one small synchronisation per step).
+    int32_t* dmax = reinterpret_cast<int32_t*>(scratch(Slot::Word, 4));
+    cuda::launch_max_id(dmax, ids, T, stream_);
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(host_word_, dmax, 4, cudaMemcpyDeviceToHost, stream_));
+    ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    const int V = *static_cast<int32_t*>(host_word_) + 1;
+    invalidate(dwte, static_cast<size_t>(V) * C * 4);
+    cuda::launch_embedding_backward(dwte, dout, ids, T, C, V, act_,
+                                    scratch(Slot::Columns, cuda::embedding_backward_scratch_floats(T, C, V)), stream_);
+  }
+  void token_dropout_forward(void* x, const int32_t* ids, const int32_t* cu, int S, int64_t C, int32_t mask_id,
+                             int32_t pad_id, float ratio, bool rescale) override {
+    cuda::launch_token_dropout(x, ids, cu, S, C, mask_id, pad_id, ratio, rescale, act_, stream_);
+  }
+  void token_dropout_backward(void* dx, const int32_t* ids, const int32_t* cu, int S, int64_t C, int32_t mask_id,
+                              int32_t pad_id, float ratio, bool rescale) override {
+    cuda::launch_token_dropout(dx, ids, cu, S, C, mask_id, pad_id, ratio, rescale, act_, stream_);
+  }
+
+  // ---- LayerNorm ----
+  void layernorm_forward(void* out, float* mean, float* rstd, const void* x, const float* w, const float* b,
+                         int64_t T, int64_t C, float eps) override {
+    cuda::launch_layernorm_forward(out, mean, rstd, x, w, b, T, C, eps, act_, stream_);
+  }
+  void layernorm_backward(void* dx, float* dw, float* db, const void* dout, const void* x, const float* w,
+                          const float* mean, const float* rstd, int64_t T, int64_t C) override {
+    invalidate(dw, C * 4);
+    invalidate(db, C * 4);
+    cuda::launch_layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, T, C, act_,
+                                    scratch(Slot::Columns, cuda::layernorm_backward_scratch_floats(T, C)), stream_);
+  }
+
+  // ---- attention ----
+  void attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a) override {
+    cuda::launch_attention_forward(out, lse, qkv, a, act_,
+                                   scratch(Slot::Attention, cuda::attention_forward_scratch_floats(a)), stream_);
+  }
+  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
+                          const AttentionShape& a) override {
+    cuda::launch_attention_backward(dqkv, dout, qkv, out, lse, a, act_,
+                                    scratch(Slot::Attention, cuda::attention_backward_scratch_floats(a)), stream_);
+  }
+
+  // ---- GELU, rows, loss ----
+  void gelu_forward(void* out, const void* x, size_t n, bool tanh_approx) override {
+    cuda::launch_gelu_forward(out, x, n, tanh_approx, act_, stream_);
+  }
+  void gelu_backward(void* dx, const void* dout, const void* x, size_t n, bool tanh_approx) override {
+    cuda::launch_gelu_backward(dx, dout, x, n, tanh_approx, act_, stream_);
+  }
+  void gather_rows(void* out, const void* x, const int32_t* idx, int64_t R, int64_t C) override {
+    cuda::launch_gather_rows(out, x, idx, R, C, act_, stream_);
+  }
+  void scatter_add_rows(void* dx, const void* dout, const int32_t* idx, int64_t R, int64_t C) override {
+    cuda::launch_scatter_add_rows(dx, dout, idx, R, C, act_, stream_);
+  }
+  void cross_entropy_forward(float* loss, const void* logits, const int32_t* labels, int64_t R, int64_t V) override {
+    cuda::launch_cross_entropy_forward(loss, logits, labels, R, V, act_, stream_);
+  }
+  void cross_entropy_backward(void* dlogits, const void* logits, const int32_t* labels, int64_t R, int64_t V,
+                              float dloss) override {
+    cuda::launch_cross_entropy_backward(dlogits, logits, labels, R, V, dloss, act_, stream_);
+  }
+
+  // ---- optimizer ----
+  void adamw_update(float* p, const float* g, float* m, float* v, size_t n, const AdamWStep& s) override {
+    ESM2_ASSERT(s.step >= 1);
+    bf16* mirror = nullptr;
+    auto it = mirrors_.find(p);
+    if (it != mirrors_.end() && it->second.n == n) {
+      mirror = it->second.bf;
+      it->second.valid = true;  // rewritten by the same kernel
+    } else {
+      invalidate(p, n * 4);
+    }
+    invalidate(m, n * 4);
+    invalidate(v, n * 4);
+    cuda::launch_adamw(p, g, m, v, mirror, n, s, stream_);
+  }
+  double sum_squares(const float* x, size_t n) override {
+    if (n == 0) return 0.0;
+    double* d = reinterpret_cast<double*>(scratch(Slot::Reduce, 2 * (cuda::kSumSquaresBlocks + 2)));
+    cuda::launch_sum_squares(d, x, n, d + 2, stream_);
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(host_word_, d, 8, cudaMemcpyDeviceToHost, stream_));
+    ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return *static_cast<double*>(host_word_);
+  }
+  void scale(float* x, float a, size_t n) override {
+    invalidate(x, n * 4);
+    cuda::launch_scale(x, a, n, stream_);
+  }
+
+ private:
+  enum class Slot { Columns, Attention, Convert, Reduce, Word, kCount };
+  struct Scratch {
+    float* ptr = nullptr;
+    size_t floats = 0;
+  };
+  struct Mirror {
+    size_t n = 0;
+    bf16* bf = nullptr;
+    bool valid = false;
+  };
+
+  // Device scratch of at least `floats` floats, grown on demand (never shrunk). Growing frees the old
+  // buffer after the stream drains, so queued kernels never see it vanish.
+  float* scratch(Slot slot, size_t floats) {
+    Scratch& s = scratch_[static_cast<int>(slot)];
+    if (s.floats < floats) {
+      const size_t want = std::max(floats, s.floats + s.floats / 2);
+      if (s.ptr) {
+        ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        ESM2_CUDA_CHECK(cudaFree(s.ptr));
+        s.ptr = nullptr;
+      }
+      ESM2_CUDA_CHECK(cudaMalloc(&s.ptr, want * 4));
+      s.floats = want;
+    }
+    return s.ptr;
+  }
+
+  // An operand of a GEMM in the activation dtype: F32 inputs in bf16 mode go through the weight cache.
+  const void* operand(const void* p, DType dt, int64_t rows, int64_t cols, int64_t ld) {
+    if (dt == act_) return p;
+    ESM2_CHECK(dt == DType::F32 && act_ == DType::BF16, "cuda gemm: operand dtype {} with activations {}",
+               dtype_name(dt), dtype_name(act_));
+    const size_t n = rows == 0 ? 0 : static_cast<size_t>((rows - 1) * ld + cols);
+    const float* key = static_cast<const float*>(p);
+    Mirror& m = mirrors_[key];
+    if (m.n != n) {
+      if (m.bf) {
+        ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        ESM2_CUDA_CHECK(cudaFree(m.bf));
+      }
+      m.bf = nullptr;
+      ESM2_CUDA_CHECK(cudaMalloc(&m.bf, std::max<size_t>(n, 128) * sizeof(bf16)));
+      m.n = n;
+      m.valid = false;
+    }
+    if (!m.valid) {
+      cuda::launch_convert(m.bf, DType::BF16, p, DType::F32, n, stream_);
+      m.valid = true;
+    }
+    return m.bf;
+  }
+
+  // A write to [dst, dst+bytes) of fp32 memory: cached bf16 copies overlapping it are stale.
+  void invalidate(const void* dst, size_t bytes) {
+    if (mirrors_.empty()) return;
+    const char* lo = static_cast<const char*>(dst);
+    const char* hi = lo + bytes;
+    for (auto& [k, m] : mirrors_) {
+      const char* a = reinterpret_cast<const char*>(k);
+      if (a < hi && a + m.n * 4 > lo) m.valid = false;
+    }
+  }
+  void drop_mirrors(const void* base, size_t bytes) {
+    const char* lo = static_cast<const char*>(base);
+    const char* hi = lo + bytes;
+    for (auto it = mirrors_.begin(); it != mirrors_.end();) {
+      const char* a = reinterpret_cast<const char*>(it->first);
+      if (a >= lo && a < hi) {
+        ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        ESM2_CUDA_CHECK(cudaFree(it->second.bf));
+        it = mirrors_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  DType act_;
+  cudaStream_t stream_ = nullptr;
+  void* host_word_ = nullptr;  // pinned, for scalar read-backs
+  std::unique_ptr<cuda::LtRunner> lt_;
+  Scratch scratch_[static_cast<int>(Slot::kCount)];
+  std::map<const float*, Mirror> mirrors_;
+  std::map<const void*, size_t> sizes_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device) {
+  return std::make_unique<CudaBackend>(activation_dtype, device);
+}
+
+}  // namespace esm2

@@ -1,0 +1,18 @@
+// The CUDA backend: one GPU, one stream. Activations in BF16 (bf16-mixed) or F32; parameters,
+// gradients and AdamW moments stay fp32; GEMMs go through cuBLASLt with fp32 accumulation and read bf16
+// copies of the fp32 master weights, kept by the backend and refreshed by the fused AdamW step.
+// This header is plain C++ (no CUDA headers) so that the backend factory in esm2core can include it.
+#pragma once
+#include <memory>
+
+#include "backend/backend.h"
+
+namespace esm2 {
+
+// Number of CUDA devices visible (0 when there is no driver or no GPU; never throws).
+int cuda_device_count();
+
+// activation_dtype: DType::BF16 (bf16-mixed) or DType::F32. Throws esm2::Error without a usable GPU.
+std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device = 0);
+
+}  // namespace esm2

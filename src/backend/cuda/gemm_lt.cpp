@@ -1,0 +1,144 @@
+// Row-major C[M,N] is column-major Cᵀ[N,M] = op(B)ᵀ·op(A)ᵀ, so the call swaps A and B: cuBLASLt's
+// "A" is our B (m = N), its "B" our A (n = M); a bias per row of its D is a bias per column of ours.
+#include "backend/cuda/gemm_lt.h"
+
+#include "backend/cuda/bias_add.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gemm_fallback.cuh"
+#include "core/error.h"
+
+namespace esm2::cuda {
+
+namespace {
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::BF16: return CUDA_R_16BF;
+    default: fail("cuBLASLt gemm: unsupported dtype {}", dtype_name(t));
+  }
+}
+
+// Largest power of two (<= 256) dividing the address and the byte stride of every row.
+int64_t alignment(const void* p, int64_t ld, DType t) {
+  const uint64_t v = reinterpret_cast<uint64_t>(p) | static_cast<uint64_t>(ld * static_cast<int64_t>(dtype_size(t)));
+  int64_t a = 1;
+  while (a < 256 && (v & static_cast<uint64_t>(a)) == 0) a <<= 1;
+  return a;
+}
+
+struct Desc {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~Desc() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+}  // namespace
+
+LtRunner::LtRunner() {
+  ESM2_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  workspace_bytes_ = 32u << 20;
+  ESM2_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+}
+
+LtRunner::~LtRunner() {
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+void LtRunner::run(const LtGemm& g, cudaStream_t s) {
+  if (g.M == 0 || g.N == 0) return;
+  if (g.K == 0) {  // no product: C = beta·C + bias
+    launch_bias_add(g.C, g.c_dtype, g.bias, g.beta, g.M, g.N, g.ldc, s);
+    return;
+  }
+  if (g.bias && try_run(g, true, s)) return;
+  if (!try_run(g, false, s)) {
+    launch_gemm_fallback(g, s);  // applies the bias itself
+    return;
+  }
+  if (g.bias) launch_bias_add(g.C, g.c_dtype, g.bias, 1.0f, g.M, g.N, g.ldc, s);
+}
+
+bool LtRunner::try_run(const LtGemm& g, bool with_bias, cudaStream_t s) {
+  const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  const cublasOperation_t op_a = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt A = our B
+  const cublasOperation_t op_b = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt B = our A
+  const int64_t al = alignment(g.B, g.ldb, g.b_dtype), bl = alignment(g.A, g.lda, g.a_dtype),
+                cl = alignment(g.C, g.ldc, g.c_dtype);
+  const std::vector<int64_t> key = {g.trans_a,
+                                    g.trans_b,
+                                    g.M,
+                                    g.N,
+                                    g.K,
+                                    g.lda,
+                                    g.ldb,
+                                    g.ldc,
+                                    static_cast<int64_t>(g.a_dtype),
+                                    static_cast<int64_t>(g.b_dtype),
+                                    static_cast<int64_t>(g.c_dtype),
+                                    with_bias,
+                                    g.beta != 0.0f,
+                                    al,
+                                    bl,
+                                    cl,
+                                    with_bias ? alignment(g.bias, 0, DType::F32) : 0};
+  auto it = cache_.find(key);
+  if (it != cache_.end() && !it->second.ok) return false;
+
+  Desc d;
+  ESM2_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.op, compute, CUDA_R_32F));
+  ESM2_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+  ESM2_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+  if (with_bias) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    ESM2_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    ESM2_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+    ESM2_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)));
+  }
+  // Stored (pre-op) shapes in column-major terms.
+  const uint64_t a_rows = g.trans_b ? g.K : g.N, a_cols = g.trans_b ? g.N : g.K;
+  const uint64_t b_rows = g.trans_a ? g.M : g.K, b_cols = g.trans_a ? g.K : g.M;
+  ESM2_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, cuda_type(g.b_dtype), a_rows, a_cols, g.ldb));
+  ESM2_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, cuda_type(g.a_dtype), b_rows, b_cols, g.lda));
+  ESM2_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, cuda_type(g.c_dtype), g.N, g.M, g.ldc));
+
+  if (it == cache_.end()) {
+    ESM2_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&d.pref));
+    ESM2_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                           &workspace_bytes_, sizeof(workspace_bytes_)));
+    const uint32_t a32 = static_cast<uint32_t>(al), b32 = static_cast<uint32_t>(bl), c32 = static_cast<uint32_t>(cl);
+    ESM2_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a32,
+                                                           sizeof(a32)));
+    ESM2_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32,
+                                                           sizeof(b32)));
+    ESM2_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &c32,
+                                                           sizeof(c32)));
+    ESM2_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &c32,
+                                                           sizeof(c32)));
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle_, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &res, &found);
+    Cached c;
+    c.ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (c.ok) c.algo = res.algo;
+    it = cache_.emplace(key, c).first;
+    if (!c.ok) return false;
+  }
+  ESM2_CUBLAS_CHECK(cublasLtMatmul(handle_, d.op, &g.alpha, g.B, d.a, g.A, d.b, &g.beta, g.C, d.c, g.C, d.c,
+                                   &it->second.algo, workspace_, workspace_bytes_, s));
+  return true;
+}
+
+}  // namespace esm2::cuda

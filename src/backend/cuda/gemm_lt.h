@@ -1,0 +1,53 @@
+// Row-major GEMM through cuBLASLt: D = alpha·op(A)·op(B) + beta·C (+ bias[N] per row), C and D the same
+// buffer. bf16 or fp32 operands, fp32 accumulation; heuristic results cached per shape.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace esm2::cuda {
+
+struct LtGemm {
+  bool trans_a = false, trans_b = false;
+  int64_t M = 0, N = 0, K = 0;
+  float alpha = 1.0f, beta = 0.0f;
+  const void* A = nullptr;
+  DType a_dtype = DType::F32;
+  int64_t lda = 0;
+  const void* B = nullptr;
+  DType b_dtype = DType::F32;
+  int64_t ldb = 0;
+  void* C = nullptr;
+  DType c_dtype = DType::F32;
+  int64_t ldc = 0;
+  const float* bias = nullptr;  // [N] fp32 or null
+};
+
+class LtRunner {
+ public:
+  LtRunner();
+  ~LtRunner();
+  LtRunner(const LtRunner&) = delete;
+  LtRunner& operator=(const LtRunner&) = delete;
+  void run(const LtGemm& g, cudaStream_t s);
+
+ private:
+  // Returns false when cuBLASLt has no algorithm for this combination (with a bias epilogue).
+  bool try_run(const LtGemm& g, bool with_bias, cudaStream_t s);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  struct Cached {
+    bool ok = false;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  std::map<std::vector<int64_t>, Cached> cache_;
+};
+
+}  // namespace esm2::cuda
