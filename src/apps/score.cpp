@@ -128,8 +128,9 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
       esm2::apps::write_file_atomically(a->matrix, csv);
     }
     if (!a->output.empty() || !a->matrix.empty())
-      std::printf("scored %zu variants of a %zu-residue wild type%s\n", variants.size(), wt.size(),
-                  a->matrix.empty() ? "" : "; wrote the single-mutant matrix");
+      std::printf("%zu-residue wild type: %zu variants scored%s\n", wt.size(), variants.size(),
+                  a->matrix.empty() ? "" : fmt::format("; single-mutant matrix ({} x 20) -> {}", wt.size(),
+                                                       a->matrix.string()).c_str());
     return 0;
   };
 }
