@@ -285,6 +285,16 @@ TEST_F(Infer, ScoresEqualHandComputedMaskedMarginals) {
   const auto d = read_scores(dir / "d.csv");
   EXPECT_NEAR(d.at("\"x,1\",K2A,0.5"), got.at("K2A"), 1e-8);
   EXPECT_NEAR(d.at("y,S13P:F14L,-1"), got.at("S13P:F14L"), 1e-8);
+
+  // The wild type taken from a FASTA record by id gives the same scores.
+  esm2::write_file(dir / "wt.fasta", ">other\nGGGSSS\n>target some text\n" + seq.substr(0, 10) + "\n" + seq.substr(10) + "\n");
+  r = run_cli("score" + kCk + " --fasta " + (dir / "wt.fasta").string() + " --id target --mutations K2A --output " +
+              (dir / "f.csv").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NEAR(read_scores(dir / "f.csv").at("K2A"), got.at("K2A"), 1e-8);
+  r = run_cli("score" + kCk + " --fasta " + (dir / "wt.fasta").string() + " --mutations K2A");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("2 records; name the wild type with --id"), std::string::npos) << r.output;
 }
 
 TEST(InferErrors, BadInputsNameTheRecordOrMutation) {
