@@ -199,7 +199,7 @@ TEST_F(Infer, EvalLossEqualsTrainerValidationLoss) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = run_cli("train --train-data " + corpus.string() + " --valid-data " + corpus.string() + " --init-from-hf " +
               hf_model().string() +
-              " --max-seq-length 64 --micro-batch-tokens 512 --seed 7 --lr 1e-3 --warmup-steps 1 --num-steps 2"
+              " --max-seq-length 64 --micro-batch-tokens 512 --seed 7 --lr 1e-3 --warmup-steps 1 --num-steps 2 --mask-prob 0.3"
               " --val-check-interval 2 --limit-val-batches 3 --threads 2 --no-report --no-tensorboard --result-dir " +
               root.string() + " --experiment-name run");
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -213,13 +213,14 @@ TEST_F(Infer, EvalLossEqualsTrainerValidationLoss) {
   ASSERT_GT(trainer_loss, 0);
   const fs::path ck = root / "run/checkpoints/step-00000002";
   r = run_cli("eval --threads 2 --checkpoint " + ck.string() + " --data " + corpus.string() +
-              " --limit-batches 3 --max-seq-length 64 --micro-batch-tokens 512 --json " + (root / "e.json").string());
+              " --limit-batches 3 --max-seq-length 64 --micro-batch-tokens 512 --mask-prob 0.3 --json " +
+              (root / "e.json").string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto j = nlohmann::json::parse(esm2::read_file(root / "e.json"));
   EXPECT_NEAR(j["files"][0]["val_loss"].get<double>(), trainer_loss, 1e-6 * trainer_loss);
   // And the untrained fixture gives a different loss: the checkpoint's weights were used.
   r = run_cli("eval" + kCk + " --data " + corpus.string() +
-              " --limit-batches 3 --max-seq-length 64 --micro-batch-tokens 512 --json " + (root / "f.json").string());
+              " --limit-batches 3 --max-seq-length 64 --micro-batch-tokens 512 --mask-prob 0.3 --json " + (root / "f.json").string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto f = nlohmann::json::parse(esm2::read_file(root / "f.json"));
   EXPECT_GT(std::abs(f["files"][0]["val_loss"].get<double>() - trainer_loss), 1e-4);
