@@ -1,4 +1,5 @@
 // esm2: one binary, one subcommand per file in src/apps/.
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +19,9 @@ std::vector<Command>& command_registry() {
 }  // namespace esm2::apps
 
 int main(int argc, char** argv) {
+  // A file-size limit (ulimit -f) must make write() fail with EFBIG, reported like a full disk and
+  // leaving the previous checkpoint intact, instead of killing the process mid-write with SIGXFSZ.
+  signal(SIGXFSZ, SIG_IGN);
   // OpenMP threads that spin while waiting make a loaded or oversubscribed machine (a shared
   // workstation, ctest -j, several ranks per node) up to 10x slower. libgomp reads its settings when
   // it is loaded, before main, so the default is set by re-executing once; an explicit

@@ -1,7 +1,11 @@
 #include "train/checkpoint.h"
 
+#include <signal.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <string>
 
 #include "core/atomic_dir.h"
 #include "core/error.h"
@@ -97,8 +101,53 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
 
 bool is_training_checkpoint(const fs::path& dir) { return fs::exists(dir / kStateFile); }
 
+namespace {
+
+// "<name>.<kind>-<pid>" → {name, pid}; pid 0 when `n` is not such an entry.
+std::pair<std::string, long> split_writer_suffix(const std::string& n, const std::string& kind) {
+  const size_t at = n.rfind("." + kind + "-");
+  if (at == std::string::npos || at == 0) return {"", 0};
+  const std::string digits = n.substr(at + kind.size() + 2);
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) return {"", 0};
+  return {n.substr(0, at), std::stol(digits)};
+}
+
+bool process_alive(long pid) { return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM; }
+
+}  // namespace
+
+int recover_checkpoint_root(const fs::path& ckpt_root) {
+  std::error_code ec;
+  std::vector<fs::path> entries;
+  for (const auto& e : fs::directory_iterator(ckpt_root, ec)) entries.push_back(e.path());
+  int repaired = 0;
+  // Temp dirs first: a dead writer's temp is partial whatever state it reached.
+  for (const auto& p : entries) {
+    const auto [name, pid] = split_writer_suffix(p.filename().string(), "tmp");
+    if (pid == 0 || process_alive(pid)) continue;
+    fs::remove_all(p, ec);
+    ESM2_CHECK(!ec, "{}: cannot remove stale temporary checkpoint: {}", p.string(), ec.message());
+    ++repaired;
+  }
+  for (const auto& p : entries) {
+    const auto [name, pid] = split_writer_suffix(p.filename().string(), "old");
+    if (pid == 0 || process_alive(pid)) continue;
+    const fs::path final_path = ckpt_root / name;
+    if (fs::exists(final_path)) {
+      fs::remove_all(p, ec);
+    } else {
+      fs::rename(p, final_path, ec);  // killed between "move aside" and "rename into place"
+    }
+    ESM2_CHECK(!ec, "{}: cannot recover checkpoint: {}", p.string(), ec.message());
+    ++repaired;
+  }
+  if (repaired > 0) fsync_path(ckpt_root);
+  return repaired;
+}
+
 std::optional<fs::path> find_latest_checkpoint(const fs::path& ckpt_root) {
   if (!fs::is_directory(ckpt_root)) return std::nullopt;
+  recover_checkpoint_root(ckpt_root);
   std::error_code ec;
   if (fs::exists(ckpt_root / "latest")) {
     std::string name = read_file(ckpt_root / "latest");

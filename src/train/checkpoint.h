@@ -48,8 +48,15 @@ void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& 
                      const std::map<std::string, RawTensor>& extra = {});
 
 // The checkpoint `latest` points to; if the pointer is missing or names a missing directory, the
-// complete checkpoint with the highest step. nullopt when there is none.
+// complete checkpoint with the highest step. nullopt when there is none. First repairs what a killed
+// writer left behind (recover_checkpoint_root), so a resumed run never sees a partial checkpoint.
 std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& ckpt_root);
+
+// Cleans up after a process killed while writing checkpoints (SIGKILL, power loss): AtomicDir temp
+// directories "<name>.tmp-<pid>" of dead processes are partial and removed; "<name>.old-<pid>" (a
+// checkpoint being replaced) is renamed back to <name> when the replacement never landed, else
+// removed. Entries of a live process are left alone. Returns the number of entries repaired.
+int recover_checkpoint_root(const std::filesystem::path& ckpt_root);
 
 // True if dir has trainer_state/ (a full training checkpoint) rather than only HF model files.
 bool is_training_checkpoint(const std::filesystem::path& dir);

@@ -13,6 +13,7 @@
 #include "data/train_data.h"
 #include "model/esm2.h"
 #include "train/checkpoint.h"
+#include "train/fault_injection.h"
 #include "train/metrics_logger.h"
 #include "train/model_summary.h"
 #include "train/optimizer.h"
@@ -215,6 +216,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   double ema_step_s = 0;
   double tokens_since_log = 0, seconds_since_log = 0, total_tokens_timed = 0, total_seconds_timed = 0;
   const auto run_start = Clock::now();
+  const FaultInjection faults = fault_injection_from_env();  // test-only: empty unless ESM2_FAULT_INJECT is set
 
   auto validate_and_checkpoint = [&](bool do_validation, bool final_save) {
     double val_loss = std::nan("");
@@ -246,6 +248,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
 
   while (state.step < last_step) {
     const auto t0 = Clock::now();
+    const DataPosition data_before = state.data;  // a stop on a non-finite step checkpoints the state before it
     StepBatch batch = data.next_step(state.data, comm.rank(), comm.world_size());
     ESM2_CHECK(batch.global_num_labels > 0, "train: step {} has no labelled positions", state.step);
     model.zero_grads();
@@ -254,12 +257,17 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     for (const auto& mb : batch.micro) loss_acc += model.forward_backward(mb, grad_scale).loss_sum;
     optim.reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
     if (comm.world_size() > 1) comm.allreduce_sum(&loss_acc, 1, "loss all-reduce");
+    if (faults.poison_grad_at(state.step)) {
+      const float nan = std::nanf("");
+      backend->copy_to_device(model.grad_data(), &nan, sizeof nan);
+    }
     const double loss = loss_acc / static_cast<double>(batch.global_num_labels);
     const double lr = learning_rate(cfg.schedule, state.step);
     const double gnorm = optim.grad_norm();
     const bool finite = std::isfinite(loss) && std::isfinite(gnorm);
     if (!finite) {
       if (cfg.on_nonfinite == "stop") {
+        state.data = data_before;
         if (checkpointing) optim.gather_for_checkpoint();  // [dist] collective
         if (root && checkpointing) {
           // The weights are still those of the last good step: save them for inspection/resume.
