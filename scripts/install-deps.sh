@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libopenblas-dev libsqlite3-dev zlib1g-dev
       libzstd-dev libsnappy-dev nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev
-      libbenchmark-dev openmpi-bin libopenmpi-dev gnuplot-nox python3)
+      libbenchmark-dev openmpi-bin libopenmpi-dev gnuplot-nox python3
+      clang libclang-rt-14-dev libomp-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
