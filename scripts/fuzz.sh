@@ -33,7 +33,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$work"
   log="$build/fuzz-artifacts/$name.log"
   # New inputs go to the scratch copy (first directory); the committed seeds stay as they are.
-  if ! "$build/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  if ! "$build/fuzz/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
        -artifact_prefix="$build/fuzz-artifacts/$name-" "$work" "$seeds" >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "fuzz.sh: $t FAILED (log $log)" >&2

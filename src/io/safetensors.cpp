@@ -284,7 +284,7 @@ void SafetensorsFile::read_f32(std::string_view tensor, std::span<float> out) co
   // memcpy per element: the data region is only as aligned as the header length makes it.
   switch (t.dtype) {
     case DType::F32:
-      std::memcpy(out.data(), src, n * 4);
+      if (n > 0) std::memcpy(out.data(), src, n * 4);  // an empty tensor's pointers may be null
       break;
     case DType::F64:
       for (size_t i = 0; i < n; ++i) {
