@@ -13,9 +13,9 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 
 # Sanitizer pass. Labels core data io model train: every unit test (parsers, corpus, checkpoints
 # I/O, kernels against finite differences, optimizer and schedules) in about 4 minutes on 2 cores.
-# Left out: integration. Its tests drive dozens of full `esm2 train` processes (2+ minutes under
-# ASan) and the SIGTERM test's timing window does not survive a 5-10x slowdown; the code paths they
-# reach are the unit-tested ones, and scripts/fuzz.sh below runs the readers under ASan as well.
+# Left out: cuda and dist (build-asan has no CUDA and no MPI) and integration: its tests drive
+# dozens of full `esm2 train` processes (2+ minutes under ASan) and the SIGTERM test's timing window
+# does not survive a 5-10x slowdown; scripts/fuzz.sh below runs the readers under ASan as well.
 CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
   -DESM2_SANITIZE=ON -DESM2_FUZZ=ON -DESM2_CUDA=OFF -DESM2_MPI=OFF -DESM2_BUILD_BENCH=OFF >/dev/null
