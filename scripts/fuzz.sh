@@ -30,11 +30,11 @@ for t in "${targets[@]}"; do
   [ -d "$seeds" ] || { echo "fuzz.sh: no seed corpus $seeds" >&2; exit 1; }
   work="$build/fuzz-work/$name"
   rm -rf "$work"
-  mkdir -p "$work"
+  mkdir -p "$work/new" "$work/tmp"  # new inputs; the targets' scratch files (temp_directory_path follows TMPDIR)
   log="$build/fuzz-artifacts/$name.log"
   # New inputs go to the scratch copy (first directory); the committed seeds stay as they are.
-  if ! "$build/fuzz/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-       -artifact_prefix="$build/fuzz-artifacts/$name-" "$work" "$seeds" >"$log" 2>&1; then
+  if ! TMPDIR="$PWD/$work/tmp" "$build/fuzz/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+       -artifact_prefix="$build/fuzz-artifacts/$name-" "$work/new" "$seeds" >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "fuzz.sh: $t FAILED (log $log)" >&2
     exit 1
