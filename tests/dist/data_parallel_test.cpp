@@ -59,17 +59,6 @@ CliResult train(int np, const std::string& args) {
   return run_shell(mpirun(np) + " train" + args);
 }
 
-std::map<int64_t, double> train_losses(const fs::path& run) {
-  std::map<int64_t, double> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("train_loss")) out[j["step"].get<int64_t>()] = j["train_loss"].get<double>();
-  }
-  return out;
-}
 
 // Max |a − b| over every tensor of two safetensors files with the same tensors.
 double max_abs_diff(const fs::path& a, const fs::path& b) {

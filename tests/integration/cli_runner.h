@@ -3,7 +3,11 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace esm2::testing {
@@ -33,6 +37,19 @@ inline std::filesystem::path scratch_dir(const std::string& name) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p;
+}
+
+// step → train_loss from a run's metrics.jsonl (later lines win: a resumed run re-logs some steps).
+inline std::map<int64_t, double> train_losses(const std::filesystem::path& run_dir) {
+  std::map<int64_t, double> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("train_loss")) out[j["step"].get<int64_t>()] = j["train_loss"].get<double>();
+  }
+  return out;
 }
 
 }  // namespace esm2::testing

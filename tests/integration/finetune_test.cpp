@@ -41,17 +41,6 @@ class FineTune : public ::testing::Test {
 };
 fs::path* FineTune::corpus_ = nullptr;
 
-std::map<int64_t, double> train_losses(const fs::path& run) {
-  std::map<int64_t, double> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("train_loss")) out[j["step"].get<int64_t>()] = j["train_loss"].get<double>();
-  }
-  return out;
-}
 
 // The loss of the HF model on the run's first global batch, recomputed independently: the same
 // data plan (TrainData from the same settings as kRun), the fixture weights, our forward.

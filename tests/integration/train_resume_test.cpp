@@ -37,22 +37,6 @@ class TrainCli : public ::testing::Test {
 };
 fs::path* TrainCli::corpus_ = nullptr;
 
-std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
-  std::vector<nlohmann::json> rows;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
-  return rows;
-}
-
-std::map<int64_t, double> train_losses(const fs::path& run) {
-  std::map<int64_t, double> out;
-  for (const auto& j : read_jsonl(run / "metrics.jsonl"))
-    if (j.contains("train_loss")) out[j["step"].get<int64_t>()] = j["train_loss"].get<double>();
-  return out;
-}
-
 }  // namespace
 
 TEST_F(TrainCli, ResumeIsBitwiseExact) {
