@@ -38,8 +38,11 @@ constexpr double kWeightAbsTol = 2e-5;
 
 bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
 
+// One node: shared memory only (no TCP interface probing), and no CMA single-copy, which needs
+// ptrace rights that containers (CI) often withhold.
 std::string mpirun(int np) {
-  return "mpirun --oversubscribe --allow-run-as-root -np " + std::to_string(np) + " " + std::string(ESM2_BINARY);
+  return "mpirun --oversubscribe --allow-run-as-root --mca btl self,vader --mca btl_vader_single_copy_mechanism none -np " +
+         std::to_string(np) + " " + std::string(ESM2_BINARY);
 }
 
 CliResult run_shell(const std::string& cmd) {
