@@ -94,8 +94,7 @@ class DataParallel : public ::testing::Test {
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     setenv("OMPI_MCA_btl", "self,vader,tcp", 0);  // no InfiniBand probing in CI containers
     corpus_ = new fs::path(scratch_dir("dist-corpus") / "valid");
-    const auto r = run_cli("prepare --fasta " + (source_dir() / "data/swissprot-sample/valid.fasta.gz").string() +
-                           " --output " + corpus_->string());
+    const auto r = prepare_sample_corpus(*corpus_);
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() { delete corpus_; }

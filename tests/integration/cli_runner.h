@@ -39,6 +39,13 @@ inline std::filesystem::path scratch_dir(const std::string& name) {
   return p;
 }
 
+// `esm2 prepare` of the bundled validation sequences (500 real proteins) into `out`: the small real
+// corpus the integration tests train and evaluate on.
+inline CliResult prepare_sample_corpus(const std::filesystem::path& out) {
+  return run_cli("prepare --fasta " + (source_dir() / "data/swissprot-sample/valid.fasta.gz").string() +
+                 " --output " + out.string());
+}
+
 // step → train_loss from a run's metrics.jsonl (later lines win: a resumed run re-logs some steps).
 inline std::map<int64_t, double> train_losses(const std::filesystem::path& run_dir) {
   std::map<int64_t, double> out;

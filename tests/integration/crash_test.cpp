@@ -77,8 +77,7 @@ int count_entries(const fs::path& ckpts, const std::string& marker) {
 TEST(CrashConsistency, TwentySigkillsResumeFromLastCompleteCheckpointBitwise) {
   const fs::path root = scratch_dir("crash");
   const fs::path corpus = root / "corpus";
-  const auto prep = run_cli("prepare --fasta " + (source_dir() / "data/swissprot-sample/valid.fasta.gz").string() +
-                            " --output " + corpus.string());
+  const auto prep = prepare_sample_corpus(corpus);
   ASSERT_EQ(prep.exit_code, 0) << prep.output;
   const std::string common = " train" + kTinyModel + " --train-data " + corpus.string() + " --valid-data " +
                              corpus.string() + " --num-steps " + std::to_string(kSteps) +

@@ -27,8 +27,7 @@ class TrainFaults : public ::testing::Test {
   static void SetUpTestSuite() {
     root_ = new fs::path(scratch_dir("faults"));
     const fs::path corpus = *root_ / "corpus";
-    const auto r = run_cli("prepare --fasta " + (source_dir() / "data/swissprot-sample/valid.fasta.gz").string() +
-                           " --output " + corpus.string());
+    const auto r = prepare_sample_corpus(corpus);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     common_ = new std::string(kTinyModel + " --train-data " + corpus.string() + " --valid-data " +
                               corpus.string() + " --result-dir " + root_->string());

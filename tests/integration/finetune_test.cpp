@@ -31,8 +31,7 @@ class FineTune : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     corpus_ = new fs::path(scratch_dir("finetune-corpus") / "valid");
-    const auto r = run_cli("prepare --fasta " + (source_dir() / "data/swissprot-sample/valid.fasta.gz").string() +
-                           " --output " + corpus_->string());
+    const auto r = prepare_sample_corpus(*corpus_);
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() { delete corpus_; }

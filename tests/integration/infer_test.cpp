@@ -194,8 +194,7 @@ TEST_F(Infer, PseudoPerplexityEqualsOneForwardPerMaskedPosition) {
 TEST_F(Infer, EvalLossEqualsTrainerValidationLoss) {
   const fs::path root = scratch_dir("infer-eval");
   const fs::path corpus = root / "valid";
-  auto r = run_cli("prepare --fasta " + (source_dir() / "data/swissprot-sample/valid.fasta.gz").string() +
-                   " --output " + corpus.string());
+  auto r = prepare_sample_corpus(corpus);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = run_cli("train --train-data " + corpus.string() + " --valid-data " + corpus.string() + " --init-from-hf " +
               hf_model().string() +
