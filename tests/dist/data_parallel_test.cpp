@@ -27,8 +27,7 @@ namespace {
 
 // One thread per rank: ranks then round like the 1-process run (no thread-count-dependent sums).
 const std::string kTinyModel =
-    " --preset demo --num-layers 2 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64"
-    " --max-seq-length 96 --micro-batch-tokens 1024 --lr 1e-3 --warmup-steps 2"
+    kTinyModelShape + " --lr 1e-3 --warmup-steps 2"
     " --limit-val-batches 2 --log-every-n-steps 1 --threads 1 --no-report --no-tensorboard";
 
 // Cross-DP-size tolerance (fp32 round-off: accumulation adds micro-batch gradients inside the

@@ -39,6 +39,12 @@ inline std::filesystem::path scratch_dir(const std::string& name) {
   return p;
 }
 
+// The tiny model every integration test trains: seconds per run on 2 cores. Tests append their own
+// batch, schedule and logging flags.
+inline const std::string kTinyModelShape =
+    " --preset demo --num-layers 2 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64"
+    " --max-seq-length 96 --micro-batch-tokens 1024";
+
 // `esm2 prepare` of the bundled validation sequences (500 real proteins) into `out`: the small real
 // corpus the integration tests train and evaluate on.
 inline CliResult prepare_sample_corpus(const std::filesystem::path& out) {

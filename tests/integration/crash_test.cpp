@@ -25,8 +25,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kTinyModel =
-    " --preset demo --num-layers 2 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64"
-    " --max-seq-length 96 --micro-batch-tokens 1024 --accumulate-grad-batches 1 --lr 1e-3 --warmup-steps 2"
+    kTinyModelShape + " --accumulate-grad-batches 1 --lr 1e-3 --warmup-steps 2"
     " --limit-val-batches 1 --log-every-n-steps 1 --threads 1 --no-report --no-tensorboard";
 constexpr int kSteps = 60;
 constexpr int kKills = 20;

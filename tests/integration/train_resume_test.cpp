@@ -19,8 +19,7 @@ namespace {
 
 // A small model and short sequences keep each run to a few seconds on 2 cores.
 const std::string kTinyModel =
-    " --preset demo --num-layers 2 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64"
-    " --max-seq-length 96 --micro-batch-tokens 1024 --accumulate-grad-batches 2 --lr 1e-3 --warmup-steps 2"
+    kTinyModelShape + " --accumulate-grad-batches 2 --lr 1e-3 --warmup-steps 2"
     " --limit-val-batches 2 --log-every-n-steps 1 --threads 2 --no-report";
 
 class TrainCli : public ::testing::Test {
