@@ -20,6 +20,16 @@ const char* launcher_variable() {
 
 }  // namespace
 
+void Communicator::allreduce_sum_typed(void* data, size_t n, DType dtype, const char* what) {
+  ESM2_CHECK(dtype == DType::F32, "rank {}: {} communicator cannot sum {} buffers (in {})", rank(), name(),
+             dtype_name(dtype), what);
+  allreduce_sum(static_cast<float*>(data), n, what);
+}
+
+void LocalCommunicator::no_peer(int peer, const char* what) {
+  fail("rank 0: point-to-point to rank {} in {}, but this communicator has a single rank", peer, what);
+}
+
 std::unique_ptr<Communicator> make_communicator(double collective_timeout_s) {
   const char* launcher = launcher_variable();
   if (!launcher) return std::make_unique<LocalCommunicator>();

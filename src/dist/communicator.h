@@ -1,6 +1,12 @@
-// Collective communication between data-parallel ranks. The trainer is written for N ranks and talks
+// Collective communication between ranks. The trainer and the model are written for N ranks and talk
 // only to this interface; `LocalCommunicator` is the 1-rank implementation (every collective is the
-// identity). MPI (CPU buffers, src/dist/mpi_communicator.h) implements it for N ranks.
+// identity). MPI (CPU buffers, src/dist/mpi_communicator.h) implements it for N ranks; groups of a
+// DP × TP × PP grid are sub-communicators made with split() (src/dist/parallel_layout.h).
+//
+// Memory: the float collectives, allreduce_sum_typed and send/recv/sendrecv take buffers in the memory
+// of the backend this communicator serves (host memory for MPI with the cpu backend, device memory for
+// NCCL with the cuda backend), so model and optimizer code pass their backend buffers directly. The
+// double collectives, broadcast and barrier take host memory.
 //
 // Every implementation must be deterministic: the same inputs on the same world size give bitwise
 // the same result on every run (sums are taken in rank order), so a run is reproducible and a
@@ -11,6 +17,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include "core/dtype.h"
 
 namespace esm2 {
 
@@ -34,6 +42,23 @@ class Communicator {
   virtual void allgather(const float* in, float* out, size_t shard_n, const char* what) = 0;
   // Like allgather, but only `root` receives (out is ignored elsewhere and may be null there).
   virtual void gather(const float* in, float* out, size_t shard_n, int root, const char* what) = 0;
+  // In-place sum of n elements of `dtype` (F32 everywhere; BF16 where the implementation supports it,
+  // e.g. tensor-parallel partial activations on GPUs). The default handles F32 through the float overload.
+  virtual void allreduce_sum_typed(void* data, size_t n, DType dtype, const char* what);
+
+  // The ranks that pass the same `color` form a new communicator, ranked by (key, old rank) as
+  // MPI_Comm_split does. Collective: every rank of this communicator must call it.
+  virtual std::unique_ptr<Communicator> split(int color, int key, const char* what) = 0;
+
+  // Point-to-point (pipeline parallel). Blocking: returns when `data` may be reused / has arrived.
+  // Messages between one pair of ranks arrive in the order they were sent.
+  virtual void send(const void* data, size_t bytes, int peer, const char* what) = 0;
+  virtual void recv(void* data, size_t bytes, int peer, const char* what) = 0;
+  // Send to `dst` and receive from `src` at once (no deadlock when two stages exchange both ways).
+  // A side with 0 bytes is skipped.
+  virtual void sendrecv(const void* send_data, size_t send_bytes, int dst, void* recv_data, size_t recv_bytes,
+                        int src, const char* what) = 0;
+
   bool is_root() const { return rank() == 0; }
 };
 
@@ -49,11 +74,17 @@ class LocalCommunicator final : public Communicator {
   void reduce_scatter_sum(const float* in, float* out, size_t n, const char*) override { copy(in, out, n); }
   void allgather(const float* in, float* out, size_t n, const char*) override { copy(in, out, n); }
   void gather(const float* in, float* out, size_t n, int, const char*) override { copy(in, out, n); }
+  std::unique_ptr<Communicator> split(int, int, const char*) override { return std::make_unique<LocalCommunicator>(); }
+  // A single rank has no peer: a pipeline of one stage never sends.
+  void send(const void*, size_t, int peer, const char* what) override { no_peer(peer, what); }
+  void recv(void*, size_t, int peer, const char* what) override { no_peer(peer, what); }
+  void sendrecv(const void*, size_t, int dst, void*, size_t, int, const char* what) override { no_peer(dst, what); }
 
  private:
   static void copy(const float* in, float* out, size_t n) {
     if (in != out) std::copy(in, in + n, out);
   }
+  [[noreturn]] static void no_peer(int peer, const char* what);
 };
 
 // The communicator for this process: MPI when started by a launcher (mpirun/mpiexec: OMPI_COMM_WORLD_SIZE

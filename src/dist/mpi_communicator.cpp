@@ -55,10 +55,70 @@ MpiCommunicator::MpiCommunicator(double collective_timeout_s) : timeout_s_(colle
     MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
     owns_mpi_ = true;
   }
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &world_);
+  comm_ = MPI_COMM_WORLD;
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &world_);
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
   if (timeout_s_ > 0) watchdog_ = std::thread([this] { watchdog_loop(); });
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, double collective_timeout_s, std::string label)
+    : timeout_s_(collective_timeout_s), label_(std::move(label)) {
+  comm_ = comm;
+  owns_comm_ = true;
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &world_);
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+  if (timeout_s_ > 0) watchdog_ = std::thread([this] { watchdog_loop(); });
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const char* what) {
+  MPI_Comm sub = MPI_COMM_NULL;
+  {
+    CollectiveScope scope(*this, what);
+    check_mpi(MPI_Comm_split(comm_, color, key, &sub), world_rank_, what);
+  }
+  return std::unique_ptr<Communicator>(new MpiCommunicator(sub, timeout_s_, what));
+}
+
+void MpiCommunicator::send(const void* data, size_t bytes, int peer, const char* what) {
+  CollectiveScope scope(*this, what);
+  const auto* p = static_cast<const char*>(data);
+  for (size_t c0 = 0; c0 < bytes; c0 += kMaxChunk)
+    check_mpi(MPI_Send(p + c0, static_cast<int>(std::min(kMaxChunk, bytes - c0)), MPI_BYTE, peer, 5, comm_),
+              world_rank_, what);
+}
+
+void MpiCommunicator::recv(void* data, size_t bytes, int peer, const char* what) {
+  CollectiveScope scope(*this, what);
+  auto* p = static_cast<char*>(data);
+  for (size_t c0 = 0; c0 < bytes; c0 += kMaxChunk)
+    check_mpi(MPI_Recv(p + c0, static_cast<int>(std::min(kMaxChunk, bytes - c0)), MPI_BYTE, peer, 5, comm_,
+                       MPI_STATUS_IGNORE),
+              world_rank_, what);
+}
+
+void MpiCommunicator::sendrecv(const void* send_data, size_t send_bytes, int dst, void* recv_data, size_t recv_bytes,
+                               int src, const char* what) {
+  CollectiveScope scope(*this, what);
+  const auto* sp = static_cast<const char*>(send_data);
+  auto* rp = static_cast<char*>(recv_data);
+  const size_t total = std::max(send_bytes, recv_bytes);
+  for (size_t c0 = 0; c0 < total; c0 += kMaxChunk) {
+    MPI_Request reqs[2];
+    int nreq = 0;
+    if (c0 < recv_bytes)
+      check_mpi(MPI_Irecv(rp + c0, static_cast<int>(std::min(kMaxChunk, recv_bytes - c0)), MPI_BYTE, src, 5, comm_,
+                          &reqs[nreq++]),
+                world_rank_, what);
+    if (c0 < send_bytes)
+      check_mpi(MPI_Isend(sp + c0, static_cast<int>(std::min(kMaxChunk, send_bytes - c0)), MPI_BYTE, dst, 5, comm_,
+                          &reqs[nreq++]),
+                world_rank_, what);
+    check_mpi(MPI_Waitall(nreq, reqs, MPI_STATUSES_IGNORE), world_rank_, what);
+  }
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -68,6 +128,7 @@ MpiCommunicator::~MpiCommunicator() {
   }
   cv_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
+  if (owns_comm_) MPI_Comm_free(&comm_);
   if (owns_mpi_) MPI_Finalize();
 }
 
@@ -81,8 +142,8 @@ void MpiCommunicator::watchdog_loop() {
     const double elapsed =
         1e-9 * double(std::chrono::steady_clock::now().time_since_epoch().count() - started_ns_.load());
     if (elapsed >= timeout_s_ && current_.load() == what) {
-      std::fprintf(stderr, "rank %d: timed out in %s after %.0f s (--collective-timeout); aborting all ranks\n", rank_,
-                   what, elapsed);
+      std::fprintf(stderr, "rank %d: timed out in %s after %.0f s (--collective-timeout); aborting all ranks\n",
+                   world_rank_, what, elapsed);
       std::fflush(stderr);
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
@@ -112,13 +173,13 @@ void MpiCommunicator::reduce_scatter_impl(const T* in, T* out, size_t shard_n, c
     int nreq = 0;
     for (int p = 0; p < world_; ++p) {
       if (p == rank_) continue;
-      check_mpi(MPI_Irecv(recv.data() + size_t(p) * chunk_max, count, type, p, 1, MPI_COMM_WORLD, &reqs[nreq++]),
-                rank_, what);
-      check_mpi(MPI_Isend(in + size_t(p) * shard_n + c0, count, type, p, 1, MPI_COMM_WORLD, &reqs[nreq++]), rank_,
+      check_mpi(MPI_Irecv(recv.data() + size_t(p) * chunk_max, count, type, p, 1, comm_, &reqs[nreq++]),
+                world_rank_, what);
+      check_mpi(MPI_Isend(in + size_t(p) * shard_n + c0, count, type, p, 1, comm_, &reqs[nreq++]), world_rank_,
                 what);
     }
     std::memcpy(recv.data() + size_t(rank_) * chunk_max, in + size_t(rank_) * shard_n + c0, len * sizeof(T));
-    check_mpi(MPI_Waitall(nreq, reqs.data(), MPI_STATUSES_IGNORE), rank_, what);
+    check_mpi(MPI_Waitall(nreq, reqs.data(), MPI_STATUSES_IGNORE), world_rank_, what);
     // Rank order, whatever order the messages arrived in: the bitwise-reproducible part.
     T* o = out + c0;
     std::memcpy(o, recv.data(), len * sizeof(T));
@@ -141,11 +202,11 @@ void MpiCommunicator::allgather_impl(const T* in, T* out, size_t shard_n, const 
     int nreq = 0;
     for (int p = 0; p < world_; ++p) {
       if (p == rank_) continue;
-      check_mpi(MPI_Irecv(out + size_t(p) * shard_n + c0, count, type, p, 2, MPI_COMM_WORLD, &reqs[nreq++]), rank_,
+      check_mpi(MPI_Irecv(out + size_t(p) * shard_n + c0, count, type, p, 2, comm_, &reqs[nreq++]), world_rank_,
                 what);
-      check_mpi(MPI_Isend(own + c0, count, type, p, 2, MPI_COMM_WORLD, &reqs[nreq++]), rank_, what);
+      check_mpi(MPI_Isend(own + c0, count, type, p, 2, comm_, &reqs[nreq++]), world_rank_, what);
     }
-    check_mpi(MPI_Waitall(nreq, reqs.data(), MPI_STATUSES_IGNORE), rank_, what);
+    check_mpi(MPI_Waitall(nreq, reqs.data(), MPI_STATUSES_IGNORE), world_rank_, what);
   }
 }
 
@@ -182,7 +243,7 @@ void MpiCommunicator::gather(const float* in, float* out, size_t shard_n, int ro
   for (size_t c0 = 0; c0 < shard_n; c0 += kMaxChunk) {
     const int count = static_cast<int>(std::min(kMaxChunk, shard_n - c0));
     if (rank_ != root) {
-      check_mpi(MPI_Send(in + c0, count, MPI_FLOAT, root, 3, MPI_COMM_WORLD), rank_, what);
+      check_mpi(MPI_Send(in + c0, count, MPI_FLOAT, root, 3, comm_), world_rank_, what);
       continue;
     }
     std::vector<MPI_Request> reqs;
@@ -192,10 +253,10 @@ void MpiCommunicator::gather(const float* in, float* out, size_t shard_n, int ro
         continue;
       }
       reqs.emplace_back();
-      check_mpi(MPI_Irecv(out + size_t(p) * shard_n + c0, count, MPI_FLOAT, p, 3, MPI_COMM_WORLD, &reqs.back()), rank_,
+      check_mpi(MPI_Irecv(out + size_t(p) * shard_n + c0, count, MPI_FLOAT, p, 3, comm_, &reqs.back()), world_rank_,
                 what);
     }
-    check_mpi(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), rank_, what);
+    check_mpi(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), world_rank_, what);
   }
 }
 
@@ -203,13 +264,13 @@ void MpiCommunicator::broadcast(void* data, size_t bytes, int root, const char* 
   CollectiveScope scope(*this, what);
   auto* p = static_cast<char*>(data);
   for (size_t c0 = 0; c0 < bytes; c0 += kMaxChunk)
-    check_mpi(MPI_Bcast(p + c0, static_cast<int>(std::min(kMaxChunk, bytes - c0)), MPI_BYTE, root, MPI_COMM_WORLD),
-              rank_, what);
+    check_mpi(MPI_Bcast(p + c0, static_cast<int>(std::min(kMaxChunk, bytes - c0)), MPI_BYTE, root, comm_),
+              world_rank_, what);
 }
 
 void MpiCommunicator::barrier(const char* what) {
   CollectiveScope scope(*this, what);
-  check_mpi(MPI_Barrier(MPI_COMM_WORLD), rank_, what);
+  check_mpi(MPI_Barrier(comm_), world_rank_, what);
 }
 
 }  // namespace esm2

@@ -1,4 +1,4 @@
-// Communicator over MPI_COMM_WORLD for CPU buffers (OpenMPI, MPICH; launched by mpirun or srun).
+// Communicator over MPI_COMM_WORLD (or a sub-communicator made by split) for CPU buffers (OpenMPI, MPICH; launched by mpirun or srun).
 //
 // Determinism: sums are never left to the MPI library's algorithm choice. A reduction is a
 // reduce-scatter by point-to-point exchange (every rank receives every peer's copy of its own shard)
@@ -7,9 +7,11 @@
 // exactly, so ZeRO-1 and the replicated optimizer see identical gradients.
 //
 // Diagnostics: MPI_ERRORS_RETURN turns MPI failures into esm2::Error naming the rank and the
-// collective; a watchdog thread aborts the job (MPI_Abort, every rank exits non-zero) when a
+// collective (ranks are MPI_COMM_WORLD ranks, also in sub-communicators); a watchdog thread aborts the job (MPI_Abort, every rank exits non-zero) when a
 // collective has not finished within the timeout, printing "rank R: timed out in <what>".
 #pragma once
+#include <mpi.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -38,6 +40,11 @@ class MpiCommunicator final : public Communicator {
   void reduce_scatter_sum(const float* in, float* out, size_t shard_n, const char* what) override;
   void allgather(const float* in, float* out, size_t shard_n, const char* what) override;
   void gather(const float* in, float* out, size_t shard_n, int root, const char* what) override;
+  std::unique_ptr<Communicator> split(int color, int key, const char* what) override;
+  void send(const void* data, size_t bytes, int peer, const char* what) override;
+  void recv(void* data, size_t bytes, int peer, const char* what) override;
+  void sendrecv(const void* send_data, size_t send_bytes, int dst, void* recv_data, size_t recv_bytes, int src,
+                const char* what) override;
 
   // MPI_Abort on MPI_COMM_WORLD: ends every rank with `code`.
   [[noreturn]] void abort(int code);
@@ -49,10 +56,15 @@ class MpiCommunicator final : public Communicator {
   void allgather_impl(const T* in, T* out, size_t shard_n, const char* what);
   template <class T>
   void allreduce_impl(T* data, size_t n, std::vector<T>& scratch, const char* what);
+  // A sub-communicator made by split(); frees `comm` when destroyed.
+  MpiCommunicator(MPI_Comm comm, double collective_timeout_s, std::string label);
   void watchdog_loop();
 
+  MPI_Comm comm_;
   int rank_ = 0, world_ = 1;
-  bool owns_mpi_ = false;
+  int world_rank_ = 0;  // rank in MPI_COMM_WORLD: what diagnostics name
+  bool owns_mpi_ = false, owns_comm_ = false;
+  std::string label_;
   double timeout_s_;
   std::vector<float> scratch_f_;   // [padded n] allreduce staging
   std::vector<double> scratch_d_;
