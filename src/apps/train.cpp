@@ -189,6 +189,12 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--collective-timeout", c.collective_timeout_s,
                  "Seconds a collective may take before every rank is aborted (\"rank R: timed out in <what>\")")
       ->group("Execution")->capture_default_str();
+  app.add_option("--tensor-model-parallel-size", c.tensor_parallel,
+                 "Tensor-parallel ranks per model replica (heads and FFN columns split; docs/dist.md)")
+      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--pipeline-model-parallel-size", c.pipeline_parallel,
+                 "Pipeline stages per model replica (layers split, uneven counts allowed; 1F1B schedule)")
+      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
 
   return [a, app_ptr = &app]() -> int {
     TrainConfig cfg = a->cfg;

@@ -22,6 +22,7 @@ ParallelGroups make_parallel_groups(Communicator& world, int tp_size, int pp_siz
   g.tp = world.split(g.dp_rank + g.dp_size * g.pp_rank, r, "tensor-parallel group split");
   g.dp = world.split(g.tp_rank + tp_size * g.pp_rank, r, "data-parallel group split");
   g.pp = world.split(g.tp_rank + tp_size * g.dp_rank, r, "pipeline group split");
+  g.mp = world.split(g.dp_rank, g.tp_rank + tp_size * g.pp_rank, "model-parallel group split");
   return g;
 }
 

@@ -16,6 +16,7 @@ struct ParallelGroups {
   std::unique_ptr<Communicator> tp;  // the TP ranks of this (dp, pp) cell
   std::unique_ptr<Communicator> dp;  // the DP replicas of this (tp, pp) position: gradient reduction, ZeRO-1
   std::unique_ptr<Communicator> pp;  // the stages of this (tp, dp) pipeline, stage order
+  std::unique_ptr<Communicator> mp;  // all TP × PP ranks of this DP replica; rank = tp_rank + TP · pp_rank
   bool first_stage() const { return pp_rank == 0; }
   bool last_stage() const { return pp_rank == pp_size - 1; }
 };

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "data/tokenizer.h"
+#include "dist/communicator.h"
 #include "model/param_table.h"
 
 namespace esm2 {
@@ -66,10 +67,18 @@ void* at(void* base, size_t elems, size_t esize) { return static_cast<char*>(bas
 
 }  // namespace
 
+namespace {
+int group_size(const Communicator* c) { return c ? c->world_size() : 1; }
+int group_rank(const Communicator* c) { return c ? c->rank() : 0; }
+}  // namespace
+
 struct Esm2Model::Impl {
   ModelConfig cfg;
   Backend& be;
-  ParamTable table;
+  ModelParallel par;
+  ShardCoord coord;
+  ParamTable table;       // this rank's part
+  ParamTable full_table;  // the whole model (names, shapes and offsets of checkpoints)
   float* params = nullptr;  // [num_params]
   float* grads = nullptr;   // [num_params]
   std::vector<float> inv_freq_host;  // [D/2]
@@ -89,7 +98,13 @@ struct Esm2Model::Impl {
   int64_t T = 0, R = 0;
   int S = 0, max_seqlen = 0;
 
-  Impl(const ModelConfig& c, Backend& b) : cfg(c), be(b), table(build_param_table(c)) {
+  Impl(const ModelConfig& c, Backend& b, const ModelParallel& p)
+      : cfg(c),
+        be(b),
+        par(p),
+        coord{group_rank(p.tp), group_size(p.tp), group_rank(p.pp), group_size(p.pp)},
+        table(build_param_table(c, coord)),
+        full_table(build_param_table(c)) {
     params = static_cast<float*>(be.alloc(table.total * 4));
     grads = static_cast<float*>(be.alloc(table.total * 4));
     const int D = cfg.head_dim();
@@ -374,13 +389,19 @@ struct Esm2Model::Impl {
   }
 };
 
-Esm2Model::Esm2Model(const ModelConfig& cfg, Backend& backend) : impl_(std::make_unique<Impl>(cfg, backend)) {}
+Esm2Model::Esm2Model(const ModelConfig& cfg, Backend& backend, const ModelParallel& parallel)
+    : impl_(std::make_unique<Impl>(cfg, backend, parallel)) {}
 Esm2Model::~Esm2Model() = default;
 
 const ModelConfig& Esm2Model::config() const { return impl_->cfg; }
 Backend& Esm2Model::backend() { return impl_->be; }
 const std::vector<ParamInfo>& Esm2Model::params_info() const { return impl_->table.infos; }
 size_t Esm2Model::num_params() const { return impl_->table.total; }
+const ModelParallel& Esm2Model::parallel() const { return impl_->par; }
+const ShardCoord& Esm2Model::shard_coord() const { return impl_->coord; }
+const std::vector<ParamInfo>& Esm2Model::full_params_info() const { return impl_->full_table.infos; }
+size_t Esm2Model::full_num_params() const { return impl_->full_table.total; }
+const std::vector<FlatRun>& Esm2Model::full_runs() const { return impl_->table.runs; }
 float* Esm2Model::param_data() { return impl_->params; }
 float* Esm2Model::grad_data() { return impl_->grads; }
 size_t Esm2Model::activation_bytes() const { return impl_->arena_bytes; }
@@ -405,7 +426,9 @@ void Esm2Model::set_inv_freq(std::span<const float> inv_freq) { impl_->set_inv_f
 std::vector<float> Esm2Model::inv_freq() const { return impl_->inv_freq_host; }
 
 void Esm2Model::init_weights(uint64_t seed) {
-  const ParamTable& t = impl_->table;
+  // The whole model is drawn, then this rank keeps its part: any TP/PP split starts from exactly
+  // the weights of the single-rank model.
+  const ParamTable& t = impl_->full_table;
   std::vector<float> host(t.total, 0.0f);
   const PhiloxStream rng{seed, RngStream::Init, 0};
   // N(0, 0.02) by Box–Muller, one normal per element keyed by its flat index: independent of threads.
@@ -429,7 +452,14 @@ void Esm2Model::init_weights(uint64_t seed) {
   }
   const size_t C = impl_->cfg.hidden_size;
   std::fill_n(host.data() + t.wte + kPad * C, C, 0.0f);  // padding_idx row
-  set_params(host);
+  if (impl_->coord.whole()) {
+    set_params(host);
+    return;
+  }
+  std::vector<float> local(impl_->table.total);
+  for (const FlatRun& r : impl_->table.runs)
+    std::copy_n(host.data() + r.full, r.length, local.data() + r.local);
+  set_params(local);
 }
 
 void Esm2Model::zero_grads() { impl_->be.memset_zero(impl_->grads, impl_->table.total * 4); }

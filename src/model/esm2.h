@@ -24,7 +24,29 @@ struct ParamInfo {
   size_t offset = 0;           // in elements, into the flat parameter (and gradient) buffer
   size_t numel = 0;
   bool weight_decay = false;   // true for Linear weight matrices only (not biases, LayerNorms, embeddings)
+  // Model parallelism: true when this rank's copy is THE copy (checkpoints write it, the gradient norm
+  // counts it). Replicated tensors are owned by one rank of the model-parallel group; shards by all.
+  bool owner = true;
 };
+
+// A contiguous piece of a rank's flat buffer (`local`, in elements) and its offset in the whole
+// model's flat layout (`full`). `owner` as ParamInfo::owner.
+struct FlatRun {
+  size_t local = 0, full = 0, length = 0;
+  bool owner = true;
+};
+
+class Communicator;
+
+// The model-parallel groups of this rank (src/dist/parallel_layout.h). Null or single-rank
+// communicators mean no tensor / pipeline parallelism.
+struct ModelParallel {
+  Communicator* tp = nullptr;  // tensor-parallel group: heads and FFN columns split over its ranks
+  Communicator* pp = nullptr;  // pipeline group, stage order: layers split over its ranks
+  Communicator* mp = nullptr;  // all TP × PP ranks of this data-parallel replica (gradient norm, checkpoints)
+};
+
+struct ShardCoord;
 
 struct LossSum {
   double loss_sum = 0;     // sum of cross-entropy over labelled positions (natural log)
@@ -33,15 +55,21 @@ struct LossSum {
 
 class Esm2Model {
  public:
-  Esm2Model(const ModelConfig& cfg, Backend& backend);
+  Esm2Model(const ModelConfig& cfg, Backend& backend, const ModelParallel& parallel = {});
   ~Esm2Model();
   Esm2Model(const Esm2Model&) = delete;
   Esm2Model& operator=(const Esm2Model&) = delete;
 
   const ModelConfig& config() const;
   Backend& backend();
-  const std::vector<ParamInfo>& params_info() const;  // the fixed order of the flat buffer
-  size_t num_params() const;                          // elements of the flat buffer
+  const std::vector<ParamInfo>& params_info() const;  // the fixed order of the (local) flat buffer
+  size_t num_params() const;                          // elements of the (local) flat buffer
+  // Model parallelism: this rank's part, the whole model's table and how the local buffer maps into it.
+  const ModelParallel& parallel() const;
+  const ShardCoord& shard_coord() const;
+  const std::vector<ParamInfo>& full_params_info() const;
+  size_t full_num_params() const;
+  const std::vector<FlatRun>& full_runs() const;
 
   // fp32 flat buffers in backend memory (on CPU, host pointers). The optimizer updates these.
   float* param_data();

@@ -2,14 +2,18 @@
 
 #include <fmt/format.h>
 
+#include "core/error.h"
+
 namespace esm2 {
 
 std::string encoder_layer_name(int layer, std::string_view leaf) {
   return fmt::format("esm.encoder.layer.{}.{}", layer, leaf);
 }
 
-ParamTable build_param_table(const ModelConfig& cfg) {
+ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& at) {
   cfg.validate();
+  ESM2_CHECK(at.whole(), "model: tensor parallel {} / pipeline parallel {} is not supported by this build",
+             at.tp_size, at.pp_size);
   ParamTable t;
   const int64_t C = cfg.hidden_size, F = cfg.ffn_hidden_size, V = cfg.vocab_size;
   auto add = [&t](std::string name, std::vector<int64_t> shape, bool decay) {
@@ -53,6 +57,10 @@ ParamTable build_param_table(const ModelConfig& cfg) {
   t.head_ln_w = add("lm_head.layer_norm.weight", {C}, false);
   t.head_ln_b = add("lm_head.layer_norm.bias", {C}, false);
   t.head_bias = add("lm_head.bias", {V}, false);
+  t.full_total = t.total;
+  t.first_layer = 0;
+  t.end_layer = cfg.num_layers;
+  for (const ParamInfo& p : t.infos) t.runs.push_back({p.offset, p.offset, p.numel, p.owner});
   return t;
 }
 

@@ -21,9 +21,24 @@ struct LayerOffsets {
   size_t ln2_w, ln2_b;    // LayerNorm (pre-FFN) [C]
 };
 
+// Which part of the model a rank holds: tensor-parallel shard and pipeline stage.
+struct ShardCoord {
+  int tp_rank = 0, tp_size = 1;
+  int pp_rank = 0, pp_size = 1;
+  bool whole() const { return tp_size == 1 && pp_size == 1; }
+};
+
 struct ParamTable {
-  std::vector<ParamInfo> infos;  // in buffer order
-  size_t total = 0;
+  std::vector<ParamInfo> infos;  // in buffer order, LOCAL shapes (a rank's shard/stage)
+  size_t total = 0;              // elements of the local flat buffer
+  // Where the local buffer sits in the whole model's flat layout (build_param_table(cfg) with the
+  // default coord): every local element is in exactly one run; `full_total` is the whole model's size.
+  std::vector<FlatRun> runs;
+  size_t full_total = 0;
+  // Pipeline stage content: layers [first_layer, end_layer) (layers[i] is layer first_layer + i),
+  // the embedding (first stage) and final LayerNorm + LM head with the tied decoder (last stage).
+  int first_layer = 0, end_layer = 0;
+  bool has_embedding = true, has_head = true;
   size_t wte = 0;                 // esm.embeddings.word_embeddings.weight [V, C] (also the tied decoder)
   std::vector<LayerOffsets> layers;
   size_t lnf_w = 0, lnf_b = 0;    // esm.encoder.emb_layer_norm_after [C]
@@ -34,7 +49,8 @@ struct ParamTable {
 
 // "esm.encoder.layer.{layer}.{leaf}" — the one place encoder names are spelled.
 std::string encoder_layer_name(int layer, std::string_view leaf);
-ParamTable build_param_table(const ModelConfig& cfg);
+// The local table of the rank at `at` (default: the whole model on one rank).
+ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& at = {});
 // Index into infos by name, or -1.
 int find_param(const ParamTable& table, std::string_view name);
 

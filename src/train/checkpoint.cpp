@@ -12,6 +12,9 @@
 #include "io/hf_checkpoint.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "dist/communicator.h"
+#include "train/model_state.h"
+#include "train/optimizer.h"
 
 namespace fs = std::filesystem;
 
@@ -53,28 +56,51 @@ namespace {
 const char* kStateFile = "trainer_state/state.json";
 const char* kOptimFile = "trainer_state/optimizer.safetensors";
 
-// Views of the flat fp32 master weights under their HF names (no copies).
+// Views of the whole model's flat fp32 master weights under their HF names (no copies).
 HfWeightViews weight_views(const Esm2Model& model, const std::vector<float>& flat) {
   HfWeightViews views;
-  for (const auto& p : model.params_info()) views[p.name] = std::span<const float>(flat).subspan(p.offset, p.numel);
+  for (const auto& p : model.full_params_info())
+    views[p.name] = std::span<const float>(flat).subspan(p.offset, p.numel);
   return views;
 }
 
 }  // namespace
 
-void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Model& model, const Optimizer& optim,
-                     const TrainerState& state, const TrainConfig& cfg, const std::map<std::string, RawTensor>& extra) {
+FullModelState collect_full_state(Esm2Model& model, Optimizer& optim, bool dp_root) {
+  optim.gather_for_checkpoint();  // collective over dp: ZeRO-1 moments to dp rank 0
+  FullModelState full;
+  full.optimizer_steps = optim.steps_taken();
+  if (!dp_root) return full;
   const size_t n = model.num_params();
-  std::vector<float> flat(n), m(n), v(n);
-  model.get_params(flat);
+  std::vector<float> p(n), m(n), v(n);
+  model.get_params(p);
   optim.get_moments(m, v);
+  Communicator* mp = model.parallel().mp;
+  LocalCommunicator single;
+  Communicator& group = mp ? *mp : single;
+  full.params = gather_full_flat(group, model, p);
+  full.exp_avg = gather_full_flat(group, model, m);
+  full.exp_avg_sq = gather_full_flat(group, model, v);
+  return full;
+}
+
+void save_checkpoint(const fs::path& ckpt_root, const std::string& name, const Esm2Model& model,
+                     const FullModelState& full, const TrainerState& state, const TrainConfig& cfg,
+                     const std::map<std::string, RawTensor>& extra) {
+  const size_t n = model.full_num_params();
+  ESM2_CHECK(full.params.size() == n && full.exp_avg.size() == n && full.exp_avg_sq.size() == n,
+             "save_checkpoint: full state has {}/{}/{} values, the model {}", full.params.size(), full.exp_avg.size(),
+             full.exp_avg_sq.size(), n);
+  const std::vector<float>& flat = full.params;
+  const std::vector<float>& m = full.exp_avg;
+  const std::vector<float>& v = full.exp_avg_sq;
 
   AtomicDir dir(ckpt_root / name);
   const std::vector<float> inv_freq = model.inv_freq();
   write_hf_checkpoint_files(dir.path(), model.config(), weight_views(model, flat), inv_freq, extra, HfSaveOptions{});
   fs::create_directories(dir.path() / "trainer_state");
   SafetensorsWriter w;
-  for (const auto& p : model.params_info()) {
+  for (const auto& p : model.full_params_info()) {
     w.add_f32("exp_avg." + p.name, p.shape, std::span<const float>(m).subspan(p.offset, p.numel));
     w.add_f32("exp_avg_sq." + p.name, p.shape, std::span<const float>(v).subspan(p.offset, p.numel));
   }
@@ -83,7 +109,7 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
   nlohmann::json st = state.to_json();
   st["format"] = "esm2cpp-trainer-state";
   st["version"] = kTrainerStateVersion;
-  st["optimizer_steps"] = optim.steps_taken();
+  st["optimizer_steps"] = full.optimizer_steps;
   st["model_shape"] = {{"num_layers", model.config().num_layers},
                        {"hidden_size", model.config().hidden_size},
                        {"num_attention_heads", model.config().num_attention_heads},
@@ -178,15 +204,18 @@ void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, Tr
              "(layers {}, hidden {}, heads {}, ffn {})",
              dir.string(), got.num_layers, got.hidden_size, got.num_attention_heads, got.ffn_hidden_size,
              have.num_layers, have.hidden_size, have.num_attention_heads, have.ffn_hidden_size);
-  std::vector<float> flat(model.num_params());
-  for (const auto& p : model.params_info()) {
+  // Read in the whole model's layout, then keep this rank's part (any TP/PP split loads any checkpoint).
+  std::vector<float> flat(model.full_num_params());
+  for (const auto& p : model.full_params_info()) {
     auto it = ck.tensors.find(p.name);
     ESM2_CHECK(it != ck.tensors.end(), "{}: missing tensor {}", dir.string(), p.name);
     ESM2_CHECK(it->second.size() == p.numel, "{}: tensor {} has {} elements, expected {}", dir.string(), p.name,
                it->second.size(), p.numel);
     std::copy(it->second.begin(), it->second.end(), flat.begin() + static_cast<std::ptrdiff_t>(p.offset));
   }
-  model.set_params(flat);
+  std::vector<float> local(model.num_params());
+  slice_local_flat(model, flat, local);
+  model.set_params(local);
   if (!ck.inv_freq.empty()) model.set_inv_freq(ck.inv_freq);
   if (extra) *extra = std::move(ck.extra);
   if (!optim || !state || !is_training_checkpoint(dir)) {
@@ -205,12 +234,15 @@ void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, Tr
              state_path, st.value("version", -1), kTrainerStateVersion);
   *state = TrainerState::from_json(st, state_path);
   const SafetensorsFile opt = SafetensorsFile::open(dir / kOptimFile);
-  std::vector<float> m(model.num_params()), v(model.num_params());
-  for (const auto& p : model.params_info()) {
+  std::vector<float> m(model.full_num_params()), v(model.full_num_params());
+  for (const auto& p : model.full_params_info()) {
     opt.read_f32("exp_avg." + p.name, std::span<float>(m).subspan(p.offset, p.numel));
     opt.read_f32("exp_avg_sq." + p.name, std::span<float>(v).subspan(p.offset, p.numel));
   }
-  optim->set_moments(m, v);
+  std::vector<float> m_local(model.num_params()), v_local(model.num_params());
+  slice_local_flat(model, m, m_local);
+  slice_local_flat(model, v, v_local);
+  optim->set_moments(m_local, v_local);
   optim->set_steps_taken(st.value("optimizer_steps", state->step));
 }
 

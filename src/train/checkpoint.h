@@ -40,11 +40,22 @@ struct TrainerState {
 
 std::string checkpoint_dir_name(int64_t step);  // "step-00001234"
 
+// The whole model's training state in the whole model's flat layout (Esm2Model::full_params_info()),
+// whatever the tensor/pipeline split of the ranks that held it (src/train/model_state.h gathers it).
+struct FullModelState {
+  std::vector<float> params, exp_avg, exp_avg_sq;
+  int64_t optimizer_steps = 0;
+};
+
+// Collective over the model's data-parallel (`dp`) and model-parallel groups: the full state on world
+// rank 0 (dp rank 0, mp rank 0); other ranks get an empty state. `dp_root`: this rank is dp rank 0.
+FullModelState collect_full_state(Esm2Model& model, Optimizer& optim, bool dp_root);
+
 // Writes checkpoints/<name> atomically and then points checkpoints/latest at it.
 // `extra`: tensors the model does not train but the checkpoint carries (the contact head of a
 // published model we fine-tune), written verbatim; a missing contact head is written as zeros.
-void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& name, Esm2Model& model,
-                     const Optimizer& optim, const TrainerState& state, const TrainConfig& cfg,
+void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& name, const Esm2Model& model,
+                     const FullModelState& full, const TrainerState& state, const TrainConfig& cfg,
                      const std::map<std::string, RawTensor>& extra = {});
 
 // The checkpoint `latest` points to; if the pointer is missing or names a missing directory, the

@@ -29,7 +29,11 @@ double AdamW::grad_norm() {
   // Per-tensor partial sums added in table order: deterministic regardless of backend threading.
   double ss = 0;
   const float* g = model_.grad_data();
-  for (const auto& p : model_.params_info()) ss += backend_.sum_squares(g + p.offset, p.numel);
+  for (const auto& p : model_.params_info())
+    if (p.owner) ss += backend_.sum_squares(g + p.offset, p.numel);
+  // Model-parallel ranks hold different tensors (or shards): the norm covers the whole model.
+  if (Communicator* mp = model_.parallel().mp; mp && mp->world_size() > 1)
+    mp->allreduce_sum(&ss, 1, "gradient norm all-reduce (model parallel)");
   return std::sqrt(ss);
 }
 

@@ -60,6 +60,9 @@ struct TrainConfig {
   // --- data parallelism (docs/dist.md) ---
   bool distributed_optimizer = true;  // ZeRO-1 when world > 1; false: replicated AdamW + all-reduce
   double collective_timeout_s = 600;  // a collective unfinished after this aborts every rank
+  // --- model parallelism (docs/dist.md): world = DP × TP × PP ---
+  int tensor_parallel = 1;    // --tensor-model-parallel-size
+  int pipeline_parallel = 1;  // --pipeline-model-parallel-size
 };
 
 }  // namespace esm2

@@ -12,6 +12,7 @@
 #include "data/corpus.h"
 #include "data/train_data.h"
 #include "model/esm2.h"
+#include "dist/parallel_layout.h"
 #include "train/checkpoint.h"
 #include "train/fault_injection.h"
 #include "train/metrics_logger.h"
@@ -141,6 +142,11 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   const fs::path ckpt_root = run_dir / "checkpoints";
   if (root) check_writable(run_dir);
   comm.barrier("results directory check");
+  // [dist] DP × TP × PP grid (src/dist/parallel_layout.h): data is split over DP only; every rank of a
+  // DP replica's tensor/pipeline group sees the same batch.
+  ParallelGroups groups = make_parallel_groups(comm, cfg.tensor_parallel, cfg.pipeline_parallel);
+  Communicator& dp = *groups.dp;
+  const bool dp_root = groups.dp_rank == 0;
 
   StopSignal stop;
   std::unique_ptr<Backend> backend = make_backend(cfg.backend, cfg.precision, cfg.threads);
@@ -153,13 +159,13 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   Validation validation;
   if (!cfg.valid_corpus.empty()) {
     valid_corpus = std::make_unique<Corpus>(Corpus::open(cfg.valid_corpus));
-    validation = make_validation(*valid_corpus, dc, cfg.limit_val_batches, comm);
+    validation = make_validation(*valid_corpus, dc, cfg.limit_val_batches, dp);
   }
 
   // ---- model, optimizer, state ----
-  Esm2Model model(cfg.model, *backend);
+  Esm2Model model(cfg.model, *backend, ModelParallel{groups.tp.get(), groups.pp.get(), groups.mp.get()});
   // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
-  const std::unique_ptr<Optimizer> optim_owner = make_optimizer(model, cfg.optim, comm, cfg.distributed_optimizer);
+  const std::unique_ptr<Optimizer> optim_owner = make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer);
   Optimizer& optim = *optim_owner;
   TrainerState state;
   std::string start_note = "from scratch";
@@ -192,8 +198,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     fmt::print("esm2 train: {} on {} ({}), {} rank(s); {}\n", cfg.experiment_name, backend->name(),
                precision_label(*backend), comm.world_size(), start_note);
     // [dist]
-    fmt::print("data parallel: DP size {} ({} communicator), optimizer {}\n", comm.world_size(), comm.name(),
-               comm.world_size() > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
+    fmt::print("parallel layout: DP {} × TP {} × PP {} ({} communicator), optimizer {}\n", groups.dp_size,
+               groups.tp_size, groups.pp_size, comm.name(),
+               groups.dp_size > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
                                                                   : "AdamW (replicated)");
     fmt::print("{}", model_summary(cfg.model, model.params_info()));
     fmt::print("train corpus: {} ({} sequences, {} clusters); validation: {}\n", cfg.train_corpus,
@@ -222,7 +229,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     double val_loss = std::nan("");
     if (do_validation && valid_corpus) {
       const auto t0 = Clock::now();
-      const LossSum v = run_validation(model, validation, comm);
+      const LossSum v = run_validation(model, validation, dp);
       ESM2_CHECK(v.num_labels > 0, "validation: no labelled positions in the validation batches");
       val_loss = v.loss_sum / static_cast<double>(v.num_labels);
       result.last_val_loss = val_loss;
@@ -233,7 +240,8 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     }
     if (!checkpointing) return;
     if (!(cfg.save_last_checkpoint || cfg.save_best_checkpoint) && !final_save) return;
-    optim.gather_for_checkpoint();  // [dist] collective: ZeRO-1 moments to rank 0
+    // [dist] collective: ZeRO-1 moments to dp rank 0, then the model-parallel pieces to world rank 0.
+    const FullModelState full = collect_full_state(model, optim, dp_root);
     if (!root) return;
     const std::string name = checkpoint_dir_name(state.step);
     // Recorded before saving so that the checkpoint's own state lists it (a resumed run prunes it later).
@@ -241,7 +249,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
                                            [&](const CheckpointRecord& r) { return r.name == name; }),
                             state.checkpoints.end());
     state.checkpoints.push_back({name, state.step, std::isnan(val_loss) ? val_loss : monitored(cfg, val_loss)});
-    save_checkpoint(ckpt_root, name, model, optim, state, cfg, extra_tensors);
+    save_checkpoint(ckpt_root, name, model, full, state, cfg, extra_tensors);
     prune_checkpoints(ckpt_root, state, cfg.save_best_checkpoint ? cfg.save_top_k : 0,
                       cfg.save_last_checkpoint || final_save);
   };
@@ -249,14 +257,14 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   while (state.step < last_step) {
     const auto t0 = Clock::now();
     const DataPosition data_before = state.data;  // a stop on a non-finite step checkpoints the state before it
-    StepBatch batch = data.next_step(state.data, comm.rank(), comm.world_size());
+    StepBatch batch = data.next_step(state.data, groups.dp_rank, groups.dp_size);
     ESM2_CHECK(batch.global_num_labels > 0, "train: step {} has no labelled positions", state.step);
     model.zero_grads();
     const float grad_scale = 1.0f / static_cast<float>(batch.global_num_labels);
     double loss_acc = 0;
     for (const auto& mb : batch.micro) loss_acc += model.forward_backward(mb, grad_scale).loss_sum;
     optim.reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
-    if (comm.world_size() > 1) comm.allreduce_sum(&loss_acc, 1, "loss all-reduce");
+    if (dp.world_size() > 1) dp.allreduce_sum(&loss_acc, 1, "loss all-reduce");
     if (faults.poison_grad_at(state.step)) {
       const float nan = std::nanf("");
       backend->copy_to_device(model.grad_data(), &nan, sizeof nan);
@@ -268,10 +276,10 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     if (!finite) {
       if (cfg.on_nonfinite == "stop") {
         state.data = data_before;
-        if (checkpointing) optim.gather_for_checkpoint();  // [dist] collective
-        if (root && checkpointing) {
+        if (checkpointing) {
+          const FullModelState full = collect_full_state(model, optim, dp_root);  // [dist] collective
           // The weights are still those of the last good step: save them for inspection/resume.
-          save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, optim, state, cfg, extra_tensors);
+          if (root) save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, full, state, cfg, extra_tensors);
         }
         fail("train: non-finite {} at step {} (loss {}, grad norm {}); stopped{}", std::isfinite(loss) ? "gradient" : "loss",
              state.step, loss, gnorm,

@@ -17,7 +17,7 @@ ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator&
   end_ = std::min(n_, begin_ + shard_);
   for (const auto& p : model_.params_info()) {
     const size_t b = std::max(begin_, p.offset), e = std::min(end_, p.offset + p.numel);
-    if (b < e) ranges_.push_back({b, e, decays(p, cfg_)});
+    if (b < e) ranges_.push_back({b, e, decays(p, cfg_), p.owner});
   }
   m_.assign(shard_, 0.0f);
   v_.assign(shard_, 0.0f);
@@ -34,8 +34,11 @@ void ZeroAdamW::reduce_gradients() {
 double ZeroAdamW::grad_norm() {
   // Per-tensor pieces in flat order, as AdamW::grad_norm sums per tensor.
   double ss = 0;
-  for (const auto& r : ranges_) ss += backend_.sum_squares(grad_shard_.data() + (r.begin - begin_), r.end - r.begin);
+  for (const auto& r : ranges_)
+    if (r.owner) ss += backend_.sum_squares(grad_shard_.data() + (r.begin - begin_), r.end - r.begin);
   comm_.allreduce_sum(&ss, 1, "gradient norm all-reduce (ZeRO-1)");
+  if (Communicator* mp = model_.parallel().mp; mp && mp->world_size() > 1)
+    mp->allreduce_sum(&ss, 1, "gradient norm all-reduce (model parallel)");
   return std::sqrt(ss);
 }
 

@@ -41,6 +41,7 @@ class ZeroAdamW final : public Optimizer {
   struct Range {
     size_t begin, end;  // flat-buffer offsets, [begin, end) ⊂ [begin_, end_)
     bool decay;
+    bool owner;  // counts in the gradient norm (ParamInfo::owner)
   };
 
   Esm2Model& model_;

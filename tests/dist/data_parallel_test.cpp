@@ -115,7 +115,7 @@ TEST_F(DataParallel, TwoRanksEqualOneRankWithAccumulationAndZeroEqualsReplicated
   ASSERT_EQ(one.exit_code, 0) << one.output;
   const auto zero = train(2, common + " --accumulate-grad-batches 1 --experiment-name dp2-zero");
   ASSERT_EQ(zero.exit_code, 0) << zero.output;
-  EXPECT_NE(zero.output.find("DP size 2 (mpi communicator), optimizer ZeRO-1"), std::string::npos) << zero.output;
+  EXPECT_NE(zero.output.find("DP 2 × TP 1 × PP 1 (mpi communicator), optimizer ZeRO-1"), std::string::npos) << zero.output;
   const auto repl = train(2, common + " --accumulate-grad-batches 1 --no-distributed-optimizer --experiment-name dp2-repl");
   ASSERT_EQ(repl.exit_code, 0) << repl.output;
   EXPECT_NE(repl.output.find("optimizer AdamW (replicated)"), std::string::npos) << repl.output;
