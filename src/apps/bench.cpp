@@ -12,6 +12,7 @@
 #include "apps/command.h"
 #include "backend/backend.h"
 #include "backend/backend_factory.h"
+#include "backend/timing_backend.h"
 #include "core/error.h"
 #include "data/corpus.h"
 #include "data/train_data.h"
@@ -29,6 +30,7 @@ struct BenchArgs {
   int64_t micro_batch_tokens = 16384;
   int max_seq_length = 1024, steps = 5, warmup = 1, threads = 0;
   double peak_tflops = 0;
+  bool profile = false;
 };
 
 // Σ over sequences of L² / Σ L: the attention length each token sees on average (performance.md).
@@ -72,9 +74,16 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->capture_default_str();
   app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)");
   app.add_option("--json", a->json_out, "Write the results as JSON to this file");
+  app.add_flag("--profile", a->profile,
+               "Also time every backend op of the timed steps (each op synchronised: the shares are meaningful, the "
+               "profiled step is slower) and print the table; throughput is measured on separate unprofiled steps");
   return [a]() -> int {
     ESM2_CHECK(a->steps >= 1, "bench: --steps must be >= 1");
-    auto backend = esm2::make_backend(a->backend, a->precision, a->threads);
+    auto backend_owner = esm2::make_backend(a->backend, a->precision, a->threads);
+    // The model always talks to the timing wrapper; it measures only while enabled (the profile pass).
+    esm2::TimingBackend timing(*backend_owner);
+    timing.set_enabled(false);
+    esm2::Backend* backend = &timing;
     esm2::ModelConfig mc = esm2::model_preset(a->preset);
     auto corpus = std::make_shared<const esm2::Corpus>(esm2::Corpus::open(a->data));
     esm2::DataConfig dc;
@@ -86,17 +95,26 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
     esm2::AdamW optim(model, esm2::OptimizerConfig{});
     esm2::DataPosition pos;
     double tokens = 0, seconds = 0, flops = 0;
-    for (int i = 0; i < a->warmup + a->steps; ++i) {
+    size_t peak_device = 0;
+    const int profiled = a->profile ? a->steps : 0;
+    double profiled_tokens = 0;
+    for (int i = 0; i < a->warmup + a->steps + profiled; ++i) {
+      const bool profiling = i >= a->warmup + a->steps;
+      timing.set_enabled(profiling);
       backend->synchronize();
       const auto t0 = Clock::now();  // batch building (sampling, masking, packing) is part of a step
       esm2::StepBatch b = data.next_step(pos, 0, 1);
       model.zero_grads();
       const float scale = 1.0f / static_cast<float>(b.global_num_labels);
-      for (const auto& mb : b.micro) model.forward_backward(mb, scale);
+      for (const auto& mb : b.micro) {
+        model.forward_backward(mb, scale);
+        peak_device = std::max(peak_device, backend->device_bytes_in_use());
+      }
       optim.step(1e-4);
       backend->synchronize();
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-      if (i >= a->warmup) {
+      if (profiling) profiled_tokens += static_cast<double>(b.global_num_tokens);
+      if (i >= a->warmup && !profiling) {
         tokens += static_cast<double>(b.global_num_tokens);
         seconds += s;
         flops += static_cast<double>(b.global_num_tokens) * mc.train_flops_per_token(attention_seq_eff(b));
@@ -114,6 +132,7 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
                           {"step_seconds", seconds / a->steps},
                           {"achieved_tflops", flops / seconds / 1e12},
                           {"peak_host_rss_mib", static_cast<double>(ru.ru_maxrss) / 1024.0}};
+    if (peak_device > 0) out["peak_device_memory_mib"] = static_cast<double>(peak_device) / 1048576.0;
     std::string line = fmt::format("bench {} on {} ({}): {:.0f} real tokens/s, {:.3f} s/step, {:.1f} GFLOP/s achieved",
                                    a->preset, backend->name(), esm2::precision_label(*backend), tokens / seconds,
                                    seconds / a->steps, flops / seconds / 1e9);
@@ -128,7 +147,24 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
       out["mfu"] = flops / seconds / 1e12 / a->peak_tflops;
       line += fmt::format("; MFU {:.1f}%", 100.0 * flops / seconds / 1e12 / a->peak_tflops);
     }
+    if (peak_device > 0) line += fmt::format("; device memory {:.0f} MiB", static_cast<double>(peak_device) / 1048576.0);
     fmt::print("{}\n", line);
+    if (a->profile) {
+      const double total = timing.total_seconds();
+      fmt::print("profile of {} step(s), {:.0f} real tokens; each op synchronised (sum {:.3f} s/step):\n", profiled,
+                 profiled_tokens, total / profiled);
+      fmt::print("  {:>6} {:>9} {:>8} {:>9}  {}\n", "share", "ms/step", "calls", "TFLOP/s", "op");
+      nlohmann::json prof = nlohmann::json::array();
+      for (const auto& e : timing.report()) {
+        const double tf = e.flops > 0 ? e.flops / e.seconds / 1e12 : 0;
+        fmt::print("  {:>5.1f}% {:>9.3f} {:>8.1f} {:>9}  {}\n", 100.0 * e.seconds / total, 1e3 * e.seconds / profiled,
+                   double(e.calls) / profiled, tf > 0 ? fmt::format("{:.2f}", tf) : std::string("-"), e.op);
+        prof.push_back({{"op", e.op}, {"seconds_per_step", e.seconds / profiled}, {"calls_per_step", double(e.calls) / profiled},
+                        {"share", e.seconds / total}, {"tflops", tf}});
+      }
+      out["profile"] = prof;
+      out["profile_seconds_per_step"] = total / profiled;
+    }
     if (!a->json_out.empty()) {
       std::ofstream f(a->json_out);
       ESM2_CHECK(f.good(), "{}: cannot write", a->json_out);

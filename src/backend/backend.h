@@ -81,6 +81,9 @@ class Backend {
   virtual void act_to_host_f32(float* host_dst, const void* src, size_t n) = 0;
   virtual void act_from_host_f32(void* dst, const float* host_src, size_t n) = 0;
   virtual void synchronize() {}
+  // Device memory in use now (the whole device as the driver reports it: context, library workspaces
+  // and this process's buffers); 0 for host backends, whose use shows in the process RSS.
+  virtual size_t device_bytes_in_use() const { return 0; }
 
   // ---- dense ----
   virtual void gemm(const GemmArgs& g) = 0;

@@ -128,6 +128,10 @@ class CudaBackend final : public Backend {
     cuda::launch_convert(dst, act_, tmp, DType::F32, n, stream_);
   }
   void synchronize() override { ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  size_t device_bytes_in_use() const override {
+    size_t free_b = 0, total_b = 0;
+    return cudaMemGetInfo(&free_b, &total_b) == cudaSuccess ? total_b - free_b : 0;
+  }
 
   // ---- dense ----
   void gemm(const GemmArgs& g) override {
