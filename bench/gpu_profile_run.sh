@@ -22,7 +22,9 @@ $E prepare --fasta data/swissprot-sample/train.fasta.gz --clusters data/swisspro
 timeout 200 ./build/cuda_backend_test > "$OUT/cuda_test.log" 2>&1
 echo "cuda_backend_test exit $?" | tee -a "$OUT/run.log"
 grep -E "^\[  (FAILED|PASSED) " "$OUT/cuda_test.log" | tee -a "$OUT/run.log"
-for spec in ${BENCH_SPECS:-"8M 65536" "8M 16384" "650M 16384"}; do
+# BENCH_SPECS: "preset tokens" pairs separated by '|'
+IFS='|' read -ra SPECS <<< "${BENCH_SPECS:-8M 65536|8M 16384|650M 16384}"
+for spec in "${SPECS[@]}"; do
   set -- $spec
   timeout 150 $E bench --backend cuda --preset $1 --micro-batch-tokens $2 --data /tmp/corpus \
     --steps ${BENCH_STEPS:-5} --warmup 2 --peak-tflops 989 --profile --json "$OUT/bench_${1}_$2.json" \
