@@ -17,7 +17,8 @@ bool is_half(const std::string& p) {
 }
 }  // namespace
 
-std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads) {
+std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads,
+                                      int device) {
   ESM2_CHECK(precision == "auto" || is_fp32(precision) || is_half(precision),
              "unknown --precision '{}' (accepted: auto, 32, fp32, 32-true, fp32-mixed, bf16-mixed, bf16, 16, fp16, "
              "16-mixed, fp16-mixed)",
@@ -31,9 +32,10 @@ std::unique_ptr<Backend> make_backend(const std::string& which, const std::strin
                "--precision {}: the CUDA backend computes in bf16-mixed (bf16 activations, fp32 weights) or fp32; "
                "use --precision bf16-mixed or 32",
                precision);
-    return make_cuda_backend(is_fp32(precision) ? DType::F32 : DType::BF16);
+    return make_cuda_backend(is_fp32(precision) ? DType::F32 : DType::BF16, device);
   }
 #else
+  (void)device;
   if (which == "cuda")
     fail("--backend cuda: this build has no CUDA backend (it is built when nvcc is found at configure time)");
 #endif

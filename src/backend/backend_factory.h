@@ -10,7 +10,9 @@ namespace esm2 {
 // which: auto | cpu | cuda. precision: auto | 32 | fp32 | 32-true | bf16-mixed | bf16 | … (the
 // reference's spellings). The CPU backend computes in fp32 only: asking it for bf16/fp16 is an
 // error, not a silent fallback. A CUDA request in a build without the CUDA backend is an error.
-std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads);
+// `device`: the GPU a CUDA backend runs on (one per rank in multi-GPU training); ignored by the CPU.
+std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads,
+                                      int device = 0);
 
 // "fp32" or "bf16-mixed", for logs.
 std::string precision_label(const Backend& b);

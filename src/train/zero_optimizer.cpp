@@ -19,23 +19,30 @@ ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator&
     const size_t b = std::max(begin_, p.offset), e = std::min(end_, p.offset + p.numel);
     if (b < e) ranges_.push_back({b, e, decays(p, cfg_), p.owner});
   }
-  m_.assign(shard_, 0.0f);
-  v_.assign(shard_, 0.0f);
-  grad_shard_.assign(shard_, 0.0f);
-  staging_.assign(shard_ * w, 0.0f);
+  // alloc() zero-initialises: moments start at zero, the staging padding stays zero.
+  m_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
+  v_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
+  grad_shard_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
+  staging_ = static_cast<float*>(backend_.alloc(shard_ * w * sizeof(float)));
+}
+
+ZeroAdamW::~ZeroAdamW() {
+  backend_.free(m_);
+  backend_.free(v_);
+  backend_.free(grad_shard_);
+  backend_.free(staging_);
 }
 
 void ZeroAdamW::reduce_gradients() {
-  // The padding tail of staging_ stays zero: only the first n_ elements are ever written.
-  std::copy(model_.grad_data(), model_.grad_data() + n_, staging_.begin());
-  comm_.reduce_scatter_sum(staging_.data(), grad_shard_.data(), shard_, "gradient reduce-scatter (ZeRO-1)");
+  backend_.copy(staging_, model_.grad_data(), n_ * sizeof(float));
+  comm_.reduce_scatter_sum(staging_, grad_shard_, shard_, "gradient reduce-scatter (ZeRO-1)");
 }
 
 double ZeroAdamW::grad_norm() {
   // Per-tensor pieces in flat order, as AdamW::grad_norm sums per tensor.
   double ss = 0;
   for (const auto& r : ranges_)
-    if (r.owner) ss += backend_.sum_squares(grad_shard_.data() + (r.begin - begin_), r.end - r.begin);
+    if (r.owner) ss += backend_.sum_squares(grad_shard_ + (r.begin - begin_), r.end - r.begin);
   comm_.allreduce_sum(&ss, 1, "gradient norm all-reduce (ZeRO-1)");
   if (Communicator* mp = model_.parallel().mp; mp && mp->world_size() > 1)
     mp->allreduce_sum(&ss, 1, "gradient norm all-reduce (model parallel)");
@@ -58,23 +65,31 @@ OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
     s.grad_scale = static_cast<float>(st.clip_coef);
     s.step = t_;
     const size_t o = r.begin - begin_;
-    backend_.adamw_update(p + r.begin, grad_shard_.data() + o, m_.data() + o, v_.data() + o, r.end - r.begin, s);
+    backend_.adamw_update(p + r.begin, grad_shard_ + o, m_ + o, v_ + o, r.end - r.begin, s);
   }
-  // Own updated shard → everyone's full parameter buffer.
-  std::copy(p + begin_, p + end_, staging_.begin() + static_cast<std::ptrdiff_t>(shard_ * size_t(comm_.rank())));
-  comm_.allgather(staging_.data() + shard_ * size_t(comm_.rank()), staging_.data(), shard_,
-                  "parameter all-gather (ZeRO-1)");
-  std::copy(staging_.begin(), staging_.begin() + static_cast<std::ptrdiff_t>(n_), p);
+  // Own updated shard → everyone's full parameter buffer. The gather lands in staging_ and reaches the
+  // parameters through Backend::copy, so a backend that caches converted weights (CUDA's bf16 copies)
+  // sees the write; a collective writing into the parameters directly would bypass it.
+  float* own = staging_ + shard_ * size_t(comm_.rank());
+  backend_.copy(own, p + begin_, (end_ - begin_) * sizeof(float));
+  comm_.allgather(own, staging_, shard_, "parameter all-gather (ZeRO-1)");
+  backend_.copy(p, staging_, n_ * sizeof(float));
   return st;
 }
 
 void ZeroAdamW::gather_for_checkpoint() {
+  // staging_ is free between steps: it receives the gathered shards on rank 0.
   const bool root = comm_.is_root();
-  std::vector<float> all(root ? shard_ * size_t(comm_.world_size()) : 0);
-  comm_.gather(m_.data(), root ? all.data() : nullptr, shard_, 0, "optimizer state gather (checkpoint, exp_avg)");
-  if (root) full_m_.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(n_));
-  comm_.gather(v_.data(), root ? all.data() : nullptr, shard_, 0, "optimizer state gather (checkpoint, exp_avg_sq)");
-  if (root) full_v_.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(n_));
+  comm_.gather(m_, root ? staging_ : nullptr, shard_, 0, "optimizer state gather (checkpoint, exp_avg)");
+  if (root) {
+    full_m_.resize(n_);
+    backend_.copy_to_host(full_m_.data(), staging_, n_ * sizeof(float));
+  }
+  comm_.gather(v_, root ? staging_ : nullptr, shard_, 0, "optimizer state gather (checkpoint, exp_avg_sq)");
+  if (root) {
+    full_v_.resize(n_);
+    backend_.copy_to_host(full_v_.data(), staging_, n_ * sizeof(float));
+  }
 }
 
 void ZeroAdamW::get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const {
@@ -87,26 +102,22 @@ void ZeroAdamW::get_moments(std::span<float> exp_avg, std::span<float> exp_avg_s
 
 void ZeroAdamW::set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) {
   ESM2_ASSERT(exp_avg.size() == n_ && exp_avg_sq.size() == n_);
-  std::fill(m_.begin(), m_.end(), 0.0f);
-  std::fill(v_.begin(), v_.end(), 0.0f);
-  std::copy(exp_avg.begin() + static_cast<std::ptrdiff_t>(begin_), exp_avg.begin() + static_cast<std::ptrdiff_t>(end_),
-            m_.begin());
-  std::copy(exp_avg_sq.begin() + static_cast<std::ptrdiff_t>(begin_),
-            exp_avg_sq.begin() + static_cast<std::ptrdiff_t>(end_), v_.begin());
+  backend_.memset_zero(m_, shard_ * sizeof(float));
+  backend_.memset_zero(v_, shard_ * sizeof(float));
+  backend_.copy_to_device(m_, exp_avg.data() + begin_, (end_ - begin_) * sizeof(float));
+  backend_.copy_to_device(v_, exp_avg_sq.data() + begin_, (end_ - begin_) * sizeof(float));
 }
 
 void ZeroAdamW::reset() {
-  std::fill(m_.begin(), m_.end(), 0.0f);
-  std::fill(v_.begin(), v_.end(), 0.0f);
+  backend_.memset_zero(m_, shard_ * sizeof(float));
+  backend_.memset_zero(v_, shard_ * sizeof(float));
   t_ = 0;
 }
 
 std::unique_ptr<Optimizer> make_optimizer(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm,
                                           bool distributed) {
-  // MPI moves host buffers: the replicated all-reduce and ZeRO-1 both read the model's buffers directly.
-  ESM2_CHECK(comm.world_size() == 1 || model.backend().name() == "cpu",
-             "train: multi-rank training over {} supports the cpu backend only (got {})", comm.name(),
-             model.backend().name());
+  // Both optimizers pass backend buffers to the communicator; make_communicator pairs MPI with the
+  // cpu backend and NCCL with the cuda backend.
   if (distributed && comm.world_size() > 1) return std::make_unique<ZeroAdamW>(model, cfg, comm);
   return std::make_unique<AdamW>(model, cfg, &comm);
 }

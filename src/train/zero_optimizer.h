@@ -8,6 +8,9 @@
 //
 // Checkpoints hold FULL moments (gathered to rank 0), the same format as the replicated AdamW, so a
 // checkpoint written at any DP size loads at any other: set_moments takes this rank's slice.
+//
+// Every buffer is backend memory and every collective takes backend pointers: the same code runs
+// with MPI on the cpu backend (host memory) and NCCL on the cuda backend (device memory).
 #pragma once
 #include <vector>
 
@@ -18,8 +21,11 @@ namespace esm2 {
 
 class ZeroAdamW final : public Optimizer {
  public:
-  // The model's parameters and gradients must be host memory (the CPU backend; MPI moves host buffers).
+  // `comm` must move buffers of the model's backend (MPI: cpu, NCCL: cuda).
   ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm);
+  ~ZeroAdamW() override;
+  ZeroAdamW(const ZeroAdamW&) = delete;
+  ZeroAdamW& operator=(const ZeroAdamW&) = delete;
 
   void reduce_gradients() override;
   double grad_norm() override;
@@ -50,10 +56,13 @@ class ZeroAdamW final : public Optimizer {
   Communicator& comm_;
   size_t n_ = 0, shard_ = 0, begin_ = 0, end_ = 0;
   std::vector<Range> ranges_;      // this shard's tensor pieces, in flat order
-  std::vector<float> m_, v_;       // [S] this rank's moments (padding stays zero)
-  std::vector<float> grad_shard_;  // [S] reduced gradients of this shard
-  std::vector<float> staging_;     // [W·S] padded gradients / gathered parameters
-  std::vector<float> full_m_, full_v_;  // [N] on rank 0 after gather_for_checkpoint, else empty
+  // Backend memory. The padding tail [N, W·S) of staging_ is zero from allocation on: only the first
+  // N elements are ever written from the model, and gathers copy zero padding back into it.
+  float* m_ = nullptr;           // [S] this rank's moments (padding stays zero)
+  float* v_ = nullptr;           // [S]
+  float* grad_shard_ = nullptr;  // [S] reduced gradients of this shard
+  float* staging_ = nullptr;     // [W·S] padded gradients / gathered parameters / gathered moments
+  std::vector<float> full_m_, full_v_;  // host [N] on rank 0 after gather_for_checkpoint, else empty
   int64_t t_ = 0;
 };
 

@@ -47,7 +47,7 @@ using bf16 = __nv_bfloat16;
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(DType act, int device) : act_(act) {
+  CudaBackend(DType act, int device) : act_(act), device_(device) {
     ESM2_CHECK(act == DType::F32 || act == DType::BF16, "cuda backend: activation dtype must be F32 or BF16");
     const int n = cuda_device_count();
     ESM2_CHECK(n > 0, "--backend cuda: no CUDA device is visible (cudaGetDeviceCount reports none)");
@@ -69,6 +69,8 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   DType activation_dtype() const override { return act_; }
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
 
   // ---- memory ----
   void* alloc(size_t bytes) override {
@@ -338,6 +340,7 @@ class CudaBackend final : public Backend {
   }
 
   DType act_;
+  int device_ = 0;
   cudaStream_t stream_ = nullptr;
   void* host_word_ = nullptr;  // pinned, for scalar read-backs
   std::unique_ptr<cuda::LtRunner> lt_;
@@ -351,5 +354,16 @@ class CudaBackend final : public Backend {
 std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device) {
   return std::make_unique<CudaBackend>(activation_dtype, device);
 }
+
+namespace {
+CudaBackend& as_cuda(Backend& b) {
+  auto* c = dynamic_cast<CudaBackend*>(&b);
+  ESM2_CHECK(c != nullptr, "the {} backend has no CUDA stream (a CUDA backend is needed here)", b.name());
+  return *c;
+}
+}  // namespace
+
+void* cuda_backend_stream(Backend& b) { return as_cuda(b).stream(); }
+int cuda_backend_device(Backend& b) { return as_cuda(b).device(); }
 
 }  // namespace esm2

@@ -15,4 +15,10 @@ int cuda_device_count();
 // activation_dtype: DType::BF16 (bf16-mixed) or DType::F32. Throws esm2::Error without a usable GPU.
 std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device = 0);
 
+// The stream (a cudaStream_t) and the device every op of a CUDA backend runs on, for work that must be
+// ordered with the backend's kernels (NCCL collectives on its buffers). Throws esm2::Error if `b` is
+// not a CUDA backend.
+void* cuda_backend_stream(Backend& b);
+int cuda_backend_device(Backend& b);
+
 }  // namespace esm2
