@@ -3,11 +3,19 @@
 #include <cmath>
 
 #include "apps/command.h"
+#include "backend/backend_factory.h"
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "dist/local_launcher.h"
 #include "io/hf_config.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#ifdef ESM2_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+#ifdef ESM2_HAVE_NCCL
+#include "dist/nccl_communicator.h"
+#endif
 
 namespace {
 
@@ -24,7 +32,30 @@ struct TrainArgs {
   int64_t warmup_steps = 2000, scheduler_num_steps = -1;
   bool tensorboard = true, no_report = false;
   bool save_best = true, save_last = true;
+  int gpus = 0;
 };
+
+// `esm2 train --gpus N`: this process becomes the launcher of N workers that re-run the same command
+// line without --gpus, joined by NCCL through an id made here (docs/dist.md).
+int launch_gpu_workers(const TrainArgs& a) {
+#ifdef ESM2_HAVE_NCCL
+  ESM2_CHECK(a.cfg.backend != "cpu", "train: --gpus {} needs the cuda backend (got --backend cpu); multi-process CPU "
+             "training runs under mpirun/srun", a.gpus);
+  const int visible = esm2::cuda_device_count();
+  ESM2_CHECK(a.gpus <= visible, "train: --gpus {}: only {} GPU(s) visible on this node", a.gpus, visible);
+  esm2::WorkerLaunch l;
+  l.program = esm2::own_executable();
+  l.argv = esm2::without_option(esm2::own_command_line(), "--gpus");
+  l.num_workers = a.gpus;
+  // Made here, so this process runs NCCL's bootstrap root while the workers join.
+  l.extra_env = {"ESM2_NCCL_ID=" + esm2::nccl_unique_id_hex()};
+  return esm2::run_workers(l).exit_code;
+#else
+  esm2::fail("train: --gpus {}: this build has no NCCL (multi-GPU training needs the CUDA backend and libnccl-dev at "
+             "configure time); CPU ranks train under mpirun/srun",
+             a.gpus);
+#endif
+}
 
 // The checkpoint whose weights the run starts from, in the trainer's order of precedence (a resumed
 // run's latest checkpoint, else --restore-from-checkpoint-path, else --init-from-hf); empty if none.
@@ -186,6 +217,10 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_flag("!--no-distributed-optimizer", c.distributed_optimizer,
                "With several ranks: replicated AdamW + gradient all-reduce instead of ZeRO-1 (sharded moments)")
       ->group("Execution");
+  app.add_option("--gpus", a->gpus,
+                 "Train on N GPUs of this node: starts N worker processes joined by NCCL (no MPI needed); "
+                 "global batch = micro-batch × N × accumulation")
+      ->group("Execution")->check(CLI::PositiveNumber);
   app.add_option("--collective-timeout", c.collective_timeout_s,
                  "Seconds a collective may take before every rank is aborted (\"rank R: timed out in <what>\")")
       ->group("Execution")->capture_default_str();
@@ -210,15 +245,27 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     cfg.save_last_checkpoint = a->save_last;
     cfg.write_report = !a->no_report;
     if (cfg.micro_batch_size == 0 && cfg.micro_batch_tokens == 0) cfg.micro_batch_tokens = 16384;
-    // [dist] MPI under mpirun/srun, else one local rank. An error on one rank ends the whole job:
-    // the others would otherwise wait in their next collective.
-    const std::unique_ptr<esm2::Communicator> comm = esm2::make_communicator(cfg.collective_timeout_s);
+    // [dist] `--gpus N` starts the workers and waits; a worker (ESM2_RANK set) trains. A config file
+    // naming gpus reaches the workers too: there it must agree with the world they were started in.
+    const esm2::LaunchInfo launch = esm2::detect_launch();
+    ESM2_CHECK(a->gpus == 0 || !launch.multi_process() || launch.launcher == "esm2 --gpus",
+               "train: --gpus starts its own workers; under a parallel launcher ({}) leave it out (one rank per GPU)",
+               launch.launcher);
+    if (a->gpus > 0 && !launch.multi_process()) return launch_gpu_workers(*a);
+    ESM2_CHECK(a->gpus == 0 || a->gpus == launch.world, "train: --gpus {} in a worker of a {}-GPU launch", a->gpus,
+               launch.world);
+    // NCCL under `--gpus` or mpirun/srun with the cuda backend, MPI with the cpu backend, else one local
+    // rank. Each rank's GPU is its local rank, so the backend comes first. An error on one rank ends
+    // the whole job: the others would otherwise wait in their next collective.
+    const std::unique_ptr<esm2::Backend> backend = esm2::make_backend(
+        cfg.backend, cfg.precision, cfg.threads, launch.multi_process() ? esm2::gpu_for_local_rank(launch.local_rank) : 0);
+    const std::unique_ptr<esm2::Communicator> comm = esm2::make_communicator(cfg.collective_timeout_s, backend.get());
     if (comm->world_size() == 1) {
-      esm2::run_training(cfg, *comm);
+      esm2::run_training(cfg, *comm, *backend);
       return 0;
     }
     try {
-      esm2::run_training(cfg, *comm);
+      esm2::run_training(cfg, *comm, *backend);
     } catch (const std::exception& e) {
       fmt::print(stderr, "error: rank {}: {}\n", comm->rank(), e.what());
       std::fflush(stderr);

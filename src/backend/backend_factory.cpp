@@ -45,6 +45,19 @@ std::unique_ptr<Backend> make_backend(const std::string& which, const std::strin
   return make_cpu_backend(threads);
 }
 
+int gpu_for_local_rank(int local_rank) {
+#ifdef ESM2_HAVE_CUDA
+  const int n = cuda_device_count();
+  if (n <= 1) return 0;
+  ESM2_CHECK(local_rank < n, "local rank {} has no GPU of its own: {} visible on this node (one GPU per rank)",
+             local_rank, n);
+  return local_rank;
+#else
+  (void)local_rank;
+  return 0;
+#endif
+}
+
 std::string precision_label(const Backend& b) {
   return b.activation_dtype() == DType::F32 ? "fp32" : "bf16-mixed";
 }

@@ -14,6 +14,11 @@ namespace esm2 {
 std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads,
                                       int device = 0);
 
+// The GPU of a rank with local rank `local_rank` on its node: the local rank, or 0 when a launcher bound
+// exactly one GPU to each process (one visible device). Throws esm2::Error when the node has fewer GPUs
+// than ranks. 0 in a build without CUDA.
+int gpu_for_local_rank(int local_rank);
+
 // "fp32" or "bf16-mixed", for logs.
 std::string precision_label(const Backend& b);
 

@@ -1,10 +1,15 @@
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "dist/communicator.h"
 #ifdef ESM2_HAVE_MPI
 #include "dist/mpi_communicator.h"
+#endif
+#ifdef ESM2_HAVE_NCCL
+#include "dist/nccl_communicator.h"
 #endif
 
 namespace esm2 {
@@ -18,7 +23,40 @@ const char* launcher_variable() {
   return nullptr;
 }
 
+// The first of `names` that is set, as an int; `fallback` if none is.
+int env_int(std::initializer_list<const char*> names, int fallback) {
+  for (const char* v : names)
+    if (const char* s = std::getenv(v)) {
+      char* end = nullptr;
+      const long x = std::strtol(s, &end, 10);
+      ESM2_CHECK(end != s && *end == '\0' && x >= 0 && x < (1 << 24), "environment variable {}={} is not a rank number",
+                 v, s);
+      return static_cast<int>(x);
+    }
+  return fallback;
+}
+
 }  // namespace
+
+LaunchInfo detect_launch() {
+  LaunchInfo l;
+  if (std::getenv("ESM2_RANK")) {
+    l.launcher = "esm2 --gpus";
+    l.rank = env_int({"ESM2_RANK"}, 0);
+    l.world = env_int({"ESM2_WORLD_SIZE"}, -1);
+    l.local_rank = env_int({"ESM2_LOCAL_RANK"}, l.rank);
+    ESM2_CHECK(l.world >= 1 && l.rank < l.world, "ESM2_RANK={} needs ESM2_WORLD_SIZE > ESM2_RANK (got {})", l.rank,
+               l.world);
+    return l;
+  }
+  const char* v = launcher_variable();
+  if (!v) return l;
+  l.launcher = v;
+  l.rank = env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}, -1);
+  l.world = env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"}, -1);
+  l.local_rank = env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "ESM2_LOCAL_RANK"}, 0);
+  return l;
+}
 
 void Communicator::allreduce_sum_typed(void* data, size_t n, DType dtype, const char* what) {
   ESM2_CHECK(dtype == DType::F32, "rank {}: {} communicator cannot sum {} buffers (in {})", rank(), name(),
@@ -30,23 +68,63 @@ void LocalCommunicator::no_peer(int peer, const char* what) {
   fail("rank 0: point-to-point to rank {} in {}, but this communicator has a single rank", peer, what);
 }
 
-std::unique_ptr<Communicator> make_communicator(double collective_timeout_s) {
-  const char* launcher = launcher_variable();
-  if (!launcher) return std::make_unique<LocalCommunicator>();
+std::unique_ptr<Communicator> make_communicator(double collective_timeout_s, Backend* backend) {
+  const LaunchInfo launch = detect_launch();
+  if (!launch.multi_process()) return std::make_unique<LocalCommunicator>();
+  const bool cuda = backend && backend->name() == "cuda";
+  if (launch.launcher == "esm2 --gpus") {
+    // The launcher's workers share no MPI: the NCCL id came through the environment.
+    ESM2_CHECK(cuda, "esm2 train --gpus: the workers need the cuda backend (got {}); multi-process CPU training "
+               "runs under mpirun/srun", backend ? backend->name() : std::string("host memory"));
+#ifdef ESM2_HAVE_NCCL
+    const char* id = std::getenv("ESM2_NCCL_ID");
+    ESM2_CHECK(id, "rank {}: ESM2_RANK is set but ESM2_NCCL_ID is not (workers are started by `esm2 train --gpus N`)",
+               launch.rank);
+    return std::make_unique<NcclCommunicator>(id, launch.rank, launch.world, *backend, collective_timeout_s);
+#else
+    fail("esm2 train --gpus: this build has no NCCL (libnccl-dev and the CUDA backend at configure time)");
+#endif
+  }
+  if (cuda) {
+    // mpirun/srun on GPUs: MPI only carries NCCL's id; the collectives run over NCCL on device buffers.
+#if defined(ESM2_HAVE_NCCL) && defined(ESM2_HAVE_MPI)
+    auto mpi = std::make_unique<MpiCommunicator>(collective_timeout_s);
+    const int rank = mpi->rank(), world = mpi->world_size();
+    std::string id(256, '0');
+    if (rank == 0) id = nccl_unique_id_hex();
+    ESM2_ASSERT(id.size() == 256);
+    mpi->broadcast(id.data(), id.size(), 0, "NCCL unique id broadcast");
+    return std::make_unique<NcclCommunicator>(id, rank, world, *backend, collective_timeout_s, std::move(mpi));
+#else
+#ifdef ESM2_HAVE_NCCL
+    const char* missing = "MPI (to carry NCCL's id)";
+#else
+    const char* missing = "NCCL";
+#endif
+    ESM2_CHECK(launch.world == 1,
+               "train: {} ranks on the cuda backend need NCCL and MPI; this build has no {}. Use `esm2 train --gpus N` "
+               "on one node, or --backend cpu over MPI",
+               launch.world < 0 ? std::string("several") : std::to_string(launch.world), missing);
+    return std::make_unique<LocalCommunicator>();
+#endif
+  }
 #ifdef ESM2_HAVE_MPI
   return std::make_unique<MpiCommunicator>(collective_timeout_s);
 #else
   // A multi-rank launch without MPI would train N independent copies on the same data: refuse.
-  const char* n = std::getenv(launcher);
+  const char* n = std::getenv(launch.launcher.c_str());
   ESM2_CHECK(n && std::atoi(n) <= 1,
              "train: started by a parallel launcher ({}={}) but this build has no MPI; rebuild with MPI "
              "(libopenmpi-dev) or run a single process",
-             launcher, n ? n : "?");
+             launch.launcher, n ? n : "?");
   return std::make_unique<LocalCommunicator>();
 #endif
 }
 
 void abort_job(Communicator& comm, int exit_code) {
+#ifdef ESM2_HAVE_NCCL
+  if (auto* nccl = dynamic_cast<NcclCommunicator*>(&comm)) nccl->abort(exit_code);
+#endif
 #ifdef ESM2_HAVE_MPI
   if (auto* mpi = dynamic_cast<MpiCommunicator*>(&comm)) mpi->abort(exit_code);
 #endif

@@ -87,13 +87,32 @@ class LocalCommunicator final : public Communicator {
   [[noreturn]] static void no_peer(int peer, const char* what);
 };
 
-// The communicator for this process: MPI when started by a launcher (mpirun/mpiexec: OMPI_COMM_WORLD_SIZE
-// or PMI_SIZE; srun: SLURM_NTASKS with a PMI) and this build has MPI; otherwise LocalCommunicator.
-// A collective that has not finished after `collective_timeout_s` seconds aborts every rank with
-// "rank R: timed out in <what>". Throws esm2::Error if a launcher is detected but MPI is not built in.
-std::unique_ptr<Communicator> make_communicator(double collective_timeout_s);
+// How this process was started. `launcher` is empty for a single process, "esm2 --gpus" for a worker
+// of `esm2 train --gpus N` (ESM2_RANK, ESM2_WORLD_SIZE, ESM2_LOCAL_RANK, ESM2_NCCL_ID), else the
+// MPI/Slurm variable that gave it away (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK, SLURM_NTASKS).
+// rank/world/local_rank come from the environment where it says (-1 where it does not: PMIx alone).
+struct LaunchInfo {
+  std::string launcher;
+  int rank = 0, world = 1, local_rank = 0;
+  bool multi_process() const { return !launcher.empty(); }
+};
+LaunchInfo detect_launch();
 
-// Ends every rank of the job after an error on this one (MPI_Abort); no-op for LocalCommunicator.
+class Backend;
+
+// The communicator for this process, serving the buffers of `backend` (nullptr: host memory):
+// - a worker of `esm2 train --gpus N`: NCCL (the id comes from the launcher's environment);
+// - under mpirun/mpiexec/srun: NCCL when the backend is cuda (the id travels over MPI, which stays
+//   initialised for the communicator's lifetime), MPI for the cpu backend;
+// - otherwise LocalCommunicator.
+// The CUDA backend must already run on this rank's GPU (gpu_for_local_rank). A collective that has not
+// finished after `collective_timeout_s` seconds ends every rank with "rank R: timed out in <what>".
+// Throws esm2::Error when the launch needs MPI or NCCL and this build lacks it, or pairs a backend with
+// a transport that cannot move its buffers (a multi-process `--gpus` launch on the cpu backend).
+std::unique_ptr<Communicator> make_communicator(double collective_timeout_s, Backend* backend = nullptr);
+
+// Ends every rank of the job after an error on this one (MPI_Abort; NCCL: ncclCommAbort and exit, the
+// launcher ends the others); no-op for LocalCommunicator.
 // Call after reporting the error: without it the other ranks would wait in their next collective.
 void abort_job(Communicator& comm, int exit_code);
 

@@ -136,6 +136,11 @@ double monitored(const TrainConfig& cfg, double val_loss) {
 }  // namespace
 
 TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
+  std::unique_ptr<Backend> backend = make_backend(cfg.backend, cfg.precision, cfg.threads);
+  return run_training(cfg, comm, *backend);
+}
+
+TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& backend) {
   validate_config(cfg, comm);
   const bool root = comm.is_root();
   const fs::path run_dir = fs::path(cfg.result_dir) / cfg.experiment_name;
@@ -149,7 +154,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   const bool dp_root = groups.dp_rank == 0;
 
   StopSignal stop;
-  std::unique_ptr<Backend> backend = make_backend(cfg.backend, cfg.precision, cfg.threads);
 
   // ---- data ----
   auto train_corpus = std::make_shared<const Corpus>(Corpus::open(cfg.train_corpus));
@@ -163,7 +167,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   }
 
   // ---- model, optimizer, state ----
-  Esm2Model model(cfg.model, *backend, ModelParallel{groups.tp.get(), groups.pp.get(), groups.mp.get()});
+  Esm2Model model(cfg.model, backend, ModelParallel{groups.tp.get(), groups.pp.get(), groups.mp.get()});
   // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
   const std::unique_ptr<Optimizer> optim_owner = make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer);
   Optimizer& optim = *optim_owner;
@@ -195,8 +199,8 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
 
   MetricsLogger logger(run_dir, root, cfg.create_tensorboard_logger, state.step > 0);
   if (root) {
-    fmt::print("esm2 train: {} on {} ({}), {} rank(s); {}\n", cfg.experiment_name, backend->name(),
-               precision_label(*backend), comm.world_size(), start_note);
+    fmt::print("esm2 train: {} on {} ({}), {} rank(s); {}\n", cfg.experiment_name, backend.name(),
+               precision_label(backend), comm.world_size(), start_note);
     // [dist]
     fmt::print("parallel layout: DP {} × TP {} × PP {} ({} communicator), optimizer {}\n", groups.dp_size,
                groups.tp_size, groups.pp_size, comm.name(),
@@ -267,7 +271,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     if (dp.world_size() > 1) dp.allreduce_sum(&loss_acc, 1, "loss all-reduce");
     if (faults.poison_grad_at(state.step)) {
       const float nan = std::nanf("");
-      backend->copy_to_device(model.grad_data(), &nan, sizeof nan);
+      backend.copy_to_device(model.grad_data(), &nan, sizeof nan);
     }
     const double loss = loss_acc / static_cast<double>(batch.global_num_labels);
     const double lr = learning_rate(cfg.schedule, state.step);
@@ -356,7 +360,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
     rd.summary = {{"model", fmt::format("{} layers, hidden {}, heads {}, ffn {} ({} parameters)", cfg.model.num_layers,
                                         cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.ffn_hidden_size,
                                         format_param_count(double(cfg.model.num_parameters())))},
-                  {"backend", fmt::format("{} ({})", backend->name(), precision_label(*backend))},
+                  {"backend", fmt::format("{} ({})", backend.name(), precision_label(backend))},
                   {"steps", fmt::format("{}", state.step)},
                   {"tokens trained", fmt::format("{}", state.consumed_tokens)},
                   {"real tokens/s", fmt::format("{:.0f}", result.real_tokens_per_s)},

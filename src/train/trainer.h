@@ -8,6 +8,8 @@
 
 namespace esm2 {
 
+class Backend;
+
 struct TrainResult {
   int64_t steps_done = 0;          // optimizer steps completed (global step counter at exit)
   double last_train_loss = 0;
@@ -20,5 +22,8 @@ struct TrainResult {
 // Runs the whole job. Throws esm2::Error for bad configuration/input, or when training stops on a
 // non-finite loss (after saving the last good state).
 TrainResult run_training(const TrainConfig& cfg, Communicator& comm);
+// The same on a backend made by the caller (multi-GPU: on this rank's GPU, before the communicator
+// that moves its buffers).
+TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& backend);
 
 }  // namespace esm2
