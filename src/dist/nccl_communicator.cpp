@@ -171,21 +171,47 @@ void NcclCommunicator::abort(int code) {
   for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
-void NcclCommunicator::enqueued(const char* what) {
-  if (timeout_s_ <= 0) return;
-  std::lock_guard<std::mutex> lk(mu_);
-  CUevent_st* e = nullptr;
-  if (!free_events_.empty()) {
-    e = free_events_.back();
-    free_events_.pop_back();
-  } else {
-    const cudaError_t ce = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
-    ESM2_CHECK(ce == cudaSuccess, "rank {}: cudaEventCreate failed in {}: {}", world_rank_, what, cudaGetErrorString(ce));
+class NcclCommunicator::OpScope {
+ public:
+  OpScope(NcclCommunicator& c, const char* what) : c_(c), what_(what) {
+    if (c_.timeout_s_ <= 0) return;
+    std::lock_guard<std::mutex> lk(c_.mu_);
+    c_.pending_.push_back({nullptr, what, Clock::now()});
+    active_ = true;
   }
-  const cudaError_t ce = cudaEventRecord(e, as_stream(stream_));
-  ESM2_CHECK(ce == cudaSuccess, "rank {}: cudaEventRecord failed in {}: {}", world_rank_, what, cudaGetErrorString(ce));
-  pending_.push_back({e, what, Clock::now()});
-}
+  // Everything is enqueued on the stream: the watchdog now waits for an event after it.
+  void enqueued() {
+    if (!active_) return;
+    std::lock_guard<std::mutex> lk(c_.mu_);
+    CUevent_st* e = nullptr;
+    if (!c_.free_events_.empty()) {
+      e = c_.free_events_.back();
+      c_.free_events_.pop_back();
+    } else {
+      const cudaError_t ce = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+      ESM2_CHECK(ce == cudaSuccess, "rank {}: cudaEventCreate failed in {}: {}", c_.world_rank_, what_,
+                 cudaGetErrorString(ce));
+    }
+    const cudaError_t ce = cudaEventRecord(e, as_stream(c_.stream_));
+    ESM2_CHECK(ce == cudaSuccess, "rank {}: cudaEventRecord failed in {}: {}", c_.world_rank_, what_,
+               cudaGetErrorString(ce));
+    c_.pending_.back().event = e;  // the main thread is the only producer: back() is this operation
+    active_ = false;
+  }
+  ~OpScope() {
+    if (!active_) return;
+    // An error was thrown before the operation was enqueued: nothing to wait for.
+    std::lock_guard<std::mutex> lk(c_.mu_);
+    c_.pending_.pop_back();
+  }
+  OpScope(const OpScope&) = delete;
+  OpScope& operator=(const OpScope&) = delete;
+
+ private:
+  NcclCommunicator& c_;
+  const char* what_;
+  bool active_ = false;
+};
 
 void NcclCommunicator::wait(const char* what) {
   const cudaError_t e = cudaStreamSynchronize(as_stream(stream_));
@@ -255,6 +281,7 @@ void NcclCommunicator::reduce_shards(const T* in, T* out, const std::vector<size
   const size_t chunk = std::min(longest, std::max(kMinChunkElems, kRecvBudgetBytes / (w * sizeof(T))));
   T* recv = static_cast<T*>(grow(recv_, recv_bytes_, w * chunk * sizeof(T)));
   const ncclDataType_t type = nccl_type<T>();
+  OpScope op(*this, what);
   for (size_t c0 = 0; c0 < longest; c0 += chunk) {
     auto piece = [&](size_t p) { return len_of(p) > c0 ? std::min(chunk, len_of(p) - c0) : size_t{0}; };
     const size_t mine = piece(r);
@@ -268,7 +295,7 @@ void NcclCommunicator::reduce_shards(const T* in, T* out, const std::vector<size
     nccl_detail::launch_rank_sum<T>(out + c0, recv, chunk, in + bounds[r] + c0, rank_, world_, mine,
                                     as_stream(stream_));
   }
-  enqueued(what);
+  op.enqueued();
 }
 
 // data[bounds[p], bounds[p+1]) of every rank p → everyone (shards of unequal length allowed).
@@ -277,6 +304,7 @@ void NcclCommunicator::allgather_shards(T* data, const std::vector<size_t>& boun
   const size_t r = size_t(rank_);
   const size_t mine = bounds[r + 1] - bounds[r];
   const ncclDataType_t type = nccl_type<T>();
+  OpScope op(*this, what);
   check(ncclGroupStart(), what);
   for (size_t p = 0; p < size_t(world_); ++p) {
     if (p == r) continue;
@@ -285,7 +313,7 @@ void NcclCommunicator::allgather_shards(T* data, const std::vector<size_t>& boun
       check(ncclRecv(data + bounds[p], n, type, int(p), comm_, as_stream(stream_)), what);
   }
   check(ncclGroupEnd(), what);
-  enqueued(what);
+  op.enqueued();
 }
 
 template <class T>
@@ -323,12 +351,14 @@ void NcclCommunicator::allgather(const float* in, float* out, size_t shard_n, co
   if (shard_n == 0) return;
   // NCCL's in-place form is in == out + rank·shard_n, which the interface allows; no arithmetic, so
   // NCCL's own algorithm is deterministic here.
+  OpScope op(*this, what);
   check(ncclAllGather(in, out, shard_n, ncclFloat32, comm_, as_stream(stream_)), what);
-  enqueued(what);
+  op.enqueued();
 }
 
 void NcclCommunicator::gather(const float* in, float* out, size_t shard_n, int root, const char* what) {
   if (shard_n == 0) return;
+  OpScope op(*this, what);
   check(ncclGroupStart(), what);
   if (rank_ != root) {
     check(ncclSend(in, shard_n, ncclFloat32, root, comm_, as_stream(stream_)), what);
@@ -343,29 +373,32 @@ void NcclCommunicator::gather(const float* in, float* out, size_t shard_n, int r
         cudaMemcpyAsync(own, in, shard_n * sizeof(float), cudaMemcpyDeviceToDevice, as_stream(stream_));
     ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error in {}: {}", world_rank_, what, cudaGetErrorString(e));
   }
-  enqueued(what);
+  op.enqueued();
 }
 
 void NcclCommunicator::send(const void* data, size_t bytes, int peer, const char* what) {
   if (bytes == 0) return;
+  OpScope op(*this, what);
   check(ncclSend(data, bytes, ncclUint8, peer, comm_, as_stream(stream_)), what);
-  enqueued(what);
+  op.enqueued();
 }
 
 void NcclCommunicator::recv(void* data, size_t bytes, int peer, const char* what) {
   if (bytes == 0) return;
+  OpScope op(*this, what);
   check(ncclRecv(data, bytes, ncclUint8, peer, comm_, as_stream(stream_)), what);
-  enqueued(what);
+  op.enqueued();
 }
 
 void NcclCommunicator::sendrecv(const void* send_data, size_t send_bytes, int dst, void* recv_data,
                                 size_t recv_bytes, int src, const char* what) {
   if (send_bytes == 0 && recv_bytes == 0) return;
+  OpScope op(*this, what);
   check(ncclGroupStart(), what);
   if (send_bytes) check(ncclSend(send_data, send_bytes, ncclUint8, dst, comm_, as_stream(stream_)), what);
   if (recv_bytes) check(ncclRecv(recv_data, recv_bytes, ncclUint8, src, comm_, as_stream(stream_)), what);
   check(ncclGroupEnd(), what);
-  enqueued(what);
+  op.enqueued();
 }
 
 void NcclCommunicator::allreduce_sum(double* data, size_t n, const char* what) {
@@ -389,9 +422,10 @@ void NcclCommunicator::broadcast(void* data, size_t bytes, int root, const char*
   };
   for (size_t c0 = 0; c0 < bytes; c0 += kStageBytes) {
     const size_t len = std::min(kStageBytes, bytes - c0);
+    OpScope op(*this, what);
     if (rank_ == root) cuda_ok(cudaMemcpyAsync(d, host + c0, len, cudaMemcpyHostToDevice, as_stream(stream_)));
     check(ncclBroadcast(d, d, len, ncclUint8, root, comm_, as_stream(stream_)), what);
-    enqueued(what);
+    op.enqueued();
     if (rank_ != root) cuda_ok(cudaMemcpyAsync(host + c0, d, len, cudaMemcpyDeviceToHost, as_stream(stream_)));
     wait(what);
   }
@@ -400,15 +434,18 @@ void NcclCommunicator::broadcast(void* data, size_t bytes, int root, const char*
 void NcclCommunicator::barrier(const char* what) {
   if (world_ == 1) return;
   auto* d = static_cast<float*>(grow(stage_, stage_bytes_, sizeof(float)));
+  OpScope op(*this, what);
   check(ncclAllReduce(d, d, 1, ncclFloat32, ncclSum, comm_, as_stream(stream_)), what);
-  enqueued(what);
+  op.enqueued();
   wait(what);
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key, const char* what) {
   ESM2_CHECK(color >= 0, "rank {}: split in {}: color must be >= 0 (got {})", world_rank_, what, color);
   ncclComm_t sub = nullptr;
+  OpScope op(*this, what);
   check(ncclCommSplit(comm_, color, key, &sub, nullptr), what);
+  op.enqueued();
   ESM2_CHECK(sub != nullptr, "rank {}: ncclCommSplit in {} returned no communicator", world_rank_, what);
   return std::unique_ptr<Communicator>(new NcclCommunicator(sub, world_rank_, device_, stream_, timeout_s_));
 }

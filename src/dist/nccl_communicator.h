@@ -91,7 +91,9 @@ class NcclCommunicator final : public Communicator {
   // A communicator made by split(): shares the parent's device and stream.
   NcclCommunicator(ncclComm* comm, int world_rank, int device, CUstream_st* stream, double collective_timeout_s);
   void check(int nccl_result, const char* what) const;
-  void enqueued(const char* what);  // records an event for the watchdog after an enqueued operation
+  // An operation from before its first NCCL call (connection setup inside ncclGroupEnd can block the
+  // host on a dead peer) until the CUDA event recorded after its last kernel has completed.
+  class OpScope;
   void wait(const char* what);      // host waits for the stream (the watchdog covers hangs)
   // Device buffers grown on demand (never shrunk): received shard copies / host staging.
   void* grow(void*& buf, size_t& have, size_t bytes);
