@@ -257,8 +257,8 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     // NCCL under `--gpus` or mpirun/srun with the cuda backend, MPI with the cpu backend, else one local
     // rank. Each rank's GPU is its local rank, so the backend comes first. An error on one rank ends
     // the whole job: the others would otherwise wait in their next collective.
-    const std::unique_ptr<esm2::Backend> backend = esm2::make_backend(
-        cfg.backend, cfg.precision, cfg.threads, launch.multi_process() ? esm2::gpu_for_local_rank(launch.local_rank) : 0);
+    const int gpu = launch.multi_process() && cfg.backend != "cpu" ? esm2::gpu_for_local_rank(launch.local_rank) : 0;
+    const std::unique_ptr<esm2::Backend> backend = esm2::make_backend(cfg.backend, cfg.precision, cfg.threads, gpu);
     const std::unique_ptr<esm2::Communicator> comm = esm2::make_communicator(cfg.collective_timeout_s, backend.get());
     if (comm->world_size() == 1) {
       esm2::run_training(cfg, *comm, *backend);
