@@ -40,7 +40,7 @@ grep -E "NCCL found|MPI found" /tmp/mg/build.log | tee -a "$LOG"
 E=$PWD/build/esm2
 say "tests"
 {
-  timeout 240 ./build/nccl_communicator_test 2>&1
+  timeout 150 ./build/nccl_communicator_test 2>&1
   timeout 60 ./build/local_launcher_test 2>&1
 } > "$OUT/tests.log"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure" "$OUT/tests.log" | tee -a "$LOG"
@@ -54,13 +54,13 @@ COMMON="--train-data /tmp/mg/corpus --backend cuda --precision bf16-mixed --micr
 # ---- (a) DP equivalence: same global batch (16384 tokens × N) three ways ----
 A8="--preset 8M --num-steps 100 --warmup-steps 10 --lr 4e-4 --val-check-interval 1000 --disable-checkpointing $COMMON"
 say "(a) 1 GPU × accumulation $N"
-timeout 120 $E train $A8 --accumulate-grad-batches $N --experiment-name dp_acc > /tmp/mg/a_acc.log 2>&1
+timeout 90 $E train $A8 --accumulate-grad-batches $N --experiment-name dp_acc > /tmp/mg/a_acc.log 2>&1
 say "  exit $?"; tail -2 /tmp/mg/a_acc.log >> "$LOG"
 say "(a) --gpus $N"
-timeout 120 $E train $A8 --gpus $N --experiment-name dp_gpus > /tmp/mg/a_gpus.log 2>&1
+timeout 90 $E train $A8 --gpus $N --experiment-name dp_gpus > /tmp/mg/a_gpus.log 2>&1
 say "  exit $?"; grep -E "data parallel|error" /tmp/mg/a_gpus.log | head -3 | tee -a "$LOG"
 say "(a) mpirun -np $N"
-timeout 120 mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none \
+timeout 90 mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none \
   -np $N $E train $A8 --experiment-name dp_mpi > /tmp/mg/a_mpi.log 2>&1
 say "  exit $?"; grep -E "data parallel|error" /tmp/mg/a_mpi.log | head -3 | tee -a "$LOG"
 $PY - "$RUNS" "$N" "$OUT/dp_equivalence.json" <<'EOF' 2>&1 | tee -a "$LOG"
@@ -89,9 +89,9 @@ EOF
 # ---- (b) 650M weak scaling: 16384 tokens per GPU per step ----
 B650="--preset 650M --num-steps 25 --warmup-steps 5 --lr 1e-4 --val-check-interval 1000 --disable-checkpointing $COMMON"
 say "(b) 650M on 1 GPU"
-timeout 150 $E train $B650 --experiment-name s650_1 > /tmp/mg/b1.log 2>&1; say "  exit $?"
+timeout 120 $E train $B650 --experiment-name s650_1 > /tmp/mg/b1.log 2>&1; say "  exit $?"
 say "(b) 650M on $N GPUs"
-timeout 180 $E train $B650 --gpus $N --experiment-name s650_n > /tmp/mg/bn.log 2>&1; say "  exit $?"
+timeout 120 $E train $B650 --gpus $N --experiment-name s650_n > /tmp/mg/bn.log 2>&1; say "  exit $?"
 tail -3 /tmp/mg/bn.log >> "$LOG"
 $PY - "$RUNS" "$N" "$OUT/scaling.json" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, sys, os
@@ -117,9 +117,9 @@ EOF
 C8="--preset 8M --num-steps 100000 --warmup-steps 10 --lr 4e-4 --val-check-interval 100 $COMMON"
 KL=/tmp/mg/kill_resume.log
 say "(c) --gpus $N with checkpoints every 100 steps; kill -9 of rank $((N - 1)) after 30 s"
-( $E train $C8 --gpus $N --experiment-name killrun > /tmp/mg/c_run.log 2>&1; echo "launcher exit $?" >> /tmp/mg/c_run.log ) &
+( timeout 90 $E train $C8 --gpus $N --experiment-name killrun > /tmp/mg/c_run.log 2>&1; echo "launcher exit $?" >> /tmp/mg/c_run.log ) &
 sleep 30
-LPID=$(pgrep -f "esm2 train.*--gpus $N.*killrun" | head -1)
+LPID=$(pgrep -f "^$E train.*--gpus $N.*killrun" | head -1)
 VICTIM=
 for p in $(pgrep -P "$LPID" 2>/dev/null); do
   tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx "ESM2_RANK=$((N - 1))" && VICTIM=$p
@@ -135,7 +135,7 @@ tail -25 /tmp/mg/c_run.log >> $KL
 LAST=$(ls -d $RUNS/killrun/checkpoints/*/ 2>/dev/null | tail -1)
 echo "last checkpoint: $LAST" >> $KL
 say "(c) resume on 1 GPU (accumulation $N) for 15 s"
-timeout 120 $E train $C8 --accumulate-grad-batches $N --resume-if-exists --max-time 15 --experiment-name killrun \
+timeout 60 $E train $C8 --accumulate-grad-batches $N --resume-if-exists --max-time 15 --experiment-name killrun \
   > /tmp/mg/c_resume.log 2>&1
 echo "resume exit $?" >> $KL
 echo "---- resume output (head/tail) ----" >> $KL
