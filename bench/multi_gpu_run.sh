@@ -10,9 +10,10 @@
 #      the launcher's messages; then resume from the last checkpoint on 1 GPU (accumulation N keeps
 #      the global batch) and show the step counter continuing → $OUT/kill_resume.json + .log.
 # Each step is logged and a failing step does not stop the next. Budget: < 9 min on 2×H100.
-# Usage (repository root on the device): bench/multi_gpu_run.sh DEPS_DIR
+# Usage (repository root on the device; .carry/deps, or the directory given, holds the sqlite/snappy
+# .debs as for bench/gpu_profile_run.sh): bench/multi_gpu_run.sh [DEPS_DIR]
 set -u
-DEPS=${1:?deps dir with the .deb files (libsqlite3-dev, libsqlite3-0, libsnappy-dev, libsnappy1v5)}
+DEPS=${1:-${DEPS:-.carry/deps}}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/deps /tmp/mg
 LOG="$OUT/run.log"
@@ -32,7 +33,7 @@ say "GPUs: $N"
 say "build"
 {
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_CUDA=ON -DESM2_BUILD_BENCH=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
+    -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
     -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so &&
     time ninja -C build -j$(nproc) esm2 nccl_communicator_test local_launcher_test
 } > /tmp/mg/build.log 2>&1 || { tail -60 /tmp/mg/build.log | tee "$OUT/build.log"; say "BUILD FAILED"; exit 1; }
