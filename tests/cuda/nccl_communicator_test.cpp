@@ -39,6 +39,18 @@ int gpus() {
 #endif
 }
 
+// A shell command line (not the esm2 binary alone), stdout + stderr captured.
+esm2::testing::CliResult run_shell(const std::string& cmd) {
+  esm2::testing::CliResult r;
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  while (fgets(buf, sizeof buf, pipe)) r.output += buf;
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
 #define REQUIRE_GPUS(n)                                                                                        \
   do {                                                                                                         \
     if (gpus() < (n)) GTEST_SKIP() << "needs " << (n) << " CUDA device(s) and NCCL in the build: skipped"; \
@@ -320,4 +332,38 @@ TEST(TrainGpus, OneGpuLaunchEqualsThePlainRun) {
   ASSERT_EQ(a.size(), 20u);
   ASSERT_EQ(b.size(), 20u);
   for (const auto& [step, loss] : a) EXPECT_EQ(loss, b.at(step)) << "step " << step;
+}
+
+// Two GPUs: `--gpus 2` (ZeRO-1 over NCCL) against one GPU with accumulation 2 on the same global batch,
+// fp32 so that only the grouping of the gradient sums differs (tolerance as the MPI test's); and
+// `mpirun -np 2` on the cuda backend (NCCL, id over MPI) against `--gpus 2`: the same deterministic
+// sums, so bitwise equal losses.
+TEST(TrainGpus, TwoGpusMatchOneGpuWithAccumulation) {
+  REQUIRE_GPUS(2);
+  const fs::path dir = esm2::testing::scratch_dir("gpus2");
+  const auto prep = esm2::testing::prepare_sample_corpus(dir / "corpus");
+  ASSERT_EQ(prep.exit_code, 0) << prep.output;
+  const std::string common = " --train-data " + (dir / "corpus").string() + esm2::testing::kTinyModelShape +
+                             " --backend cuda --precision 32 --num-steps 8 --lr 1e-3 --warmup-steps 2"
+                             " --log-every-n-steps 1 --val-check-interval 100 --no-report --no-tensorboard"
+                             " --disable-checkpointing --result-dir " +
+                             dir.string();
+  const auto acc = esm2::testing::run_cli("train" + common + " --accumulate-grad-batches 2 --experiment-name acc");
+  ASSERT_EQ(acc.exit_code, 0) << acc.output;
+  const auto two = esm2::testing::run_cli("train --gpus 2" + common + " --experiment-name gpus2");
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_NE(two.output.find("DP 2"), std::string::npos) << two.output;
+  const auto a = esm2::testing::train_losses(dir / "acc"), b = esm2::testing::train_losses(dir / "gpus2");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(b.at(step), loss, 1e-5 * std::abs(loss)) << "step " << step;
+  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed: MPI-launched case skipped";
+  const auto mpi = run_shell("mpirun --allow-run-as-root --oversubscribe --mca btl self,vader "
+                                              "--mca btl_vader_single_copy_mechanism none -np 2 " +
+                                              std::string(ESM2_BINARY) + " train" + common +
+                                              " --experiment-name mpi2");
+  ASSERT_EQ(mpi.exit_code, 0) << mpi.output;
+  const auto c = esm2::testing::train_losses(dir / "mpi2");
+  ASSERT_EQ(c.size(), 8u);
+  for (const auto& [step, loss] : b) EXPECT_EQ(c.at(step), loss) << "step " << step;
 }
