@@ -6,10 +6,10 @@
 #     `esm2 train` 150M resumed with a micro-batch that cannot fit: exit 1, the checkpoint unchanged,
 #     and a resume with a fitting micro-batch continuing from it.
 # Logs and JSON under $OUT; a failing step is logged and the next one runs. About 4-5 minutes.
-# Usage (repository root on the device): bench/recompute_device_run.sh DEPS_DIR
-#   DEPS_DIR: the libsqlite3-dev/libsnappy-dev .debs the GPU machine lacks (docs/cuda.md).
+# Usage (repository root on the device): bench/recompute_device_run.sh [DEPS_DIR]
+#   DEPS_DIR (default .carry/deps): the libsqlite3-dev/libsnappy-dev .debs the GPU machine lacks (docs/cuda.md).
 set -uo pipefail
-DEPS=${1:?deps dir with the .deb files}
+DEPS=${1:-${DEPS:-.carry/deps}}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/deps
 LOG="$OUT/run.log"
@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv >> "$LOG" 2>&1
 
 step build
 {
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DESM2_BUILD_BENCH=OFF \
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_BUILD_BENCH=OFF \
     -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
     -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so &&
     time ninja -C build -j16 esm2
