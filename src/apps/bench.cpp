@@ -17,6 +17,7 @@
 #include "data/corpus.h"
 #include "data/train_data.h"
 #include "model/esm2.h"
+#include "train/memory_plan.h"
 #include "train/optimizer.h"
 
 #include <cblas.h>
@@ -26,7 +27,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct BenchArgs {
-  std::string data, preset = "8M", backend = "auto", precision = "auto", json_out;
+  std::string data, preset = "8M", backend = "auto", precision = "auto", json_out, recompute = "selective";
   int64_t micro_batch_tokens = 16384;
   int max_seq_length = 1024, steps = 5, warmup = 1, threads = 0;
   double peak_tflops = 0;
@@ -73,11 +74,13 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   app.add_option("--precision", a->precision, "auto, 32, bf16-mixed")->capture_default_str();
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->capture_default_str();
   app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)");
+  app.add_option("--recompute", a->recompute, "Activations recomputed in the backward: none, selective or full")
+      ->check(CLI::IsMember({"none", "selective", "full"}))->capture_default_str();
   app.add_option("--json", a->json_out, "Write the results as JSON to this file");
   app.add_flag("--profile", a->profile,
                "Also time every backend op of the timed steps (each op synchronised: the shares are meaningful, the "
                "profiled step is slower) and print the table; throughput is measured on separate unprofiled steps");
-  return [a]() -> int {
+  auto run = [a]() -> int {
     ESM2_CHECK(a->steps >= 1, "bench: --steps must be >= 1");
     auto backend_owner = esm2::make_backend(a->backend, a->precision, a->threads);
     // The model always talks to the timing wrapper; it measures only while enabled (the profile pass).
@@ -85,12 +88,17 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
     timing.set_enabled(false);
     esm2::Backend* backend = &timing;
     esm2::ModelConfig mc = esm2::model_preset(a->preset);
+    const esm2::Recompute recompute = esm2::parse_recompute(a->recompute);
+    const esm2::MemoryPlan plan = esm2::plan_memory(mc, a->micro_batch_tokens, recompute, backend->activation_dtype());
+    fmt::print("{}", esm2::format_memory_plan(plan));
+    std::fflush(stdout);
     auto corpus = std::make_shared<const esm2::Corpus>(esm2::Corpus::open(a->data));
     esm2::DataConfig dc;
     dc.max_seq_length = a->max_seq_length;
     dc.micro_batch_tokens = a->micro_batch_tokens;
     esm2::TrainData data(corpus, dc);
     esm2::Esm2Model model(mc, *backend);
+    model.set_recompute(recompute);
     model.init_weights(1);
     esm2::AdamW optim(model, esm2::OptimizerConfig{});
     esm2::DataPosition pos;
@@ -127,15 +135,28 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
                           {"precision", esm2::precision_label(*backend)},
                           {"parameters", mc.num_parameters()},
                           {"micro_batch_tokens", a->micro_batch_tokens},
+                          {"recompute", esm2::recompute_name(recompute)},
+                          {"activation_mib", static_cast<double>(model.activation_bytes()) / 1048576.0},
+                          {"plan_total_mib", static_cast<double>(plan.total()) / 1048576.0},
                           {"steps", a->steps},
                           {"real_tokens_per_s", tokens / seconds},
                           {"step_seconds", seconds / a->steps},
                           {"achieved_tflops", flops / seconds / 1e12},
                           {"peak_host_rss_mib", static_cast<double>(ru.ru_maxrss) / 1024.0}};
     if (peak_device > 0) out["peak_device_memory_mib"] = static_cast<double>(peak_device) / 1048576.0;
-    std::string line = fmt::format("bench {} on {} ({}): {:.0f} real tokens/s, {:.3f} s/step, {:.1f} GFLOP/s achieved",
-                                   a->preset, backend->name(), esm2::precision_label(*backend), tokens / seconds,
-                                   seconds / a->steps, flops / seconds / 1e9);
+    std::string line = fmt::format("bench {} on {} ({}, --recompute {}): {:.0f} real tokens/s, {:.3f} s/step, "
+                                   "{:.1f} GFLOP/s achieved",
+                                   a->preset, backend->name(), esm2::precision_label(*backend),
+                                   esm2::recompute_name(recompute), tokens / seconds, seconds / a->steps,
+                                   flops / seconds / 1e9);
+    const esm2::DeviceMemory dm = backend->device_memory();
+    if (dm.total > 0) {
+      // the most the backend itself had allocated, comparable with the plan (the CUDA context is outside both)
+      out["peak_backend_held_mib"] = static_cast<double>(dm.peak_held) / 1048576.0;
+      out["device_total_mib"] = static_cast<double>(dm.total) / 1048576.0;
+      line += fmt::format("; backend peak {:.0f} MiB (plan {:.0f} MiB)", dm.peak_held / 1048576.0,
+                          plan.total() / 1048576.0);
+    }
     if (backend->name() == "cpu") {
       const double g = sgemm_gflops(a->micro_batch_tokens, mc.ffn_hidden_size, mc.hidden_size);
       out["sgemm_gflops_dominant_shape"] = g;
@@ -171,6 +192,15 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
       f << out.dump(2) << "\n";
     }
     return 0;
+  };
+  // A device allocation failure becomes one line saying which micro-batch fits (memory_plan.h).
+  return [a, run]() -> int {
+    try {
+      return run();
+    } catch (const esm2::OutOfDeviceMemory& e) {
+      throw esm2::Error(esm2::out_of_memory_message(e, esm2::model_preset(a->preset), a->micro_batch_tokens,
+                                                    esm2::parse_recompute(a->recompute)));
+    }
   };
 }
 

@@ -17,8 +17,31 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "core/error.h"
 
 namespace esm2 {
+
+// A device allocation failed. what() is one line, "CUDA out of memory allocating X MiB (Y MiB free of
+// Z MiB)"; callers that know the model append which micro-batch would fit (train/memory_plan.h).
+struct OutOfDeviceMemory : Error {
+  OutOfDeviceMemory(const std::string& what, size_t requested_bytes, size_t free_bytes, size_t total_bytes,
+                    size_t held_bytes, DType act)
+      : Error(what),
+        requested(requested_bytes),
+        free(free_bytes),
+        total(total_bytes),
+        held(held_bytes),
+        activation_dtype(act) {}
+  size_t requested, free, total;
+  size_t held;  // bytes the backend itself had allocated at the time (usable again after a restart)
+  DType activation_dtype;  // of the backend that failed
+};
+
+// Device memory as a backend sees it (all 0 on the CPU backend, whose memory is the host's).
+struct DeviceMemory {
+  size_t held = 0, peak_held = 0;  // bytes this backend has allocated now / at most so far
+  size_t free = 0, total = 0;      // the device's, as the driver reports them
+};
 
 
 // C[M,N] (=, or beta·C + when beta != 0) = alpha · op(A)[M,K] · op(B)[K,N] (+ bias[N] on every row).
@@ -84,6 +107,8 @@ class Backend {
   // Device memory in use now (the whole device as the driver reports it: context, library workspaces
   // and this process's buffers); 0 for host backends, whose use shows in the process RSS.
   virtual size_t device_bytes_in_use() const { return 0; }
+  // What this backend allocated (now, at most) beside the device totals; zeros on host backends.
+  virtual DeviceMemory device_memory() { return {}; }
 
   // ---- dense ----
   virtual void gemm(const GemmArgs& g) = 0;

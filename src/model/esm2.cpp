@@ -24,20 +24,22 @@ namespace esm2 {
 namespace {
 
 // Named views into the activation arena (llm.c's ActivationTensors). Activations are in the backend's
-// activation dtype; statistics (mean, rstd, lse, loss) are fp32.
+// activation dtype; statistics (mean, rstd, lse, loss) are fp32. The per-layer tensors ln1 … fch have
+// L slices when the recompute mode keeps them (Keep below) and one slice, shared by all layers and
+// refilled before each layer's backward, when it does not.
 struct Acts {
   void* residual = nullptr;  // [L+1, T, C] residual stream: [l] enters layer l, [L] leaves the last one
-  void* res_mid = nullptr;   // [L, T, C]   after the attention block's residual add
-  void* ln1 = nullptr;       // [L, T, C]
-  void* ln1_mean = nullptr;  // [L, T] f32
-  void* ln1_rstd = nullptr;  // [L, T] f32
-  void* qkv = nullptr;       // [L, T, 3C]
-  void* atty = nullptr;      // [L, T, C]   attention output before the output projection
-  void* lse = nullptr;       // [L, H, T] f32 softmax log-sum-exp
-  void* ln2 = nullptr;       // [L, T, C]
-  void* ln2_mean = nullptr;  // [L, T] f32
-  void* ln2_rstd = nullptr;  // [L, T] f32
-  void* fch = nullptr;       // [L, T, F]   pre-GELU (GELU is recomputed in the backward)
+  void* res_mid = nullptr;   // [L|1, T, C] after the attention block's residual add
+  void* ln1 = nullptr;       // [L|1, T, C]
+  void* ln1_mean = nullptr;  // [L|1, T] f32
+  void* ln1_rstd = nullptr;  // [L|1, T] f32
+  void* qkv = nullptr;       // [L|1, T, 3C]
+  void* atty = nullptr;      // [L|1, T, C] attention output before the output projection
+  void* lse = nullptr;       // [L|1, H, T] f32 softmax log-sum-exp
+  void* ln2 = nullptr;       // [L|1, T, C]
+  void* ln2_mean = nullptr;  // [L|1, T] f32
+  void* ln2_rstd = nullptr;  // [L|1, T] f32
+  void* fch = nullptr;       // [L|1, T, F] pre-GELU (GELU is recomputed in the backward in every mode)
   void* lnf = nullptr;       // [T, C]      emb_layer_norm_after output
   void* lnf_mean = nullptr;  // [T] f32
   void* lnf_rstd = nullptr;  // [T] f32
@@ -59,6 +61,84 @@ struct Acts {
   void* dh_b = nullptr;      // [R, C]
   void* d_logits = nullptr;  // [R, V]
 };
+
+// Which per-layer tensors the forward keeps for every layer (model/recompute.h). A tensor not kept
+// lives in one layer's scratch and is recomputed, from kept ones, just before the layer's backward.
+struct Keep {
+  bool ln1, qkv, atty, mid, ln2, fch;  // atty: with its lse; ln1/ln2: with their mean/rstd
+};
+Keep keep_for(Recompute r) {
+  switch (r) {
+    case Recompute::None: return {true, true, true, true, true, true};
+    case Recompute::Selective: return {false, true, true, false, false, true};
+    case Recompute::Full: break;
+  }
+  return {false, false, false, false, false, false};
+}
+
+// One layer's activations: the views layer_forward writes and layer_backward reads.
+struct LayerActs {
+  void* x = nullptr;                                  // [T, C] input: residual [l] (always kept)
+  void* ln1 = nullptr;                                // [T, C]
+  float *ln1_mean = nullptr, *ln1_rstd = nullptr;     // [T]
+  void* qkv = nullptr;                                // [T, 3C]
+  void* atty = nullptr;                               // [T, C]
+  float* lse = nullptr;                               // [H, T]
+  void* mid = nullptr;                                // [T, C]
+  void* ln2 = nullptr;                                // [T, C]
+  float *ln2_mean = nullptr, *ln2_rstd = nullptr;     // [T]
+  void* fch = nullptr;                                // [T, F]
+  void* out = nullptr;                                // [T, C] output: residual [l+1] (always kept)
+};
+
+struct ArenaSpec {
+  void** slot;
+  size_t bytes;
+};
+
+// The arena's buffers for T tokens and R head rows, in allocation order (TensorSpec style: one table,
+// one allocation). es: bytes of one activation element.
+std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, size_t Tn, size_t Rn, Recompute mode, size_t es) {
+  const size_t L = cfg.num_layers, C = cfg.hidden_size, F = cfg.ffn_hidden_size, H = cfg.num_attention_heads,
+               V = cfg.vocab_size;
+  const Keep k = keep_for(mode);
+  auto n = [L](bool kept) { return kept ? L : size_t{1}; };  // slices of a per-layer tensor
+  return {
+      {&a.residual, (L + 1) * Tn * C * es},
+      {&a.res_mid, n(k.mid) * Tn * C * es},
+      {&a.ln1, n(k.ln1) * Tn * C * es},
+      {&a.ln1_mean, n(k.ln1) * Tn * 4},
+      {&a.ln1_rstd, n(k.ln1) * Tn * 4},
+      {&a.qkv, n(k.qkv) * Tn * 3 * C * es},
+      {&a.atty, n(k.atty) * Tn * C * es},
+      {&a.lse, n(k.atty) * H * Tn * 4},
+      {&a.ln2, n(k.ln2) * Tn * C * es},
+      {&a.ln2_mean, n(k.ln2) * Tn * 4},
+      {&a.ln2_rstd, n(k.ln2) * Tn * 4},
+      {&a.fch, n(k.fch) * Tn * F * es},
+      {&a.lnf, Tn * C * es},
+      {&a.lnf_mean, Tn * 4},
+      {&a.lnf_rstd, Tn * 4},
+      {&a.h_in, Rn * C * es},
+      {&a.h_dense, Rn * C * es},
+      {&a.h_gelu, Rn * C * es},
+      {&a.h_ln, Rn * C * es},
+      {&a.h_mean, Rn * 4},
+      {&a.h_rstd, Rn * 4},
+      {&a.logits, Rn * V * es},
+      {&a.loss, Rn * 4},
+      {&a.gelu, Tn * F * es},
+      {&a.d_res, Tn * C * es},
+      {&a.d_tmp, Tn * C * es},
+      {&a.d_qkv, Tn * 3 * C * es},
+      {&a.d_fch, Tn * F * es},
+      {&a.dh_a, Rn * C * es},
+      {&a.dh_b, Rn * C * es},
+      {&a.d_logits, Rn * V * es},
+  };
+}
+
+size_t align_arena(size_t b) { return (b + 255) / 256 * 256; }
 
 float* f32(void* p) { return static_cast<float*>(p); }
 
@@ -97,6 +177,8 @@ struct Esm2Model::Impl {
   // Current micro-batch.
   int64_t T = 0, R = 0;
   int S = 0, max_seqlen = 0;
+
+  Recompute recompute = Recompute::None;  // set_recompute()
 
   Impl(const ModelConfig& c, Backend& b, const ModelParallel& p)
       : cfg(c),
@@ -139,39 +221,20 @@ struct Esm2Model::Impl {
     ids = cu = rows = row_labels = nullptr;
   }
 
-  // Carve the arena for T tokens and R head rows (TensorSpec style: one table, one allocation).
+  // Carve the arena for T tokens and R head rows (arena_layout: one table, one allocation).
   void ensure_capacity(int64_t T_need, int64_t R_need) {
     if (T_need <= cap_T && R_need <= cap_R && arena) return;
     const int64_t Tc = std::max(T_need, cap_T), Rc = std::max(R_need, cap_R);
     free_arena();
-    const size_t L = cfg.num_layers, C = cfg.hidden_size, F = cfg.ffn_hidden_size, H = cfg.num_attention_heads,
-                 V = cfg.vocab_size, Tn = Tc, Rn = Rc;
-    const size_t es = dtype_size(be.activation_dtype());
-    struct Spec {
-      void** slot;
-      size_t bytes;
-    };
-    const Spec specs[] = {
-        {&a.residual, (L + 1) * Tn * C * es}, {&a.res_mid, L * Tn * C * es},  {&a.ln1, L * Tn * C * es},
-        {&a.ln1_mean, L * Tn * 4},            {&a.ln1_rstd, L * Tn * 4},      {&a.qkv, L * Tn * 3 * C * es},
-        {&a.atty, L * Tn * C * es},           {&a.lse, L * H * Tn * 4},       {&a.ln2, L * Tn * C * es},
-        {&a.ln2_mean, L * Tn * 4},            {&a.ln2_rstd, L * Tn * 4},      {&a.fch, L * Tn * F * es},
-        {&a.lnf, Tn * C * es},                {&a.lnf_mean, Tn * 4},          {&a.lnf_rstd, Tn * 4},
-        {&a.h_in, Rn * C * es},               {&a.h_dense, Rn * C * es},      {&a.h_gelu, Rn * C * es},
-        {&a.h_ln, Rn * C * es},               {&a.h_mean, Rn * 4},            {&a.h_rstd, Rn * 4},
-        {&a.logits, Rn * V * es},             {&a.loss, Rn * 4},              {&a.gelu, Tn * F * es},
-        {&a.d_res, Tn * C * es},              {&a.d_tmp, Tn * C * es},        {&a.d_qkv, Tn * 3 * C * es},
-        {&a.d_fch, Tn * F * es},              {&a.dh_a, Rn * C * es},         {&a.dh_b, Rn * C * es},
-        {&a.d_logits, Rn * V * es},
-    };
-    auto align = [](size_t b) { return (b + 255) / 256 * 256; };
+    const size_t Tn = Tc, Rn = Rc;
+    const std::vector<ArenaSpec> specs = arena_layout(a, cfg, Tn, Rn, recompute, es());
     size_t total = 0;
-    for (const Spec& s : specs) total += align(s.bytes);
+    for (const ArenaSpec& s : specs) total += align_arena(s.bytes);
     arena = be.alloc(total);
     size_t off = 0;
-    for (const Spec& s : specs) {
+    for (const ArenaSpec& s : specs) {
       *s.slot = static_cast<char*>(arena) + off;
-      off += align(s.bytes);
+      off += align_arena(s.bytes);
     }
     arena_bytes = total;
     ids = static_cast<int32_t*>(be.alloc(Tn * 4));
@@ -180,6 +243,14 @@ struct Esm2Model::Impl {
     row_labels = static_cast<int32_t*>(be.alloc(std::max<size_t>(Rn, 1) * 4));
     cap_T = Tc;
     cap_R = Rc;
+  }
+
+  void set_recompute(Recompute r) {
+    if (r == recompute) return;
+    free_arena();  // the layout depends on the mode: carved again at the next micro-batch
+    arena_bytes = 0;
+    cap_T = cap_R = 0;
+    recompute = r;
   }
 
   // Validate the micro-batch, size the arena, upload ids/offsets and the head rows.
@@ -236,6 +307,28 @@ struct Esm2Model::Impl {
   void* lay(void* base, int l, size_t width) { return at(base, static_cast<size_t>(l) * T * width, es()); }
   float* stat(void* base, int l, size_t width = 1) { return f32(base) + static_cast<size_t>(l) * T * width; }
 
+  // Layer l's views: slice l of a kept tensor, slice 0 (the shared scratch) of a recomputed one.
+  LayerActs layer(int l) {
+    const Keep k = keep_for(recompute);
+    const size_t C = cfg.hidden_size, F = cfg.ffn_hidden_size, H = cfg.num_attention_heads;
+    auto at_l = [l](bool kept) { return kept ? l : 0; };
+    LayerActs v;
+    v.x = res(l);
+    v.out = res(l + 1);
+    v.ln1 = lay(a.ln1, at_l(k.ln1), C);
+    v.ln1_mean = stat(a.ln1_mean, at_l(k.ln1));
+    v.ln1_rstd = stat(a.ln1_rstd, at_l(k.ln1));
+    v.qkv = lay(a.qkv, at_l(k.qkv), 3 * C);
+    v.atty = lay(a.atty, at_l(k.atty), C);
+    v.lse = stat(a.lse, at_l(k.atty), H);
+    v.mid = lay(a.res_mid, at_l(k.mid), C);
+    v.ln2 = lay(a.ln2, at_l(k.ln2), C);
+    v.ln2_mean = stat(a.ln2_mean, at_l(k.ln2));
+    v.ln2_rstd = stat(a.ln2_rstd, at_l(k.ln2));
+    v.fch = lay(a.fch, at_l(k.fch), F);
+    return v;
+  }
+
   AttentionShape attn_shape() const {
     AttentionShape s;
     s.T = T;
@@ -284,37 +377,40 @@ struct Esm2Model::Impl {
   }
 
   // ---- forward ----
-  void encoder_forward() {
+  // One pre-LN layer into v. recompute = false: the whole layer, v.x → v.out. recompute = true (before
+  // layer l's backward): only the tensors the mode does not keep, in forward order, from the kept
+  // ones; same ops on the same inputs, so bitwise the values the forward had.
+  void layer_forward(int l, const LayerActs& v, bool recompute_pass) {
     const int64_t C = cfg.hidden_size, F = cfg.ffn_hidden_size;
+    const LayerOffsets& o = table.layers[l];
+    const float* P = params;
+    const Keep k = keep_for(recompute);
+    auto need = [recompute_pass](bool kept) { return !recompute_pass || !kept; };
+    // x_mid = x + out_proj(Attn(LN1(x)))
+    if (need(k.ln1))
+      be.layernorm_forward(v.ln1, v.ln1_mean, v.ln1_rstd, v.x, P + o.ln1_w, P + o.ln1_b, T, C, cfg.layer_norm_eps);
+    if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * C, C);
+    if (need(k.atty)) be.attention_forward(v.atty, v.lse, v.qkv, attn_shape());
+    if (need(k.mid)) {
+      linear(v.mid, v.atty, P + o.w_o, P + o.b_o, T, C, C);
+      be.add(v.mid, v.mid, v.x, T * C);
+    }
+    // x_next = x_mid + proj(GELU(fc(LN2(x_mid))))
+    if (need(k.ln2))
+      be.layernorm_forward(v.ln2, v.ln2_mean, v.ln2_rstd, v.mid, P + o.ln2_w, P + o.ln2_b, T, C, cfg.layer_norm_eps);
+    if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C);
+    if (recompute_pass) return;  // v.out is the next layer's kept input
+    be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
+    linear(v.out, a.gelu, P + o.w_proj, P + o.b_proj, T, C, F);
+    be.add(v.out, v.out, v.mid, T * C);
+  }
+
+  void encoder_forward() {
+    const int64_t C = cfg.hidden_size;
     const float* P = params;
     be.embedding_forward(res(0), ids, P + table.wte, T, C);
     be.token_dropout_forward(res(0), ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
-    const AttentionShape as = attn_shape();
-    for (int l = 0; l < cfg.num_layers; ++l) {
-      const LayerOffsets& o = table.layers[l];
-      void* x = res(l);
-      void* ln1 = lay(a.ln1, l, C);
-      void* qkv = lay(a.qkv, l, 3 * C);
-      void* atty = lay(a.atty, l, C);
-      void* mid = lay(a.res_mid, l, C);
-      void* ln2 = lay(a.ln2, l, C);
-      void* fch = lay(a.fch, l, F);
-      // x_mid = x + out_proj(Attn(LN1(x)))
-      be.layernorm_forward(ln1, stat(a.ln1_mean, l), stat(a.ln1_rstd, l), x, P + o.ln1_w, P + o.ln1_b, T, C,
-                           cfg.layer_norm_eps);
-      linear(qkv, ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * C, C);
-      be.attention_forward(atty, stat(a.lse, l, cfg.num_attention_heads), qkv, as);
-      linear(mid, atty, P + o.w_o, P + o.b_o, T, C, C);
-      be.add(mid, mid, x, T * C);
-      // x_next = x_mid + proj(GELU(fc(LN2(x_mid))))
-      be.layernorm_forward(ln2, stat(a.ln2_mean, l), stat(a.ln2_rstd, l), mid, P + o.ln2_w, P + o.ln2_b, T, C,
-                           cfg.layer_norm_eps);
-      linear(fch, ln2, P + o.w_fc, P + o.b_fc, T, F, C);
-      be.gelu_forward(a.gelu, fch, T * F, cfg.gelu_tanh);
-      void* next = res(l + 1);
-      linear(next, a.gelu, P + o.w_proj, P + o.b_proj, T, C, F);
-      be.add(next, next, mid, T * C);
-    }
+    for (int l = 0; l < cfg.num_layers; ++l) layer_forward(l, layer(l), /*recompute_pass=*/false);
     be.layernorm_forward(a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), res(cfg.num_layers), P + table.lnf_w,
                          P + table.lnf_b, T, C, cfg.layer_norm_eps);
   }
@@ -344,7 +440,7 @@ struct Esm2Model::Impl {
 
   // ---- backward (mirror of the forward, in reverse) ----
   void backward(float grad_scale) {
-    const int64_t C = cfg.hidden_size, F = cfg.ffn_hidden_size, V = cfg.vocab_size;
+    const int64_t C = cfg.hidden_size, V = cfg.vocab_size;
     const float* P = params;
     float* G = grads;
     // LM head
@@ -361,31 +457,32 @@ struct Esm2Model::Impl {
     be.memset_zero(a.d_res, be.act_bytes(T * C));
     be.layernorm_backward(a.d_res, G + table.lnf_w, G + table.lnf_b, a.d_tmp, res(cfg.num_layers), P + table.lnf_w,
                           f32(a.lnf_mean), f32(a.lnf_rstd), T, C);
-    const AttentionShape as = attn_shape();
     for (int l = cfg.num_layers - 1; l >= 0; --l) {
-      const LayerOffsets& o = table.layers[l];
-      void* ln1 = lay(a.ln1, l, C);
-      void* qkv = lay(a.qkv, l, 3 * C);
-      void* atty = lay(a.atty, l, C);
-      void* mid = lay(a.res_mid, l, C);
-      void* ln2 = lay(a.ln2, l, C);
-      void* fch = lay(a.fch, l, F);
-      // FFN block; the residual passes d_res through unchanged
-      be.gelu_forward(a.gelu, fch, T * F, cfg.gelu_tanh);
-      linear_backward(a.d_fch, G + o.w_proj, G + o.b_proj, a.d_res, a.gelu, P + o.w_proj, T, C, F);
-      be.gelu_backward(a.d_fch, a.d_fch, fch, T * F, cfg.gelu_tanh);
-      linear_backward(a.d_tmp, G + o.w_fc, G + o.b_fc, a.d_fch, ln2, P + o.w_fc, T, F, C);
-      be.layernorm_backward(a.d_res, G + o.ln2_w, G + o.ln2_b, a.d_tmp, mid, P + o.ln2_w, stat(a.ln2_mean, l),
-                            stat(a.ln2_rstd, l), T, C);
-      // attention block
-      linear_backward(a.d_tmp, G + o.w_o, G + o.b_o, a.d_res, atty, P + o.w_o, T, C, C);
-      be.attention_backward(a.d_qkv, a.d_tmp, qkv, atty, stat(a.lse, l, cfg.num_attention_heads), as);
-      linear_backward(a.d_tmp, G + o.w_qkv, G + o.b_qkv, a.d_qkv, ln1, P + o.w_qkv, T, 3 * C, C);
-      be.layernorm_backward(a.d_res, G + o.ln1_w, G + o.ln1_b, a.d_tmp, res(l), P + o.ln1_w, stat(a.ln1_mean, l),
-                            stat(a.ln1_rstd, l), T, C);
+      const LayerActs v = layer(l);
+      layer_forward(l, v, /*recompute_pass=*/true);
+      layer_backward(l, v);
     }
     be.token_dropout_backward(a.d_res, ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
     be.embedding_backward(G + table.wte, a.d_res, ids, T, C);
+  }
+
+  // Layer l's backward from its activations v; d_res holds dL/d(v.out) on entry, dL/d(v.x) on exit.
+  void layer_backward(int l, const LayerActs& v) {
+    const int64_t C = cfg.hidden_size, F = cfg.ffn_hidden_size;
+    const LayerOffsets& o = table.layers[l];
+    const float* P = params;
+    float* G = grads;
+    // FFN block; the residual passes d_res through unchanged
+    be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
+    linear_backward(a.d_fch, G + o.w_proj, G + o.b_proj, a.d_res, a.gelu, P + o.w_proj, T, C, F);
+    be.gelu_backward(a.d_fch, a.d_fch, v.fch, T * F, cfg.gelu_tanh);
+    linear_backward(a.d_tmp, G + o.w_fc, G + o.b_fc, a.d_fch, v.ln2, P + o.w_fc, T, F, C);
+    be.layernorm_backward(a.d_res, G + o.ln2_w, G + o.ln2_b, a.d_tmp, v.mid, P + o.ln2_w, v.ln2_mean, v.ln2_rstd, T, C);
+    // attention block
+    linear_backward(a.d_tmp, G + o.w_o, G + o.b_o, a.d_res, v.atty, P + o.w_o, T, C, C);
+    be.attention_backward(a.d_qkv, a.d_tmp, v.qkv, v.atty, v.lse, attn_shape());
+    linear_backward(a.d_tmp, G + o.w_qkv, G + o.b_qkv, a.d_qkv, v.ln1, P + o.w_qkv, T, 3 * C, C);
+    be.layernorm_backward(a.d_res, G + o.ln1_w, G + o.ln1_b, a.d_tmp, v.x, P + o.ln1_w, v.ln1_mean, v.ln1_rstd, T, C);
   }
 };
 
@@ -405,6 +502,18 @@ const std::vector<FlatRun>& Esm2Model::full_runs() const { return impl_->table.r
 float* Esm2Model::param_data() { return impl_->params; }
 float* Esm2Model::grad_data() { return impl_->grads; }
 size_t Esm2Model::activation_bytes() const { return impl_->arena_bytes; }
+Recompute Esm2Model::recompute() const { return impl_->recompute; }
+void Esm2Model::set_recompute(Recompute r) { impl_->set_recompute(r); }
+
+size_t activation_arena_bytes(const ModelConfig& cfg, int64_t tokens, int64_t head_rows, Recompute recompute,
+                              DType activation_dtype) {
+  Acts views;
+  size_t total = 0;
+  for (const ArenaSpec& s : arena_layout(views, cfg, static_cast<size_t>(tokens), static_cast<size_t>(head_rows),
+                                         recompute, dtype_size(activation_dtype)))
+    total += align_arena(s.bytes);
+  return total;
+}
 
 void Esm2Model::get_params(std::span<float> out) const {
   ESM2_CHECK(out.size() == impl_->table.total, "get_params: buffer has {} floats, model has {}", out.size(),

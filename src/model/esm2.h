@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "data/batch.h"
 #include "model/config.h"
+#include "model/recompute.h"
 
 namespace esm2 {
 
@@ -104,12 +106,23 @@ class Esm2Model {
   void set_inv_freq(std::span<const float> inv_freq);
   std::vector<float> inv_freq() const;
 
-  // Bytes of the activation arena, sized for the largest micro-batch seen so far.
+  // Bytes of the activation arena, sized for the largest micro-batch seen so far (0 before the first);
+  // activation_arena_bytes() of that size.
   size_t activation_bytes() const;
+  // Which activations the forward keeps per layer for the backward (model/recompute.h; default none).
+  // Every mode gives bitwise the same loss and gradients on a deterministic backend. Changing the mode
+  // frees the arena; the next micro-batch carves it again.
+  Recompute recompute() const;
+  void set_recompute(Recompute recompute);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Bytes of the activation arena an Esm2Model with this mode allocates for a micro-batch of `tokens`
+// tokens of which `head_rows` reach the LM head (labelled positions; all tokens for forward_outputs).
+size_t activation_arena_bytes(const ModelConfig& cfg, int64_t tokens, int64_t head_rows, Recompute recompute,
+                              DType activation_dtype);
 
 }  // namespace esm2

@@ -15,6 +15,7 @@
 #include "dist/parallel_layout.h"
 #include "train/checkpoint.h"
 #include "train/fault_injection.h"
+#include "train/memory_plan.h"
 #include "train/metrics_logger.h"
 #include "train/model_summary.h"
 #include "train/optimizer.h"
@@ -135,6 +136,10 @@ double monitored(const TrainConfig& cfg, double val_loss) {
 
 }  // namespace
 
+int64_t micro_batch_token_budget(const TrainConfig& c) {
+  return c.micro_batch_tokens > 0 ? c.micro_batch_tokens : static_cast<int64_t>(c.micro_batch_size) * c.max_seq_length;
+}
+
 TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
   std::unique_ptr<Backend> backend = make_backend(cfg.backend, cfg.precision, cfg.threads);
   return run_training(cfg, comm, *backend);
@@ -168,6 +173,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
 
   // ---- model, optimizer, state ----
   Esm2Model model(cfg.model, backend, ModelParallel{groups.tp.get(), groups.pp.get(), groups.mp.get()});
+  model.set_recompute(cfg.recompute);
   // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
   const std::unique_ptr<Optimizer> optim_owner = make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer);
   Optimizer& optim = *optim_owner;
@@ -207,6 +213,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                groups.dp_size > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
                                                                   : "AdamW (replicated)");
     fmt::print("{}", model_summary(cfg.model, model.params_info()));
+    if (groups.tp_size == 1 && groups.pp_size == 1)  // the plan is of the whole model on one rank
+      fmt::print("{}", format_memory_plan(plan_memory(cfg.model, micro_batch_token_budget(cfg), cfg.recompute,
+                                                      backend.activation_dtype())));
     fmt::print("train corpus: {} ({} sequences, {} clusters); validation: {}\n", cfg.train_corpus,
                train_corpus->num_sequences(), train_corpus->num_clusters(),
                valid_corpus ? fmt::format("{} sequences, {} batches", valid_corpus->num_sequences(),

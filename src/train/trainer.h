@@ -19,6 +19,9 @@ struct TrainResult {
   double real_tokens_per_s = 0;    // average over the run after the first step
 };
 
+// Most tokens one micro-batch can hold: --micro-batch-tokens, or --micro-batch-size × --max-seq-length.
+int64_t micro_batch_token_budget(const TrainConfig& cfg);
+
 // Runs the whole job. Throws esm2::Error for bad configuration/input, or when training stops on a
 // non-finite loss (after saving the last good state).
 TrainResult run_training(const TrainConfig& cfg, Communicator& comm);

@@ -74,28 +74,22 @@ class CudaBackend final : public Backend {
 
   // ---- memory ----
   void* alloc(size_t bytes) override {
-    void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
-    if (e != cudaSuccess) {
-      (void)cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      fail("cuda backend: out of device memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f}): {}",
-           bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, cudaGetErrorString(e));
-    }
-    ESM2_CUDA_CHECK(cudaMemsetAsync(p, 0, std::max<size_t>(bytes, 256), stream_));
-    sizes_[p] = bytes;
+    const size_t n = std::max<size_t>(bytes, 256);
+    void* p = device_malloc(n);
+    ESM2_CUDA_CHECK(cudaMemsetAsync(p, 0, n, stream_));
+    sizes_[p] = n;
     return p;
   }
   void free(void* p) override {
     if (!p) return;
     auto it = sizes_.find(p);
-    if (it != sizes_.end()) {
-      drop_mirrors(p, it->second);
+    const size_t bytes = it == sizes_.end() ? 0 : it->second;  // alloc() records every pointer it returns
+    if (bytes) {
+      drop_mirrors(p, bytes);
       sizes_.erase(it);
     }
     ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    ESM2_CUDA_CHECK(cudaFree(p));
+    device_free(p, bytes);
   }
   void copy_to_device(void* dst, const void* src, size_t bytes) override {
     if (!bytes) return;
@@ -133,6 +127,13 @@ class CudaBackend final : public Backend {
   size_t device_bytes_in_use() const override {
     size_t free_b = 0, total_b = 0;
     return cudaMemGetInfo(&free_b, &total_b) == cudaSuccess ? total_b - free_b : 0;
+  }
+  DeviceMemory device_memory() override {
+    DeviceMemory m;
+    m.held = held_;
+    m.peak_held = peak_held_;
+    ESM2_CUDA_CHECK(cudaMemGetInfo(&m.free, &m.total));
+    return m;
   }
 
   // ---- dense ----
@@ -280,13 +281,39 @@ class CudaBackend final : public Backend {
       const size_t want = std::max(floats, s.floats + s.floats / 2);
       if (s.ptr) {
         ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-        ESM2_CUDA_CHECK(cudaFree(s.ptr));
+        device_free(s.ptr, s.floats * 4);
         s.ptr = nullptr;
+        s.floats = 0;
       }
-      ESM2_CUDA_CHECK(cudaMalloc(&s.ptr, want * 4));
+      s.ptr = static_cast<float*>(device_malloc(want * 4));
       s.floats = want;
     }
     return s.ptr;
+  }
+
+  static size_t mirror_bytes(size_t n) { return std::max<size_t>(n, 128) * sizeof(bf16); }
+
+  // Every device allocation of the backend (arena, parameters, scratch, weight cache) goes through
+  // here: a failure throws OutOfDeviceMemory, whose numbers let the caller say what would fit.
+  void* device_malloc(size_t bytes) {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();  // cudaErrorMemoryAllocation is not sticky: clear it and report
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      throw OutOfDeviceMemory(fmt::format("CUDA out of memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f}): {}",
+                                          bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0,
+                                          cudaGetErrorString(e)),
+                              bytes, free_b, total_b, held_, act_);
+    }
+    held_ += bytes;
+    peak_held_ = std::max(peak_held_, held_);
+    return p;
+  }
+  void device_free(void* p, size_t bytes) {
+    ESM2_CUDA_CHECK(cudaFree(p));
+    held_ -= bytes;
   }
 
   // An operand of a GEMM in the activation dtype: F32 inputs in bf16 mode go through the weight cache.
@@ -300,10 +327,11 @@ class CudaBackend final : public Backend {
     if (m.n != n) {
       if (m.bf) {
         ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-        ESM2_CUDA_CHECK(cudaFree(m.bf));
+        device_free(m.bf, mirror_bytes(m.n));
       }
       m.bf = nullptr;
-      ESM2_CUDA_CHECK(cudaMalloc(&m.bf, std::max<size_t>(n, 128) * sizeof(bf16)));
+      m.n = 0;
+      m.bf = static_cast<bf16*>(device_malloc(mirror_bytes(n)));
       m.n = n;
       m.valid = false;
     }
@@ -331,7 +359,7 @@ class CudaBackend final : public Backend {
       const char* a = reinterpret_cast<const char*>(it->first);
       if (a >= lo && a < hi) {
         ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-        ESM2_CUDA_CHECK(cudaFree(it->second.bf));
+        device_free(it->second.bf, mirror_bytes(it->second.n));
         it = mirrors_.erase(it);
       } else {
         ++it;
@@ -346,7 +374,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::LtRunner> lt_;
   Scratch scratch_[static_cast<int>(Slot::kCount)];
   std::map<const float*, Mirror> mirrors_;
-  std::map<const void*, size_t> sizes_;
+  std::map<const void*, size_t> sizes_;  // alloc()ed pointer → bytes
+  size_t held_ = 0, peak_held_ = 0;       // bytes of every device_malloc, now and at most
 };
 
 }  // namespace
