@@ -12,13 +12,17 @@
 # two GPUs: HF on GPU 1 beside ours on GPU 0. With a 10-minute call and a cold build, keep
 # --max-time <= 150 on one GPU in phase 1; phase 2 reuses the build (up to ~240).
 #
-# The carry (the lead's run call; the device call may carry ~55 MiB with the working tree):
-#   .carry/deps/*.deb                  libsqlite3-0/-dev, libsnappy1v5/-dev (1.9 MB; the GPU machine lacks them)
-#   .carry/swissprot/train.fasta.xz    runs/swissprot/train.fasta (120.4 MB) unwrapped to one line per
-#                                      sequence, xz -9e                                   (see CARRY below)
+# The carry (the lead's run call; the device call may carry ~55 MiB with the working tree), made here
+# from runs/swissprot (scripts/fetch-swissprot.sh) by  bench/pretrain_device_run.sh --make-carry [runs/swissprot]:
+#   .carry/deps/*.deb                     libsqlite3-0/-dev, libsnappy1v5/-dev (1.9 MB; the GPU machine lacks them;
+#                                         not made by --make-carry: `apt-get download` them, see cuda_device_run.sh)
+#   .carry/swissprot/train_seqs.xz        the training sequences, one per line, in the member order of
+#                                         train_clusters.tsv (so homologs are neighbours), xz -9e
 #   .carry/swissprot/train_clusters.tsv.xz, valid.fasta.xz   xz -9e
-# made here by:  bench/pretrain_device_run.sh --make-carry [runs/swissprot]
-#
+# Why this layout: protein letters hold ~4.17 bits each (order-0 and order-1 entropy of this corpus), so
+# any coder of the FASTA as shipped (120.4 MB, records in extraction order) stays near 60 MB; ordered by
+# UR50 cluster, the 50-90%-identical members sit within xz's 64 MiB window and xz -9e gets ~2.6 bits per
+# residue. The ids are not stored twice: the device rebuilds train.fasta from the TSV's member column.
 # State between the two calls lives in runs/pretrain/ (git-ignored, so a warm machine keeps it, like
 # build/). PHASE=2 on a machine that lost it stops with a message instead of silently starting over.
 # Writes under $OUT: pretrain_phase<P>.json (both runs: steps, tokens, time, validation curves, the
@@ -38,8 +42,10 @@ if [ -n "$MAKE_CARRY" ]; then
   # CARRY: measured on runs/swissprot (fetch-swissprot v1, 2026-11-25), see docs/readme/hfpeer.md.
   set -e
   mkdir -p .carry/swissprot
-  awk '/^>/{if(s!="")print s; print; s=""; next}{s=s $0}END{if(s!="")print s}' "$MAKE_CARRY/train.fasta" |
-    xz -9e -T1 > .carry/swissprot/train.fasta.xz
+  # id -> unwrapped sequence from the FASTA, then the sequences in the TSV's member order
+  awk 'NR==FNR{if(/^>/){if(id!="")seq[id]=s; id=substr($1,2); s=""}else{s=s $0}; next}
+       FNR==1{seq[id]=s} {if(!($2 in seq)){print "no sequence for " $2 > "/dev/stderr"; exit 1}; print seq[$2]}' \
+    "$MAKE_CARRY/train.fasta" "$MAKE_CARRY/train_clusters.tsv" | xz -9e -T1 > .carry/swissprot/train_seqs.xz
   xz -9e -T1 -c "$MAKE_CARRY/train_clusters.tsv" > .carry/swissprot/train_clusters.tsv.xz
   xz -9e -T1 -c "$MAKE_CARRY/valid.fasta" > .carry/swissprot/valid.fasta.xz
   ls -l .carry/swissprot
@@ -86,9 +92,12 @@ if [ "$PHASE" = 1 ]; then
   rm -rf "$W/ours" "$W/hf" "$W/plan.env"
   step "decompress + esm2 prepare the full corpus"
   mkdir -p /tmp/swissprot
-  for f in train.fasta train_clusters.tsv valid.fasta; do
+  for f in train_seqs train_clusters.tsv valid.fasta; do
     unxz_to "$DATA/$f.xz" "/tmp/swissprot/$f" || step "decompress $f FAILED"
   done
+  # train.fasta again: ids from the TSV's member column, sequences in the same order
+  paste -d '\n' <(cut -f2 /tmp/swissprot/train_clusters.tsv | sed 's/^/>/') /tmp/swissprot/train_seqs \
+    > /tmp/swissprot/train.fasta || step "rebuild train.fasta FAILED"
   ls -l /tmp/swissprot >> "$LOG"
   { time $E prepare --fasta /tmp/swissprot/train.fasta --clusters /tmp/swissprot/train_clusters.tsv \
       --output "$W/corpus/train" --force; } >> "$LOG" 2>&1 || step "prepare train FAILED"

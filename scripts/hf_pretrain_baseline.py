@@ -44,9 +44,7 @@ def log(msg):
 def learning_rate(step, max_lr, min_lr, warmup, total):
     if step < warmup:
         return max_lr * step / warmup
-    if total <= warmup:
-        return max_lr
-    return max(max_lr * (1.0 - (step - warmup) / (total - warmup)), min_lr)
+    return max(max_lr * (1.0 - (step - warmup) / max(total - warmup, 1)), min_lr)
 
 
 def write_tokenizer_files(d, source):
