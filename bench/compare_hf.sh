@@ -8,7 +8,8 @@
 #   DEPS_DIR  the carried libsqlite3/libsnappy .debs (as bench/cuda_device_run.sh); default .carry/deps
 # Environment: OUT (default /tmp/out), PRESETS (default "8M 650M"), CORPUS (a prepared corpus to use
 #   instead of preparing data/swissprot-sample's training FASTA), STEPS (timed steps, default 5),
-#   HF_TIMEOUT (seconds per HF process, default 150).
+#   HF_TIMEOUT (seconds per HF process, default 150), BUDGET (seconds for everything after the build,
+#   default 340: an HF process gets at most what is left of it, less 20 s for the summary).
 # Each step is logged; a failing step does not stop the others. Wall time on an H100 with the build
 # already there: about 4-5 minutes (torch.compile of 650M is the longest part).
 set -uo pipefail
@@ -17,6 +18,7 @@ OUT=${OUT:-/tmp/out}
 PRESETS=${PRESETS:-"8M 650M"}
 STEPS=${STEPS:-5}
 HF_TIMEOUT=${HF_TIMEOUT:-150}
+BUDGET=${BUDGET:-340}
 PY=/opt/torch/.venv/bin/python3
 mkdir -p "$OUT"
 LOG="$OUT/compare_hf.log"
@@ -31,11 +33,12 @@ if [ -d "$DEPS" ]; then
   export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
 {
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DESM2_BUILD_BENCH=OFF \
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DESM2_BUILD_BENCH=OFF \
     -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
     -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so && time ninja -C build -j16 esm2
 } > "$OUT/build.log" 2>&1 || { step "build FAILED (tail of $OUT/build.log)"; tail -30 "$OUT/build.log"; exit 1; }
 E=./build/esm2
+T0=$SECONDS  # the budget starts after the build
 
 if [ -z "${CORPUS:-}" ]; then
   CORPUS=/tmp/hfcmp_corpus
@@ -54,9 +57,12 @@ for P in $PRESETS; do
   tail -1 "$LOG"
   for C in 0 1; do
     FLAG=; [ $C = 1 ] && FLAG=--compile
-    step "hf: $P compile=$C (batch $BS sequences padded; $ROWS full rows)"
+    LEFT=$(( BUDGET - (SECONDS - T0) - 20 ))
+    LIMIT=$(( LEFT < HF_TIMEOUT ? LEFT : HF_TIMEOUT ))
+    if [ "$LIMIT" -lt 30 ]; then step "hf: $P compile=$C skipped: the ${BUDGET} s budget is spent"; continue; fi
+    step "hf: $P compile=$C (batch $BS sequences padded; $ROWS full rows; limit $LIMIT s)"
     # Packed first: with compile, its static shape compiles once before the dynamic padded graph.
-    timeout "$HF_TIMEOUT" $PY bench/hf_throughput.py --corpus "$CORPUS" --preset "$P" $FLAG --modes packed,padded \
+    timeout "$LIMIT" $PY bench/hf_throughput.py --corpus "$CORPUS" --preset "$P" $FLAG --modes packed,padded \
       --batch-size $BS --rows $ROWS --steps "$STEPS" --warmup 3 --json "$OUT/hf_${P}_c$C.json" >> "$LOG" 2>&1 ||
       step "hf $P compile=$C FAILED or timed out (partial JSON kept)"
     grep "hf_throughput: $P " "$LOG" | tail -2

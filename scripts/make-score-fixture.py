@@ -74,8 +74,8 @@ def main():
     except TypeError:  # transformers 4.x spells it torch_dtype
         model = transformers.EsmForMaskedLM.from_pretrained(args.checkpoint, torch_dtype=torch.float64,
                                                             attn_implementation="eager")
-    model.eval()
-    assert next(model.parameters()).dtype == torch.float64
+    model = model.double().eval()  # buffers too (the rotary inv_freq table)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
     wt = token_ids(WILD_TYPE)
 
     variants = []

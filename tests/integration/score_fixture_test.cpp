@@ -2,8 +2,8 @@
 // scores of a few single and multi mutants and the full L×20 single-mutant matrix, computed by
 // scripts/make-score-fixture.py with transformers' EsmForMaskedLM in float64 on the committed HF fixture
 // checkpoint it names. Ours runs the same checkpoint on the CPU backend in fp32.
-// Tolerance: |ours − HF| ≤ 1e-4 + 1e-4·|HF| per score. fp32 logits of this 2-layer model differ from
-// float64 by ~1e-6 relative; log-softmax differences of two such logits stay far below 1e-4, while a
+// Tolerance: |ours − HF| ≤ 2e-4 + 1e-4·|HF| per score. Our fp32 logits of these fixture models differ from
+// HF by ≤ 1e-4 relative (hf_conformance_test); a difference of two log-probs then errs by ~1e-5, while a
 // wrong mask set, position offset, softmax over the wrong tokens or token-dropout scale moves scores by
 // ≥ 1e-2. Skips (with the command that makes it) while the fixture file is absent.
 #include <gtest/gtest.h>
@@ -23,7 +23,7 @@ using esm2::testing::source_dir;
 namespace {
 
 const fs::path kFixture = source_dir() / "tests/fixtures/score/tiny-hd64.json";
-constexpr double kAbsTol = 1e-4, kRelTol = 1e-4;
+constexpr double kAbsTol = 2e-4, kRelTol = 1e-4;
 
 std::vector<std::vector<std::string>> read_csv(const fs::path& p) {
   std::ifstream in(p);
