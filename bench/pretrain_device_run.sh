@@ -7,8 +7,8 @@
 # Usage (repository root on the device):
 #   PHASE=1 bench/pretrain_device_run.sh [--max-time SECONDS]      # first call: build, prepare, train
 #   PHASE=2 bench/pretrain_device_run.sh [--max-time SECONDS]      # second call: both runs resume
-# --max-time (default 150) is the training wall time of EACH run in EACH phase; the schedules of both
-# runs span PHASES (default 2) phases. One GPU: ours, then HF (≈ 2×max-time + ~1.5 min + the build);
+# --max-time (default 150) is the training wall time of EACH run in EACH phase (phase 2 takes phase 1's);
+# the schedules of both runs span PHASES (default 2) phases. One GPU: ours, then HF (≈ 2×max-time + ~1.5 min + the build);
 # two GPUs: HF on GPU 1 beside ours on GPU 0. With a 10-minute call and a cold build, keep
 # --max-time <= 150 on one GPU in phase 1; phase 2 reuses the build (up to ~240).
 #
@@ -112,7 +112,8 @@ if [ "$PHASE" = 1 ]; then
   TPS=$($PY -c "import json; print(json.load(open('$OUT/bench_8M.json'))['real_tokens_per_s'])" 2>/dev/null || echo 1000000)
   NUM_STEPS=$($PY -c "print(max(int(0.9 * $TPS * $MAX_TIME * $PHASES / ($MBT * $ACC)), $WARMUP + 10))")
   VAL_EVERY=$(( NUM_STEPS / (5 * PHASES) > 0 ? NUM_STEPS / (5 * PHASES) : 1 ))
-  printf 'NUM_STEPS=%s\nVAL_EVERY=%s\nSCHEDULE_TIME=%s\n' "$NUM_STEPS" "$VAL_EVERY" "$((MAX_TIME * PHASES))" > "$W/plan.env"
+  printf 'NUM_STEPS=%s\nVAL_EVERY=%s\nSCHEDULE_TIME=%s\nPLAN_MAX_TIME=%s\n' "$NUM_STEPS" "$VAL_EVERY" \
+    "$((MAX_TIME * PHASES))" "$MAX_TIME" > "$W/plan.env"
   step "plan: $TPS tokens/s measured -> $NUM_STEPS steps of $((MBT * ACC)) tokens, validation every $VAL_EVERY"
 else
   if [ ! -f "$W/plan.env" ] || [ ! -f "$W/ours/checkpoints/latest" ] || [ ! -f "$W/hf/state/trainer_state.pt" ]; then
@@ -121,6 +122,10 @@ else
   fi
 fi
 . "$W/plan.env"
+if [ "$MAX_TIME" != "$PLAN_MAX_TIME" ]; then  # both schedules were sized for PHASES x phase 1's time
+  step "--max-time $MAX_TIME differs from phase 1's $PLAN_MAX_TIME: using $PLAN_MAX_TIME so the schedules end together"
+  MAX_TIME=$PLAN_MAX_TIME
+fi
 
 train_ours() {
   CUDA_VISIBLE_DEVICES=0 timeout $((MAX_TIME + 180)) $E train --train-data "$W/corpus/train" \
@@ -178,9 +183,10 @@ step "report"
 cp "$W/ours/metrics.jsonl" "$OUT/metrics_ours.jsonl" 2>/dev/null
 cp "$W/hf/metrics.jsonl" "$OUT/metrics_hf.jsonl" 2>/dev/null
 cp "$W"/ours/report.html "$W"/ours/*.png "$OUT/" 2>/dev/null
-$PY - "$W" "$OUT" "$PHASE" "$MAX_TIME" "$NGPU" <<'PY' 2>&1 | tee -a "$LOG"
+$PY - "$W" "$OUT" "$PHASE" "$MAX_TIME" "$NGPU" "$NUM_STEPS" "$((MBT * ACC))" <<'PY' 2>&1 | tee -a "$LOG"
 import glob, json, os, sys
 w, out, phase, max_time, ngpu = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+num_steps, global_batch = int(sys.argv[6]), int(sys.argv[7])
 def load(p):
     try:
         with open(p) as f:
@@ -199,10 +205,14 @@ def val_of(e):
     return {k: r.get(k) for k in ("val_loss", "val_ppl", "masked_tokens", "sequences")}
 om = jsonl(os.path.join(w, "ours", "metrics.jsonl"))
 ours_train = [m for m in om if "train_loss" in m]
-ours = {"steps": ours_train[-1]["step"] if ours_train else None,
-        "num_steps": ours_train[-1].get("num_steps") if ours_train else None,
+eff = ours_train[-1].get("packing_efficiency", 1.0) if ours_train else 1.0
+ours = {"steps": ours_train[-1]["step"] if ours_train else None, "num_steps": num_steps,
+        "global_batch_tokens": global_batch,
         "consumed_tokens": ours_train[-1]["consumed_tokens"] if ours_train else None,
-        "val_curve": [{"step": m["step"], "val_ppl": m["val_ppl"]} for m in om if "val_ppl" in m],
+        # tokens at a validation: steps x global batch x packing efficiency (metrics.jsonl logs tokens
+        # only at logging steps)
+        "val_curve": [{"step": m["step"], "tokens_approx": int(m["step"] * global_batch * eff), "val_ppl": m["val_ppl"]}
+                      for m in om if "val_ppl" in m],
         "eval": val_of(load(os.path.join(out, f"eval_ours_phase{phase}.json")))}
 hm = jsonl(os.path.join(w, "hf", "metrics.jsonl"))
 hf_curve = []
