@@ -7,7 +7,7 @@
 # Usage (repository root on the device):  bench/compare_hf.sh [DEPS_DIR]
 #   DEPS_DIR  the carried libsqlite3/libsnappy .debs (as bench/cuda_device_run.sh); default .carry/deps
 # Environment: OUT (default /tmp/out), PRESETS (default "8M 650M"), CORPUS (a prepared corpus to use
-#   instead of preparing data/swissprot-sample's training FASTA), STEPS (timed steps, default 5),
+#   instead of preparing data/swissprot-sample's training FASTA), STEPS (timed steps, default 8),
 #   HF_TIMEOUT (seconds per HF process, default 150), BUDGET (seconds for everything after the build,
 #   default 340: an HF process gets at most what is left of it, less 20 s for the summary).
 # Each step is logged; a failing step does not stop the others. Wall time on an H100 with the build
@@ -16,7 +16,7 @@ set -uo pipefail
 DEPS=${1:-.carry/deps}
 OUT=${OUT:-/tmp/out}
 PRESETS=${PRESETS:-"8M 650M"}
-STEPS=${STEPS:-5}
+STEPS=${STEPS:-8}
 HF_TIMEOUT=${HF_TIMEOUT:-150}
 BUDGET=${BUDGET:-340}
 PY=/opt/torch/.venv/bin/python3
