@@ -6,8 +6,8 @@ backward + clip + fused AdamW) of a randomly initialised EsmForMaskedLM of a pre
 (src/model/config.cpp) the way an HF user trains: bf16 autocast over fp32 weights,
 attn_implementation="sdpa", torch.optim.AdamW(fused=True), optionally torch.compile. Two batch modes:
   padded  random (not length-sorted) batches of --batch-size sequences drawn from the corpus with our
-          sampler's recipe (scripts/esm2_corpus.py), right-padded to the longest (multiple of 8):
-          what HF training on this data really gets;
+          sampler's recipe (scripts/esm2_corpus.py), right-padded to the longest (multiple of 8), or with
+          --compile to --max-seq-length (one static shape): what HF training on this data really gets;
   packed  --rows rows of exactly --max-seq-length real tokens (sequences concatenated): the upper
           bound, every slot a real token (attention spans the row, so not correct packed training).
 Throughput counts REAL tokens (non-pad, <cls>/<eos> included) per second of timed steps after
@@ -38,7 +38,10 @@ def make_batches(args, sampler, rng, mode, count):
     for _ in range(count):
         if mode == "padded":
             samples = [ec.mask_tokens(sampler.next(), rng) for _ in range(args.batch_size)]
-            ids, att, lab = ec.pad_batch(samples, multiple=8)
+            # torch.compile: padding="max_length", one static shape. Padding to the longest would change
+            # the shape every batch, and HF's rotary cache (a Python int on the module) makes dynamo
+            # recompile for every new length even with dynamic shapes.
+            ids, att, lab = ec.pad_batch(samples, multiple=8, pad_to=args.max_seq_length if args.compile else None)
             lens = np.array([len(s[0]) for s in samples], dtype=np.float64)
             seq_eff = float((lens ** 2).sum() / lens.sum())
         else:
@@ -53,11 +56,7 @@ def run_mode(args, torch, model, mode, sampler, rng):
     batches = make_batches(args, sampler, rng, mode, args.warmup + args.steps)
     # Pinned host copies so the per-step host-to-device copy is the DataLoader(pin_memory=True) one.
     pinned = [tuple(torch.from_numpy(x).pin_memory() for x in b[:3]) + (b[3],) for b in batches]
-    fwd = model
-    if args.compile:
-        # Padded batches change shape every step: one dynamic-shape graph instead of a recompile per
-        # length (what HF users get with torch.compile's automatic dynamic shapes after the 2nd shape).
-        fwd = torch.compile(model, dynamic=(mode == "padded"))
+    fwd = torch.compile(model) if args.compile else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, fused=True)
     torch.cuda.reset_peak_memory_stats()

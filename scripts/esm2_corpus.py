@@ -112,11 +112,12 @@ def mask_tokens(tokens, rng, mask_prob=0.15, mask_token_prob=0.8, random_token_p
     return ids, labels
 
 
-def pad_batch(samples, multiple=8):
+def pad_batch(samples, multiple=8, pad_to=None):
     """Right-pads masked samples [(ids, labels)] to the longest (rounded up to `multiple`, as HF's
-    collator with pad_to_multiple_of does): input_ids, attention_mask, labels, each [B, Lmax] int64."""
+    collator with pad_to_multiple_of does), or to exactly `pad_to` (padding="max_length", what
+    torch.compile users do to keep one static shape): input_ids, attention_mask, labels, each [B, Lmax]."""
     lmax = max(len(i) for i, _ in samples)
-    lmax = -(-lmax // multiple) * multiple
+    lmax = pad_to if pad_to else -(-lmax // multiple) * multiple
     b = len(samples)
     ids = np.full((b, lmax), PAD, dtype=np.int64)
     att = np.zeros((b, lmax), dtype=np.int64)

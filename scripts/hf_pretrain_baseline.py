@@ -7,7 +7,7 @@ Same recipe as esm2.cpp, HF-style execution:
   data      our corpus (numpy.memmap), our sampler's distribution and masking recipe (15%, 80/10/10,
             random tokens from the 33-token vocabulary, our ids): scripts/esm2_corpus.py;
   batches   random (not length-sorted) sequences right-padded per micro-batch (multiple of 8), as an
-            HF DataCollator does; a step takes sequences until it holds >= --tokens-per-step real tokens
+            HF DataCollator does (with --compile to --max-seq-length: one static shape); a step takes sequences until it holds >= --tokens-per-step real tokens
             (our packed step's size), split into micro-batches of --micro-batch-size sequences;
   loss      sum of cross-entropy over the step's labelled positions / their count (as ours);
   optimizer torch.optim.AdamW(fused=True), betas (0.9, 0.98), eps 1e-8, weight decay 0.01 on weight
@@ -105,7 +105,9 @@ class Baseline:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                       {"params": rest, "weight_decay": 0.0}],
                                      lr=args.lr, betas=(0.9, 0.98), eps=1e-8, fused=True)
-        self.fwd = torch.compile(self.model, dynamic=True) if args.compile else self.model
+        # The step's last micro-batch holds fewer sequences: dynamo makes the batch dimension dynamic
+        # after that second shape, so the run compiles twice in all.
+        self.fwd = torch.compile(self.model) if args.compile else self.model
         self.step, self.consumed, self.elapsed = 0, 0, 0.0
         self.num_steps = args.num_steps
         self.data_state = (self.sampler.state(), self.mask_rng.bit_generator.state)
@@ -174,7 +176,9 @@ class Baseline:
         labels = int(sum((l != ec.IGNORE).sum() for _, l in samples))
         micro = []
         for k in range(0, len(samples), a.micro_batch_size):
-            micro.append(tuple(torch.from_numpy(x).pin_memory() for x in ec.pad_batch(samples[k:k + a.micro_batch_size])))
+            # With torch.compile: padding="max_length" (one static shape; see bench/hf_throughput.py).
+            padded = ec.pad_batch(samples[k:k + a.micro_batch_size], pad_to=a.max_seq_length if a.compile else None)
+            micro.append(tuple(torch.from_numpy(x).pin_memory() for x in padded))
         return micro, tokens, max(labels, 1)
 
     # ---- training -----------------------------------------------------------------------------
@@ -271,7 +275,8 @@ def main():
     ap.add_argument("--calibration-steps", type=int, default=20)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--clip-grad", type=float, default=1.0)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model; micro-batches are then padded to --max-seq-length")
     ap.add_argument("--save-every", type=float, default=0, help="also write an HF checkpoint every N seconds")
     ap.add_argument("--tokenizer-from", default=None, help="copy vocab/tokenizer files from this checkpoint dir")
     ap.add_argument("--log-every", type=int, default=10)
