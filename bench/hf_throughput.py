@@ -38,9 +38,8 @@ def make_batches(args, sampler, rng, mode, count):
     for _ in range(count):
         if mode == "padded":
             samples = [ec.mask_tokens(sampler.next(), rng) for _ in range(args.batch_size)]
-            # torch.compile: padding="max_length", one static shape. Padding to the longest would change
-            # the shape every batch, and HF's rotary cache (a Python int on the module) makes dynamo
-            # recompile for every new length even with dynamic shapes.
+            # torch.compile: padding="max_length", one static shape compiled during warm-up; padding to
+            # the longest changes the shape every batch and could recompile inside the timed steps.
             ids, att, lab = ec.pad_batch(samples, multiple=8, pad_to=args.max_seq_length if args.compile else None)
             lens = np.array([len(s[0]) for s in samples], dtype=np.float64)
             seq_eff = float((lens ** 2).sum() / lens.sum())

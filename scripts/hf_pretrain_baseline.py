@@ -105,8 +105,8 @@ class Baseline:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                       {"params": rest, "weight_decay": 0.0}],
                                      lr=args.lr, betas=(0.9, 0.98), eps=1e-8, fused=True)
-        # The step's last micro-batch holds fewer sequences: dynamo makes the batch dimension dynamic
-        # after that second shape, so the run compiles twice in all.
+        # The step's last micro-batch holds fewer sequences: dynamo recompiles once for that second
+        # shape (marking the batch dimension dynamic), then no more.
         self.fwd = torch.compile(self.model) if args.compile else self.model
         self.step, self.consumed, self.elapsed = 0, 0, 0.0
         self.num_steps = args.num_steps
