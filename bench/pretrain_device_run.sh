@@ -19,10 +19,11 @@
 #   .carry/swissprot/train_seqs.xz        the training sequences, one per line, in the member order of
 #                                         train_clusters.tsv (so homologs are neighbours), xz -9e
 #   .carry/swissprot/train_clusters.tsv.xz, valid.fasta.xz   xz -9e
-# Why this layout: protein letters hold ~4.17 bits each (order-0 and order-1 entropy of this corpus), so
-# any coder of the FASTA as shipped (120.4 MB, records in extraction order) stays near 60 MB; ordered by
-# UR50 cluster, the 50-90%-identical members sit within xz's 64 MiB window and xz -9e gets ~2.6 bits per
-# residue. The ids are not stored twice: the device rebuilds train.fasta from the TSV's member column.
+# Why this layout: protein letters hold ~4.17 bits each (order-0 and order-1 entropy of this corpus:
+# >= 60 MB for a coder of single residues), and xz -9e of the sequences in the FASTA's own order reaches
+# ~3.7 bits per residue (~53 MB, too much with the tree); ordered by UR50 cluster, the 50-90%-identical members sit within xz's 64 MiB window and xz -9e gets 2.90 bits per
+# residue (42.0 MB; 53.9 MiB carried in all with the tree and the debs). The ids are not stored twice:
+# the device rebuilds train.fasta from the TSV's member column.
 # State between the two calls lives in runs/pretrain/ (git-ignored, so a warm machine keeps it, like
 # build/). PHASE=2 on a machine that lost it stops with a message instead of silently starting over.
 # Writes under $OUT: pretrain_phase<P>.json (both runs: steps, tokens, time, validation curves, the
