@@ -110,6 +110,7 @@ class Baseline:
         self.fwd = torch.compile(self.model) if args.compile else self.model
         self.step, self.consumed, self.elapsed = 0, 0, 0.0
         self.num_steps = args.num_steps
+        self.saved_step = None
         self.data_state = (self.sampler.state(), self.mask_rng.bit_generator.state)
 
     # ---- state --------------------------------------------------------------------------------
@@ -156,6 +157,7 @@ class Baseline:
             json.dump({"step": self.step, "consumed_tokens": self.consumed, "elapsed_s": self.elapsed,
                        "num_steps": self.num_steps}, f)
         replace_dir(tmp, os.path.join(d, name))
+        self.saved_step = self.step
         with open(os.path.join(d, "latest.tmp"), "w") as f:
             f.write(name + "\n")
         os.replace(os.path.join(d, "latest.tmp"), os.path.join(d, "latest"))
@@ -248,7 +250,8 @@ class Baseline:
                 log(f"--max-time {a.max_time:.0f} s reached at step {self.step}")
                 break
         metrics.close()
-        self.save_checkpoint()
+        if self.saved_step != self.step:
+            self.save_checkpoint()
         self.save_state()
         log(f"done: step {self.step}/{self.num_steps}, {self.consumed:,} tokens, {self.elapsed:.1f} s of training")
         return {"step": self.step, "num_steps": self.num_steps, "consumed_tokens": self.consumed,
