@@ -19,7 +19,7 @@ PRESETS=${PRESETS:-"8M 650M"}
 STEPS=${STEPS:-8}
 HF_TIMEOUT=${HF_TIMEOUT:-150}
 BUDGET=${BUDGET:-340}
-PY=/opt/torch/.venv/bin/python3
+PY=${PY:-/opt/torch/.venv/bin/python3}
 mkdir -p "$OUT"
 LOG="$OUT/compare_hf.log"
 step() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }

@@ -65,7 +65,7 @@ LR=${LR:-4e-4}
 WARMUP=${WARMUP:-100}
 HF_MBS=${HF_MBS:-128}                 # HF sequences per padded micro-batch
 HF_COMPILE=${HF_COMPILE:-1}
-PY=/opt/torch/.venv/bin/python3
+PY=${PY:-/opt/torch/.venv/bin/python3}
 mkdir -p "$OUT" "$W"
 LOG="$OUT/pretrain_phase$PHASE.log"
 step() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
