@@ -90,7 +90,7 @@ unxz_to() {  # decompress $1 into $2 with xz, or Python's lzma where the xz tool
 }
 
 if [ "$PHASE" = 1 ]; then
-  rm -rf "$W/ours" "$W/hf" "$W/plan.env"
+  rm -rf "$W/ours" "$W/hf" "$W/plan.env" "$W/hf_eager" "$W/eval"
   step "decompress + esm2 prepare the full corpus"
   mkdir -p /tmp/swissprot
   for f in train_seqs train_clusters.tsv valid.fasta; do
@@ -138,15 +138,28 @@ train_ours() {
   echo "ours exit $?" >> "$LOG"
 }
 train_hf() {  # $1: GPU index
-  local resume= compile=
+  local resume= compile= rc
   [ "$PHASE" != 1 ] && resume=--resume
-  [ "$HF_COMPILE" = 1 ] && compile=--compile
-  CUDA_VISIBLE_DEVICES=$1 timeout $((MAX_TIME + 240)) $PY scripts/hf_pretrain_baseline.py \
-    --train-data "$W/corpus/train" --preset 8M --out "$W/hf" --max-time "$MAX_TIME" $resume $compile \
-    --tokens-per-step $((MBT * ACC)) --micro-batch-size "$HF_MBS" --lr "$LR" --warmup-steps "$WARMUP" \
-    --num-steps 0 --schedule-time "$SCHEDULE_TIME" --save-every $((SCHEDULE_TIME / (5 * PHASES))) \
-    --log-every 10 > "$OUT/train_hf_phase$PHASE.log" 2>&1
-  echo "hf exit $?" >> "$LOG"
+  [ "$HF_COMPILE" = 1 ] && [ ! -f "$W/hf_eager" ] && compile=--compile
+  run_hf() {
+    CUDA_VISIBLE_DEVICES=$1 timeout $((MAX_TIME + 240)) $PY scripts/hf_pretrain_baseline.py \
+      --train-data "$W/corpus/train" --preset 8M --out "$W/hf" --max-time "$MAX_TIME" $resume $2 \
+      --tokens-per-step $((MBT * ACC)) --micro-batch-size "$HF_MBS" --lr "$LR" --warmup-steps "$WARMUP" \
+      --num-steps 0 --schedule-time "$SCHEDULE_TIME" --save-every $((SCHEDULE_TIME / (5 * PHASES))) \
+      --log-every 10 >> "$OUT/train_hf_phase$PHASE.log" 2>&1
+  }
+  run_hf "$1" "$compile"
+  rc=$?
+  echo "hf exit $rc" >> "$LOG"
+  # A torch.compile failure before the first state was saved must not lose the baseline: train eager
+  # instead (and in phase 2 too, marked by $W/hf_eager).
+  if [ $rc != 0 ] && [ -n "$compile" ] && [ ! -f "$W/hf/state/trainer_state.pt" ]; then
+    echo "[$(date +%T)] HF with --compile failed (exit $rc): training eager instead" | tee -a "$LOG"
+    rm -rf "$W/hf"
+    touch "$W/hf_eager"
+    run_hf "$1" ""
+    echo "hf (eager) exit $?" >> "$LOG"
+  fi
 }
 
 if [ "$NGPU" -ge 2 ]; then
