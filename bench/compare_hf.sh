@@ -87,7 +87,9 @@ for p in presets:
     entry = {"ours": ours, "hf": []}
     o = ours["real_tokens_per_s"] if ours else None
     if ours:
-        rows.append((p, "esm2.cpp packed", ours["micro_batch_tokens"], o, ours.get("mfu"), None, "1.00"))
+        mib = ours.get("peak_device_memory_mib")
+        rows.append((p, "esm2.cpp packed", ours["micro_batch_tokens"], o, ours.get("mfu"), None,
+                     mib / 1024 if mib else None, "1.00"))
     for c in (0, 1):
         hf = load(os.path.join(out, f"hf_{p}_c{c}.json"))
         if not hf:
@@ -97,19 +99,19 @@ for p in presets:
         for r in hf["results"]:
             name = f"HF {'compile' if c else 'eager'} {r['mode']}"
             if "error" in r:
-                rows.append((p, name, None, None, None, None, r["error"]))
+                rows.append((p, name, None, None, None, None, None, r["error"]))
                 continue
             r["ours_over_theirs"] = o / r["real_tokens_per_s"] if o else None
             entry["hf"].append(r)
-            rows.append((p, name, r["batch_size"], r["real_tokens_per_s"], r["mfu"], r["fill"],
+            rows.append((p, name, r["batch_size"], r["real_tokens_per_s"], r["mfu"], r["fill"], r.get("peak_gib"),
                          f"{r['ours_over_theirs']:.2f}" if o else "-"))
     summary["presets"][p] = entry
-fmt = "| {:5} | {:20} | {:>7} | {:>14} | {:>6} | {:>6} | {:>12} |"
-print(fmt.format("model", "system / batches", "batch", "real tokens/s", "MFU", "fill", "ours/theirs"))
-print(fmt.format("---", "---", "---:", "---:", "---:", "---:", "---:"))
-for p, n, b, t, m, f, r in rows:
+fmt = "| {:5} | {:20} | {:>7} | {:>14} | {:>6} | {:>6} | {:>8} | {:>12} |"
+print(fmt.format("model", "system / batches", "batch", "real tokens/s", "MFU", "fill", "peak GiB", "ours/theirs"))
+print(fmt.format("---", "---", "---:", "---:", "---:", "---:", "---:", "---:"))
+for p, n, b, t, m, f, g, r in rows:
     print(fmt.format(p, n, b if b is not None else "-", f"{t:,.0f}" if t else "-", f"{m:.1%}" if m else "-",
-                     f"{f:.0%}" if f else "-", r))
+                     f"{f:.0%}" if f else "-", f"{g:.1f}" if g else "-", r))
 print(f"(machine: {summary['machine']}; batch = tokens per step for esm2.cpp, sequences / rows for HF)")
 with open(os.path.join(out, "hf_compare.json"), "w") as f:
     json.dump(summary, f, indent=1)
