@@ -79,8 +79,8 @@ mkdir -p /tmp/deps
 for f in "$DEPS"/*.deb; do [ -f "$f" ] && dpkg -x "$f" /tmp/deps; done
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 {
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-    -DESM2_BUILD_BENCH=OFF -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_BUILD_BENCH=OFF \
+    -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
     -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so && time ninja -C build -j16 esm2
 } > "$OUT/build.log" 2>&1 || { step "build FAILED"; tail -30 "$OUT/build.log"; exit 1; }
 E=$PWD/build/esm2
