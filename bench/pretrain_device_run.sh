@@ -129,6 +129,7 @@ if [ "$MAX_TIME" != "$PLAN_MAX_TIME" ]; then  # both schedules were sized for PH
 fi
 
 train_ours() {
+  local t0=$SECONDS
   CUDA_VISIBLE_DEVICES=0 timeout $((MAX_TIME + 180)) $E train --train-data "$W/corpus/train" \
     --valid-data "$W/corpus/valid" --preset 8M --backend cuda --precision bf16-mixed \
     --micro-batch-tokens "$MBT" --accumulate-grad-batches "$ACC" --num-steps "$NUM_STEPS" \
@@ -136,9 +137,10 @@ train_ours() {
     --log-every-n-steps 20 --max-time "$MAX_TIME" --result-dir "$W" --experiment-name ours --seed 1 \
     --resume-if-exists > "$OUT/train_ours_phase$PHASE.log" 2>&1
   echo "ours exit $?" >> "$LOG"
+  echo "$((SECONDS - t0))" > "$W/ours_wall_phase$PHASE"  # process wall time incl. start-up and the last save
 }
 train_hf() {  # $1: GPU index
-  local resume= compile= rc
+  local resume= compile= rc t0=$SECONDS
   [ "$PHASE" != 1 ] && resume=--resume
   [ "$HF_COMPILE" = 1 ] && [ ! -f "$W/hf_eager" ] && compile=--compile
   run_hf() {
@@ -160,6 +162,7 @@ train_hf() {  # $1: GPU index
     run_hf "$1" ""
     echo "hf (eager) exit $?" >> "$LOG"
   fi
+  echo "$((SECONDS - t0))" > "$W/hf_wall_phase$PHASE"
 }
 
 if [ "$NGPU" -ge 2 ]; then
@@ -236,6 +239,12 @@ for d in sorted(glob.glob(os.path.join(w, "hf", "checkpoints", "step-*"))):
         hf_curve.append({**p, "val_ppl": e["val_ppl"]})
 hf = {"summary": load(os.path.join(w, "hf", "summary.json")), "val_curve": hf_curve,
       "eval": val_of(load(os.path.join(out, f"eval_hf_phase{phase}.json")))}
+def wall(name):
+    try:
+        return int(open(os.path.join(w, f"{name}_wall_phase{phase}")).read())
+    except (OSError, ValueError):
+        return None
+ours["process_wall_s"], hf["process_wall_s"] = wall("ours"), wall("hf")
 res = {"phase": phase, "max_time_s_per_run": max_time, "gpus": ngpu,
        "concurrent": ngpu >= 2, "bench": load(os.path.join(out, "bench_8M.json")), "ours": ours, "hf": hf}
 if ours["eval"] and hf["eval"]:
