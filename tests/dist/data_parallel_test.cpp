@@ -28,7 +28,7 @@ namespace {
 // One thread per rank: ranks then round like the 1-process run (no thread-count-dependent sums).
 const std::string kTinyModel =
     kTinyModelShape + " --lr 1e-3 --warmup-steps 2"
-    " --limit-val-batches 2 --log-every-n-steps 1 --threads 1 --no-report --no-tensorboard";
+    " --limit-val-batches 2 --log-every-n-steps 1 --threads 1 --backend cpu --no-report --no-tensorboard";
 
 // Cross-DP-size tolerance (fp32 round-off: accumulation adds micro-batch gradients inside the
 // backward GEMMs, DP adds finished per-rank gradients, so sums are grouped differently).
