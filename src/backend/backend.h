@@ -74,6 +74,14 @@ struct AdamWStep {
   int64_t step = 1;         // t, 1-based, for the bias corrections
 };
 
+// One tensor (or a piece of one) inside flat fp32 buffers, for the batched optimizer ops: elements
+// [offset, offset + n) of every buffer passed with it. `decay`: this range takes the step's weight decay.
+struct TensorRange {
+  size_t offset = 0;
+  size_t n = 0;
+  bool decay = false;
+};
+
 // Rotary + attention over a packed batch (one op so a CUDA backend can fuse it into flash attention).
 struct AttentionShape {
   int64_t T = 0;                     // tokens
@@ -173,6 +181,25 @@ class Backend {
   virtual void adamw_update(float* p, const float* g, float* m, float* v, size_t n, const AdamWStep& s) = 0;
   // Σ x² accumulated in fp64 (global gradient norm), deterministic.
   virtual double sum_squares(const float* x, size_t n) = 0;
+  // Batched forms of the two above over many tensors of flat buffers (one launch on a GPU instead of one
+  // per tensor, and one host synchronisation for the norm). The results are bitwise those of the
+  // per-tensor calls: sum_squares_ranges = Σ over ranges, in range order, of sum_squares(base + offset, n);
+  // adamw_update_ranges = adamw_update on each range with weight_decay = s.weight_decay where r.decay,
+  // else 0. Ranges must not overlap. The defaults loop over the per-tensor calls.
+  virtual double sum_squares_ranges(const float* base, const TensorRange* ranges, size_t count) {
+    double ss = 0;
+    for (size_t i = 0; i < count; ++i) ss += sum_squares(base + ranges[i].offset, ranges[i].n);
+    return ss;
+  }
+  virtual void adamw_update_ranges(float* p, const float* g, float* m, float* v, const TensorRange* ranges, size_t count,
+                                   const AdamWStep& s) {
+    for (size_t i = 0; i < count; ++i) {
+      const TensorRange& r = ranges[i];
+      AdamWStep rs = s;
+      if (!r.decay) rs.weight_decay = 0.0f;
+      adamw_update(p + r.offset, g + r.offset, m + r.offset, v + r.offset, r.n, rs);
+    }
+  }
   // x[n] *= a (fp32 buffers, e.g. gradients)
   virtual void scale(float* x, float a, size_t n) = 0;
 };

@@ -86,6 +86,13 @@ void TimingBackend::adamw_update(float* p, const float* g, float* m, float* v, s
   timed("adamw_update", 0, [&] { in_.adamw_update(p, g, m, v, n, s); });
 }
 double TimingBackend::sum_squares(const float* x, size_t n) { return timed("sum_squares (grad norm)", 0, [&] { return in_.sum_squares(x, n); }); }
+double TimingBackend::sum_squares_ranges(const float* base, const TensorRange* r, size_t count) {
+  return timed("sum_squares_ranges (grad norm)", 0, [&] { return in_.sum_squares_ranges(base, r, count); });
+}
+void TimingBackend::adamw_update_ranges(float* p, const float* g, float* m, float* v, const TensorRange* r, size_t count,
+                                        const AdamWStep& s) {
+  timed("adamw_update_ranges", 0, [&] { in_.adamw_update_ranges(p, g, m, v, r, count, s); });
+}
 void TimingBackend::scale(float* x, float a, size_t n) { timed("scale", 0, [&] { in_.scale(x, a, n); }); }
 
 }  // namespace esm2

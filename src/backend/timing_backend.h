@@ -71,6 +71,9 @@ class TimingBackend final : public Backend {
                               float dloss) override;
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, const AdamWStep& s) override;
   double sum_squares(const float* x, size_t n) override;
+  double sum_squares_ranges(const float* base, const TensorRange* ranges, size_t count) override;
+  void adamw_update_ranges(float* p, const float* g, float* m, float* v, const TensorRange* ranges, size_t count,
+                           const AdamWStep& s) override;
   void scale(float* x, float a, size_t n) override;
 
  private:

@@ -1,6 +1,7 @@
 #include "train/optimizer.h"
 
 #include <cmath>
+#include <vector>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -27,10 +28,10 @@ AdamW::~AdamW() {
 
 double AdamW::grad_norm() {
   // Per-tensor partial sums added in table order: deterministic regardless of backend threading.
-  double ss = 0;
-  const float* g = model_.grad_data();
+  std::vector<TensorRange> owned;
   for (const auto& p : model_.params_info())
-    if (p.owner) ss += backend_.sum_squares(g + p.offset, p.numel);
+    if (p.owner) owned.push_back({p.offset, p.numel, false});
+  double ss = backend_.sum_squares_ranges(model_.grad_data(), owned.data(), owned.size());
   // Model-parallel ranks hold different tensors (or shards): the norm covers the whole model.
   if (Communicator* mp = model_.parallel().mp; mp && mp->world_size() > 1)
     mp->allreduce_sum(&ss, 1, "gradient norm all-reduce (model parallel)");
@@ -47,20 +48,17 @@ OptimizerStepStats AdamW::step_with_norm(double lr, double norm) {
   // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied only when < 1.
   if (cfg_.clip_grad > 0) st.clip_coef = std::min(1.0, cfg_.clip_grad / (norm + 1e-6));
   ++t_;
-  float* p = model_.param_data();
-  const float* g = model_.grad_data();
-  for (const auto& info : model_.params_info()) {
-    const bool decay = decays(info, cfg_);
-    AdamWStep s;
-    s.lr = static_cast<float>(lr);
-    s.beta1 = static_cast<float>(cfg_.beta1);
-    s.beta2 = static_cast<float>(cfg_.beta2);
-    s.eps = static_cast<float>(cfg_.eps);
-    s.weight_decay = decay ? static_cast<float>(cfg_.weight_decay) : 0.0f;
-    s.grad_scale = static_cast<float>(st.clip_coef);
-    s.step = t_;
-    backend_.adamw_update(p + info.offset, g + info.offset, m_ + info.offset, v_ + info.offset, info.numel, s);
-  }
+  AdamWStep s;
+  s.lr = static_cast<float>(lr);
+  s.beta1 = static_cast<float>(cfg_.beta1);
+  s.beta2 = static_cast<float>(cfg_.beta2);
+  s.eps = static_cast<float>(cfg_.eps);
+  s.weight_decay = static_cast<float>(cfg_.weight_decay);
+  s.grad_scale = static_cast<float>(st.clip_coef);
+  s.step = t_;
+  std::vector<TensorRange> ranges;
+  for (const auto& info : model_.params_info()) ranges.push_back({info.offset, info.numel, decays(info, cfg_)});
+  backend_.adamw_update_ranges(model_.param_data(), model_.grad_data(), m_, v_, ranges.data(), ranges.size(), s);
   return st;
 }
 

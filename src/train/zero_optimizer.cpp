@@ -40,9 +40,10 @@ void ZeroAdamW::reduce_gradients() {
 
 double ZeroAdamW::grad_norm() {
   // Per-tensor pieces in flat order, as AdamW::grad_norm sums per tensor.
-  double ss = 0;
+  std::vector<TensorRange> owned;
   for (const auto& r : ranges_)
-    if (r.owner) ss += backend_.sum_squares(grad_shard_ + (r.begin - begin_), r.end - r.begin);
+    if (r.owner) owned.push_back({r.begin - begin_, r.end - r.begin, false});
+  double ss = backend_.sum_squares_ranges(grad_shard_, owned.data(), owned.size());
   comm_.allreduce_sum(&ss, 1, "gradient norm all-reduce (ZeRO-1)");
   if (Communicator* mp = model_.parallel().mp; mp && mp->world_size() > 1)
     mp->allreduce_sum(&ss, 1, "gradient norm all-reduce (model parallel)");
@@ -55,18 +56,17 @@ OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
   if (cfg_.clip_grad > 0) st.clip_coef = std::min(1.0, cfg_.clip_grad / (norm + 1e-6));
   ++t_;
   float* p = model_.param_data();
-  for (const auto& r : ranges_) {
-    AdamWStep s;
-    s.lr = static_cast<float>(lr);
-    s.beta1 = static_cast<float>(cfg_.beta1);
-    s.beta2 = static_cast<float>(cfg_.beta2);
-    s.eps = static_cast<float>(cfg_.eps);
-    s.weight_decay = r.decay ? static_cast<float>(cfg_.weight_decay) : 0.0f;
-    s.grad_scale = static_cast<float>(st.clip_coef);
-    s.step = t_;
-    const size_t o = r.begin - begin_;
-    backend_.adamw_update(p + r.begin, grad_shard_ + o, m_ + o, v_ + o, r.end - r.begin, s);
-  }
+  AdamWStep s;
+  s.lr = static_cast<float>(lr);
+  s.beta1 = static_cast<float>(cfg_.beta1);
+  s.beta2 = static_cast<float>(cfg_.beta2);
+  s.eps = static_cast<float>(cfg_.eps);
+  s.weight_decay = static_cast<float>(cfg_.weight_decay);
+  s.grad_scale = static_cast<float>(st.clip_coef);
+  s.step = t_;
+  std::vector<TensorRange> shard;  // offsets within this rank's shard
+  for (const auto& r : ranges_) shard.push_back({r.begin - begin_, r.end - r.begin, r.decay});
+  backend_.adamw_update_ranges(p + begin_, grad_shard_, m_, v_, shard.data(), shard.size(), s);
   // Own updated shard → everyone's full parameter buffer. The gather lands in staging_ and reaches the
   // parameters through Backend::copy, so a backend that caches converted weights (CUDA's bf16 copies)
   // sees the write; a collective writing into the parameters directly would bypass it.

@@ -370,6 +370,22 @@ TEST_F(Ops, SumSquaresFp64AndIndependentOfThreads) {
   EXPECT_EQ(one->sum_squares(x.data(), n), a);
 }
 
+// The batched optimizer ops by hand: the norm covers exactly the listed ranges (the gap at 3..4 is left
+// out), and only ranges flagged `decay` shrink. Step 1 from zero moments moves each weight by
+// -lr·sign(g) (bias-corrected; eps negligible).
+TEST_F(Ops, OptimizerRangesByHand) {
+  std::vector<float> p = {2.0f, -1.0f, 0.5f, 7.0f, 4.0f}, g = {1.0f, -2.0f, 3.0f, 100.0f, -0.5f};
+  std::vector<float> m(5, 0.0f), v(5, 0.0f);
+  const std::vector<TensorRange> r = {{0, 2, false}, {2, 1, true}, {4, 1, true}};
+  EXPECT_EQ(be->sum_squares_ranges(g.data(), r.data(), r.size()), 1.0 + 4.0 + 9.0 + 0.25);
+  AdamWStep s;
+  s.lr = 0.1f, s.weight_decay = 0.5f, s.step = 1, s.eps = 1e-12f;
+  be->adamw_update_ranges(p.data(), g.data(), m.data(), v.data(), r.data(), r.size(), s);
+  const float expect[5] = {1.9f, -0.9f, 0.5f * 0.95f - 0.1f, 7.0f, 4.0f * 0.95f + 0.1f};
+  for (int i = 0; i < 5; ++i) EXPECT_NEAR(p[i], expect[i], 1e-6f) << i;
+  EXPECT_EQ(m[3], 0.0f);  // outside every range: untouched
+}
+
 TEST(CpuMath, ExpApproxRelativeError) {
   double worst = 0;
   for (int i = 0; i <= 200000; ++i) {

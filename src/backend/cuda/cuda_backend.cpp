@@ -11,7 +11,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <map>
+#include <vector>
 
 #include "backend/cuda/adamw.cuh"
 #include "backend/cuda/add.cuh"
@@ -62,6 +64,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     for (auto& [p, m] : mirrors_) cudaFree(m.bf);
     for (auto& s : scratch_) cudaFree(s.ptr);
+    for (auto& u : uploads_) cudaFree(u.dev);
     lt_.reset();
     cudaFreeHost(host_word_);
     cudaStreamDestroy(stream_);
@@ -151,6 +154,8 @@ class CudaBackend final : public Backend {
                dtype_name(g.c_dtype), dtype_name(act_));
     l.C = g.C, l.c_dtype = g.c_dtype;
     l.bias = g.bias;
+    // The epilogue of a bf16 output reads a bf16 copy of the bias, cached and refreshed like the weights.
+    if (g.bias && g.c_dtype == DType::BF16 && g.K > 0) l.bias_c = operand(g.bias, DType::F32, 1, g.N, g.N);
     if (g.c_dtype == DType::F32 && g.M > 0) invalidate(g.C, ((g.M - 1) * l.ldc + g.N) * 4);
     lt_->run(l, stream_);
   }
@@ -235,26 +240,60 @@ class CudaBackend final : public Backend {
 
   // ---- optimizer ----
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, const AdamWStep& s) override {
+    const TensorRange r{0, n, true};
+    adamw_update_ranges(p, g, m, v, &r, 1, s);
+  }
+  void adamw_update_ranges(float* p, const float* g, float* m, float* v, const TensorRange* ranges, size_t count,
+                           const AdamWStep& s) override {
     ESM2_ASSERT(s.step >= 1);
-    bf16* mirror = nullptr;
-    auto it = mirrors_.find(p);
-    if (it != mirrors_.end() && it->second.n == n) {
-      mirror = it->second.bf;
-      it->second.valid = true;  // rewritten by the same kernel
-    } else {
-      invalidate(p, n * 4);
+    std::vector<cuda::AdamWRangeDesc> d(count);
+    uint32_t blocks = 0;
+    size_t lo = SIZE_MAX, hi = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const TensorRange& r = ranges[i];
+      d[i].offset = r.offset, d[i].n = r.n, d[i].decay = r.decay ? 1u : 0u, d[i].first_block = blocks;
+      blocks += cuda::adamw_tiles(r.n);
+      lo = std::min(lo, r.offset), hi = std::max(hi, r.offset + r.n);
+      // A weight whose bf16 copy covers exactly this range gets the copy rewritten by the same kernel.
+      auto it = mirrors_.find(p + r.offset);
+      if (it != mirrors_.end() && it->second.n == r.n) {
+        d[i].mirror = it->second.bf;
+        it->second.valid = true;
+      } else {
+        invalidate(p + r.offset, r.n * 4);
+      }
     }
-    invalidate(m, n * 4);
-    invalidate(v, n * 4);
-    cuda::launch_adamw(p, g, m, v, mirror, n, s, stream_);
+    if (blocks == 0) return;
+    invalidate(m + lo, (hi - lo) * 4);
+    invalidate(v + lo, (hi - lo) * 4);
+    const auto* dd = static_cast<const cuda::AdamWRangeDesc*>(upload(Upload::AdamW, d.data(), count * sizeof(d[0])));
+    cuda::launch_adamw_ranges(p, g, m, v, dd, static_cast<int>(count), blocks, s, stream_);
   }
   double sum_squares(const float* x, size_t n) override {
-    if (n == 0) return 0.0;
-    double* d = reinterpret_cast<double*>(scratch(Slot::Reduce, 2 * (cuda::kSumSquaresBlocks + 2)));
-    cuda::launch_sum_squares(d, x, n, d + 2, stream_);
-    ESM2_CUDA_CHECK(cudaMemcpyAsync(host_word_, d, 8, cudaMemcpyDeviceToHost, stream_));
+    const TensorRange r{0, n, false};
+    return sum_squares_ranges(x, &r, 1);
+  }
+  double sum_squares_ranges(const float* base, const TensorRange* ranges, size_t count) override {
+    if (count == 0) return 0.0;
+    std::vector<cuda::SumSquaresRangeDesc> d(count);
+    uint32_t blocks = 0;
+    for (size_t i = 0; i < count; ++i) {
+      d[i].offset = ranges[i].offset, d[i].n = ranges[i].n, d[i].first_block = blocks;
+      d[i].blocks = cuda::sum_squares_blocks(ranges[i].n);
+      blocks += d[i].blocks;
+    }
+    // [count] totals, then [count · kSumSquaresBlocks] partials (floats are half a double).
+    double* out = reinterpret_cast<double*>(scratch(Slot::Reduce, 2 * count * (cuda::kSumSquaresBlocks + 1)));
+    const auto* dd =
+        static_cast<const cuda::SumSquaresRangeDesc*>(upload(Upload::SumSquares, d.data(), count * sizeof(d[0])));
+    cuda::launch_sum_squares_ranges(out, base, dd, static_cast<int>(count), blocks, out + count, stream_);
+    per_range_.resize(count);
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(per_range_.data(), out, count * sizeof(double), cudaMemcpyDeviceToHost, stream_));
     ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return *static_cast<double*>(host_word_);
+    // Tensor sums added in range order on the host, as the per-tensor calls were.
+    double ss = 0;
+    for (double t : per_range_) ss += t;
+    return ss;
   }
   void scale(float* x, float a, size_t n) override {
     invalidate(x, n * 4);
@@ -263,6 +302,12 @@ class CudaBackend final : public Backend {
 
  private:
   enum class Slot { Columns, Attention, Convert, Reduce, Word, kCount };
+  enum class Upload { AdamW, SumSquares, kCount };
+  struct Uploaded {
+    void* dev = nullptr;
+    size_t capacity = 0;
+    std::vector<char> host;  // what dev holds
+  };
   struct Scratch {
     float* ptr = nullptr;
     size_t floats = 0;
@@ -314,6 +359,30 @@ class CudaBackend final : public Backend {
   void device_free(void* p, size_t bytes) {
     ESM2_CUDA_CHECK(cudaFree(p));
     held_ -= bytes;
+  }
+
+  // Small host tables (range descriptors) in device memory. The optimizer passes the same table every
+  // step, so it is copied only when it changes; the copy is queued on the stream behind the kernels
+  // still reading the previous one.
+  const void* upload(Upload which, const void* data, size_t bytes) {
+    Uploaded& u = uploads_[static_cast<int>(which)];
+    const char* c = static_cast<const char*>(data);
+    if (u.host.size() == bytes && std::equal(u.host.begin(), u.host.end(), c)) return u.dev;
+    if (u.capacity < bytes) {
+      if (u.dev) {
+        ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        device_free(u.dev, u.capacity);
+        u.dev = nullptr;
+      }
+      const size_t want = std::max(bytes, u.capacity * 2);
+      u.capacity = 0;
+      u.dev = device_malloc(want);
+      u.capacity = want;
+    }
+    u.host.assign(c, c + bytes);
+    // Pageable source: the call returns once the bytes are staged, so u.host may change afterwards.
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(u.dev, u.host.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    return u.dev;
   }
 
   // An operand of a GEMM in the activation dtype: F32 inputs in bf16 mode go through the weight cache.
@@ -373,6 +442,8 @@ class CudaBackend final : public Backend {
   void* host_word_ = nullptr;  // pinned, for scalar read-backs
   std::unique_ptr<cuda::LtRunner> lt_;
   Scratch scratch_[static_cast<int>(Slot::kCount)];
+  Uploaded uploads_[static_cast<int>(Upload::kCount)];
+  std::vector<double> per_range_;
   std::map<const float*, Mirror> mirrors_;
   std::map<const void*, size_t> sizes_;  // alloc()ed pointer → bytes
   size_t held_ = 0, peak_held_ = 0;       // bytes of every device_malloc, now and at most

@@ -14,31 +14,51 @@ __device__ double block_sum_d(double v, double* sm) {
   return r;
 }
 
-__global__ void sum_squares_partial(double* partial, const float* x, size_t n) {
+__global__ void __launch_bounds__(kSumSquaresThreads)
+    sum_squares_partial(double* __restrict__ partial, const float* __restrict__ x,
+                        const SumSquaresRangeDesc* __restrict__ ranges, int count) {
   __shared__ double sm[32];
-  double s = 0;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const double v = x[i];
-    s += v * v;
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (ranges[mid].first_block <= blockIdx.x) lo = mid;
+    else hi = mid - 1;
   }
-  const double r = block_sum_d(s, sm);
-  if (threadIdx.x == 0) partial[blockIdx.x] = r;
+  const SumSquaresRangeDesc r = ranges[lo];
+  const size_t b = blockIdx.x - r.first_block;
+  const float* xr = x + r.offset;
+  double s = 0;
+  for (size_t i = b * kSumSquaresThreads + threadIdx.x; i < r.n;
+       i += static_cast<size_t>(kSumSquaresBlocks) * kSumSquaresThreads) {
+    const double v = xr[i];
+    s = fma(v, v, s);
+  }
+  const double t = block_sum_d(s, sm);
+  if (threadIdx.x == 0) partial[static_cast<size_t>(lo) * kSumSquaresBlocks + b] = t;
 }
 
-__global__ void sum_squares_final(double* out, const double* partial, int nparts) {
+// One block per tensor: its kSumSquaresBlocks partials (zeros past `blocks`) in a fixed tree.
+__global__ void __launch_bounds__(kSumSquaresThreads)
+    sum_squares_final(double* __restrict__ out, const double* __restrict__ partial,
+                      const SumSquaresRangeDesc* __restrict__ ranges) {
   __shared__ double sm[32];
+  const uint32_t nb = ranges[blockIdx.x].blocks;
+  const double* pr = partial + static_cast<size_t>(blockIdx.x) * kSumSquaresBlocks;
   double s = 0;
-  for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += partial[i];
-  const double r = block_sum_d(s, sm);
-  if (threadIdx.x == 0) *out = r;
+  for (int i = threadIdx.x; i < kSumSquaresBlocks; i += blockDim.x) s += i < static_cast<int>(nb) ? pr[i] : 0.0;
+  const double t = block_sum_d(s, sm);
+  if (threadIdx.x == 0) out[blockIdx.x] = t;
 }
 }  // namespace
 
-void launch_sum_squares(double* out, const float* x, size_t n, double* partial, cudaStream_t s) {
-  sum_squares_partial<<<kSumSquaresBlocks, 256, 0, s>>>(partial, x, n);
-  ESM2_CUDA_CHECK_LAUNCH();
-  sum_squares_final<<<1, 256, 0, s>>>(out, partial, kSumSquaresBlocks);
+void launch_sum_squares_ranges(double* out, const float* x, const SumSquaresRangeDesc* ranges, int count,
+                               uint32_t total_blocks, double* partial, cudaStream_t s) {
+  if (count == 0) return;
+  if (total_blocks > 0) {
+    sum_squares_partial<<<total_blocks, kSumSquaresThreads, 0, s>>>(partial, x, ranges, count);
+    ESM2_CUDA_CHECK_LAUNCH();
+  }
+  sum_squares_final<<<count, kSumSquaresThreads, 0, s>>>(out, partial, ranges);
   ESM2_CUDA_CHECK_LAUNCH();
 }
 
