@@ -59,15 +59,21 @@ void LtRunner::run(const LtGemm& g, cudaStream_t s) {
     launch_bias_add(g.C, g.c_dtype, g.bias, g.beta, g.M, g.N, g.ldc, s);
     return;
   }
-  if (g.bias && try_run(g, true, s)) return;
-  if (!try_run(g, false, s)) {
+  // bf16 outputs: the epilogue reads a bf16 bias (as torch's autocast Linear does). With an fp32 bias
+  // and a bf16 output, cuBLASLt on H100 ran these products at half the rate of the same shapes without
+  // an epilogue (docs/readme/cudaperf.md).
+  if (g.bias && g.bias_c && g.c_dtype != DType::F32 && try_run(g, BiasMode::OutputType, s)) return;
+  if (g.bias && g.c_dtype == DType::F32 && try_run(g, BiasMode::F32, s)) return;
+  if (!try_run(g, BiasMode::None, s)) {
     launch_gemm_fallback(g, s);  // applies the bias itself
     return;
   }
   if (g.bias) launch_bias_add(g.C, g.c_dtype, g.bias, 1.0f, g.M, g.N, g.ldc, s);
 }
 
-bool LtRunner::try_run(const LtGemm& g, bool with_bias, cudaStream_t s) {
+bool LtRunner::try_run(const LtGemm& g, BiasMode bias, cudaStream_t s) {
+  const bool with_bias = bias != BiasMode::None;
+  const void* bias_ptr = bias == BiasMode::OutputType ? g.bias_c : static_cast<const void*>(g.bias);
   const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   const cublasOperation_t op_a = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt A = our B
   const cublasOperation_t op_b = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt B = our A
@@ -84,12 +90,12 @@ bool LtRunner::try_run(const LtGemm& g, bool with_bias, cudaStream_t s) {
                                     static_cast<int64_t>(g.a_dtype),
                                     static_cast<int64_t>(g.b_dtype),
                                     static_cast<int64_t>(g.c_dtype),
-                                    with_bias,
+                                    static_cast<int64_t>(bias),
                                     g.beta != 0.0f,
                                     al,
                                     bl,
                                     cl,
-                                    with_bias ? alignment(g.bias, 0, DType::F32) : 0};
+                                    with_bias ? alignment(bias_ptr, 0, DType::F32) : 0};
   auto it = cache_.find(key);
   if (it != cache_.end() && !it->second.ok) return false;
 
@@ -99,12 +105,12 @@ bool LtRunner::try_run(const LtGemm& g, bool with_bias, cudaStream_t s) {
   ESM2_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
   if (with_bias) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    const cudaDataType_t bias_type = CUDA_R_32F;
+    const cudaDataType_t bias_type = bias == BiasMode::OutputType ? cuda_type(g.c_dtype) : CUDA_R_32F;
     ESM2_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     ESM2_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
     ESM2_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)));
+        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
   }
   // Stored (pre-op) shapes in column-major terms.
   const uint64_t a_rows = g.trans_b ? g.K : g.N, a_cols = g.trans_b ? g.N : g.K;

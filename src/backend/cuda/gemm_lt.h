@@ -26,6 +26,8 @@ struct LtGemm {
   DType c_dtype = DType::F32;
   int64_t ldc = 0;
   const float* bias = nullptr;  // [N] fp32 or null
+  // [N] the same bias rounded to c_dtype (bf16), or null: what the bias epilogue reads for bf16 outputs.
+  const void* bias_c = nullptr;
 };
 
 class LtRunner {
@@ -37,8 +39,11 @@ class LtRunner {
   void run(const LtGemm& g, cudaStream_t s);
 
  private:
-  // Returns false when cuBLASLt has no algorithm for this combination (with a bias epilogue).
-  bool try_run(const LtGemm& g, bool with_bias, cudaStream_t s);
+  // How the bias reaches the output: not through cuBLASLt, or its epilogue reading the bias in the
+  // output's dtype (bias_c), or in fp32.
+  enum class BiasMode { None, OutputType, F32 };
+  // Returns false when cuBLASLt has no algorithm for this combination.
+  bool try_run(const LtGemm& g, BiasMode bias, cudaStream_t s);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
