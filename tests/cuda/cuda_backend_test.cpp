@@ -437,6 +437,115 @@ TEST_P(CudaOps, BackwardOpsAreBitwiseDeterministic) {
   EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * 4));
 }
 
+// The batched optimizer ops against the per-tensor calls (bitwise: the norm's per-tensor partials keep
+// their fixed partition) and against the CPU backend. Range sizes cross the 256-thread, 512-block and
+// 4096-element tile boundaries; offsets are odd (no 16-byte alignment) and even; one range is empty.
+TEST_P(CudaOps, OptimizerRangesMatchPerTensorCalls) {
+  const std::vector<TensorRange> ranges = {{0, 1000, true},    {1000, 1, false},     {1001, 0, true},
+                                           {1001, 4097, false}, {5098, 140000, true}, {145098, 131075, false},
+                                           {276173, 3, true}};
+  const size_t n = 276176;
+  auto p0 = randv(n, 80), g = randv(n, 81), m0 = randv(n, 82, -0.1f, 0.1f), v0 = randv(n, 83, 0.0f, 0.01f);
+  AdamWStep st;
+  st.lr = 0.01f, st.beta1 = 0.9f, st.beta2 = 0.98f, st.weight_decay = 0.1f, st.grad_scale = 0.7f, st.step = 3;
+  double ss[3];
+  std::vector<float> p[3], m[3], v[3];
+  // 0: cpu batched, 1: gpu batched, 2: gpu per-tensor.
+  for (int k = 0; k < 3; ++k) {
+    Side& d = k == 0 ? cpu : gpu;
+    float *pp = d.f32(p0), *gp = d.f32(g), *mp = d.f32(m0), *vp = d.f32(v0);
+    if (k < 2) {
+      ss[k] = d.be->sum_squares_ranges(gp, ranges.data(), ranges.size());
+      d.be->adamw_update_ranges(pp, gp, mp, vp, ranges.data(), ranges.size(), st);
+    } else {
+      ss[k] = 0;
+      for (const auto& r : ranges) {
+        ss[k] += d.be->sum_squares(gp + r.offset, r.n);
+        AdamWStep rs = st;
+        rs.weight_decay = r.decay ? st.weight_decay : 0.0f;
+        d.be->adamw_update(pp + r.offset, gp + r.offset, mp + r.offset, vp + r.offset, r.n, rs);
+      }
+    }
+    p[k] = d.get_f32(pp, n), m[k] = d.get_f32(mp, n), v[k] = d.get_f32(vp, n);
+  }
+  EXPECT_EQ(ss[1], ss[2]);
+  EXPECT_NEAR(ss[1], ss[0], 1e-12 * ss[0]);
+  EXPECT_EQ(0, std::memcmp(p[1].data(), p[2].data(), n * 4));
+  EXPECT_EQ(0, std::memcmp(m[1].data(), m[2].data(), n * 4));
+  EXPECT_EQ(0, std::memcmp(v[1].data(), v[2].data(), n * 4));
+  EXPECT_LT(rel_l2(p[1], p[0]), 1e-6);
+  EXPECT_LT(rel_l2(m[1], m[0]), 1e-6);
+  EXPECT_LT(rel_l2(v[1], v[0]), 1e-6);
+  // Handmade: a range without decay and zero moments moves each weight by -lr·sign(g) (bias-corrected
+  // step 1 with eps negligible); with decay the weight first shrinks by 1 - lr·wd.
+  Side& d = gpu;
+  const std::vector<float> w = {2.0f, -1.0f, 0.5f, 4.0f}, gr = {1.0f, -2.0f, 3.0f, -0.5f}, z(4, 0.0f);
+  float *wp = d.f32(w), *grp = d.f32(gr), *mz = d.f32(z), *vz = d.f32(z);
+  const std::vector<TensorRange> two = {{0, 2, false}, {2, 2, true}};
+  AdamWStep s1;
+  s1.lr = 0.1f, s1.weight_decay = 0.5f, s1.step = 1, s1.eps = 1e-12f;
+  EXPECT_DOUBLE_EQ(d.be->sum_squares_ranges(grp, two.data(), two.size()), 1 + 4 + 9 + 0.25);
+  d.be->adamw_update_ranges(wp, grp, mz, vz, two.data(), two.size(), s1);
+  const auto got = d.get_f32(wp, 4);
+  const float expect[4] = {2.0f - 0.1f, -1.0f + 0.1f, 0.5f * 0.95f - 0.1f, 4.0f * 0.95f + 0.1f};
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(got[i], expect[i], 1e-6f) << i;
+}
+
+// The 16-byte vector paths against the scalar ones, chosen by alignment: the same data at an aligned
+// address and one element further (misaligned) must give bitwise the same element-wise results and
+// bias gradients (same partition and order), and LayerNorm must match the CPU either way.
+TEST_P(CudaOps, VectorAndScalarPathsAgree) {
+  const int64_t M = 300, N = 256;
+  const size_t n = M * N;
+  auto x = act_in(n, 90, -3, 3), y = act_in(n, 91), dout = act_in(n, 92);
+  auto at = [&](Side& d, const std::vector<float>& h, size_t shift) {
+    char* p = static_cast<char*>(d.act_zero(h.size() + 1)) + d.be->act_bytes(shift);
+    d.be->act_from_host_f32(p, h.data(), h.size());
+    return static_cast<void*>(p);
+  };
+  std::vector<float> res[2];
+  for (size_t shift : {0, 1}) {
+    auto& out = res[shift];
+    void* xp = at(gpu, x, shift);
+    void* yp = at(gpu, y, shift);
+    void* gp = at(gpu, dout, shift);
+    void* o = at(gpu, std::vector<float>(n), shift);
+    gpu.be->gelu_forward(o, xp, n - 3, false);  // a length that leaves a tail after whole packs
+    for (float f : gpu.get_act(o, n)) out.push_back(f);
+    gpu.be->gelu_backward(o, gp, xp, n - 5, true);
+    for (float f : gpu.get_act(o, n)) out.push_back(f);
+    gpu.be->add(yp, xp, yp, n - 1);
+    for (float f : gpu.get_act(yp, n)) out.push_back(f);
+    float* db = gpu.f32(std::vector<float>(N, 0.25f));
+    gpu.be->bias_backward(db, gp, M, N);
+    for (float f : gpu.get_f32(db, N)) out.push_back(f);
+    // LayerNorm dw/db partials keep the scalar order; dx and the forward differ only in rounding.
+    float *mean = gpu.f32(std::vector<float>(M)), *rstd = gpu.f32(std::vector<float>(M));
+    auto w = randv(N, 93, 0.5f, 1.5f), b = randv(N, 94);
+    float *wp = gpu.f32(w), *bp = gpu.f32(b);
+    void* lo = at(gpu, std::vector<float>(n), shift);
+    gpu.be->layernorm_forward(lo, mean, rstd, xp, wp, bp, M, N, 1e-5f);
+    float *dw = gpu.f32(std::vector<float>(N)), *dbl = gpu.f32(std::vector<float>(N));
+    void* dx = at(gpu, y, shift);
+    gpu.be->layernorm_backward(dx, dw, dbl, gp, xp, wp, mean, rstd, M, N);
+    for (float f : gpu.get_f32(dbl, N)) out.push_back(f);
+    // Against the CPU backend.
+    void* cx = cpu.act(x);
+    void* co = cpu.act_zero(n);
+    float *cm = cpu.f32(std::vector<float>(M)), *cr = cpu.f32(std::vector<float>(M));
+    float *cw = cpu.f32(w), *cb = cpu.f32(b);
+    cpu.be->layernorm_forward(co, cm, cr, cx, cw, cb, M, N, 1e-5f);
+    EXPECT_LT(rel_l2(gpu.get_act(lo, n), cpu.get_act(co, n)), tol()) << shift;
+    float *cdw = cpu.f32(std::vector<float>(N)), *cdb = cpu.f32(std::vector<float>(N));
+    void* cdx = cpu.act(y);
+    cpu.be->layernorm_backward(cdx, cdw, cdb, cpu.act(dout), cx, cw, cm, cr, M, N);
+    EXPECT_LT(rel_l2(gpu.get_act(dx, n), cpu.get_act(cdx, n)), tol()) << shift;
+    EXPECT_LT(rel_l2(gpu.get_f32(dw, N), cpu.get_f32(cdw, N)), tol(2e-5, 2e-3)) << shift;
+  }
+  ASSERT_EQ(res[0].size(), res[1].size());
+  EXPECT_EQ(0, std::memcmp(res[0].data(), res[1].data(), res[0].size() * 4));
+}
+
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaOps, ::testing::Values(DType::F32, DType::BF16),
                          [](const auto& info) { return info.param == DType::F32 ? "fp32" : "bf16"; });
 

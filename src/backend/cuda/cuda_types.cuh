@@ -33,6 +33,20 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// 16 bytes of activations (8 bf16 or 4 fp32): one vector load or store per thread, so memory-bound
+// kernels move full 128-byte lines per warp instruction.
+template <class T>
+struct alignas(16) Pack16 {
+  static constexpr int kN = 16 / static_cast<int>(sizeof(T));
+  T v[kN];
+};
+
+// Whether every pointer is 16-byte aligned (the vector paths' precondition).
+inline bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr) {
+  return ((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b) | reinterpret_cast<uintptr_t>(c)) & 15u) ==
+         0;
+}
+
 // Calls f(T{}) with T = float for DType::F32 and bf16 for DType::BF16 (the activation types).
 template <class F>
 void dispatch_act(DType dt, F&& f) {

@@ -87,6 +87,139 @@ __global__ void layernorm_dwdb_partials(float* __restrict__ pw, float* __restric
   }
 }
 
+// Vector forms of the three kernels above for rows of whole 16-byte packs (C % Pack16<T>::kN == 0, aligned
+// rows): lane l takes packs l, l + 32, ...; statistics stay fp32, per warp, without atomics.
+template <class T>
+__global__ void layernorm_forward_vec(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+                                      const T* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ b, int64_t T_, int64_t C, float eps) {
+  using P = Pack16<T>;
+  constexpr int kN = P::kN;
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.y) + threadIdx.y;
+  if (t >= T_) return;
+  const int lane = threadIdx.x;
+  const P* xr = reinterpret_cast<const P*>(x + t * C);
+  const int64_t np = C / kN;
+  float s = 0;
+  for (int64_t j = lane; j < np; j += 32) {
+    const P p = xr[j];
+#pragma unroll
+    for (int k = 0; k < kN; ++k) s += to_f(p.v[k]);
+  }
+  const float m = warp_sum(s) / static_cast<float>(C);
+  float v = 0;
+  for (int64_t j = lane; j < np; j += 32) {
+    const P p = xr[j];
+#pragma unroll
+    for (int k = 0; k < kN; ++k) {
+      const float d = to_f(p.v[k]) - m;
+      v += d * d;
+    }
+  }
+  const float r = rsqrtf(warp_sum(v) / static_cast<float>(C) + eps);
+  P* o = reinterpret_cast<P*>(out + t * C);
+  for (int64_t j = lane; j < np; j += 32) {
+    P p = xr[j];
+#pragma unroll
+    for (int k = 0; k < kN; ++k) {
+      const int64_t c = j * kN + k;
+      p.v[k] = from_f<T>((to_f(p.v[k]) - m) * r * w[c] + b[c]);
+    }
+    o[j] = p;
+  }
+  if (lane == 0) {
+    mean[t] = m;
+    rstd[t] = r;
+  }
+}
+
+template <class T>
+__global__ void layernorm_dx_vec(T* __restrict__ dx, const T* __restrict__ dout, const T* __restrict__ x,
+                                 const float* __restrict__ w, const float* __restrict__ mean,
+                                 const float* __restrict__ rstd, int64_t T_, int64_t C) {
+  using P = Pack16<T>;
+  constexpr int kN = P::kN;
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.y) + threadIdx.y;
+  if (t >= T_) return;
+  const int lane = threadIdx.x;
+  const P* xr = reinterpret_cast<const P*>(x + t * C);
+  const P* dr = reinterpret_cast<const P*>(dout + t * C);
+  const int64_t np = C / kN;
+  const float m = mean[t], r = rstd[t];
+  float sdn = 0, sdnx = 0;
+  for (int64_t j = lane; j < np; j += 32) {
+    const P px = xr[j], pd = dr[j];
+#pragma unroll
+    for (int k = 0; k < kN; ++k) {
+      const float dn = to_f(pd.v[k]) * w[j * kN + k];
+      sdn += dn;
+      sdnx += dn * (to_f(px.v[k]) - m) * r;
+    }
+  }
+  const float mdn = warp_sum(sdn) / static_cast<float>(C), mdnx = warp_sum(sdnx) / static_cast<float>(C);
+  P* dxr = reinterpret_cast<P*>(dx + t * C);
+  for (int64_t j = lane; j < np; j += 32) {
+    const P px = xr[j], pd = dr[j];
+    P acc = dxr[j];
+#pragma unroll
+    for (int k = 0; k < kN; ++k) {
+      const float xhat = (to_f(px.v[k]) - m) * r;
+      acc.v[k] = from_f<T>(to_f(acc.v[k]) + r * (to_f(pd.v[k]) * w[j * kN + k] - mdn - xhat * mdnx));
+    }
+    dxr[j] = acc;
+  }
+}
+
+// Same partition and order as layernorm_dwdb_partials (bitwise the same partials); a lane owns a pack of
+// kN consecutive columns.
+template <class T>
+__global__ void __launch_bounds__(256) layernorm_dwdb_partials_vec(float* __restrict__ pw, float* __restrict__ pb,
+                                                                   const T* __restrict__ dout,
+                                                                   const T* __restrict__ x,
+                                                                   const float* __restrict__ mean,
+                                                                   const float* __restrict__ rstd, int64_t T_,
+                                                                   int64_t C) {
+  using P = Pack16<T>;
+  constexpr int kN = P::kN;
+  __shared__ float sw[8][32 * kN + 1], sb[8][32 * kN + 1];
+  const int64_t c0 = (blockIdx.x * 32 + static_cast<int64_t>(threadIdx.x)) * kN;
+  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kColRows);
+  const int64_t r1 = min(T_, r0 + kColRows);
+  float aw[kN], ab[kN];
+#pragma unroll
+  for (int k = 0; k < kN; ++k) aw[k] = ab[k] = 0;
+  if (c0 < C)
+    for (int64_t t = r0 + threadIdx.y; t < r1; t += 8) {
+      const P pd = *reinterpret_cast<const P*>(dout + t * C + c0);
+      const P px = *reinterpret_cast<const P*>(x + t * C + c0);
+      const float m = mean[t], r = rstd[t];
+#pragma unroll
+      for (int k = 0; k < kN; ++k) {
+        const float d = to_f(pd.v[k]);
+        aw[k] += d * (to_f(px.v[k]) - m) * r;
+        ab[k] += d;
+      }
+    }
+#pragma unroll
+  for (int k = 0; k < kN; ++k) {
+    sw[threadIdx.y][threadIdx.x * kN + k] = aw[k];
+    sb[threadIdx.y][threadIdx.x * kN + k] = ab[k];
+  }
+  __syncthreads();
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  for (int j = tid; j < 32 * kN; j += 256) {
+    const int64_t c = blockIdx.x * 32 * kN + j;
+    if (c >= C) continue;
+    float a = 0, bb = 0;
+    for (int k = 0; k < 8; ++k) {
+      a += sw[k][j];
+      bb += sb[k][j];
+    }
+    pw[blockIdx.y * C + c] = a;
+    pb[blockIdx.y * C + c] = bb;
+  }
+}
+
 }  // namespace
 
 void launch_layernorm_forward(void* out, float* mean, float* rstd, const void* x, const float* w, const float* b,
@@ -94,8 +227,12 @@ void launch_layernorm_forward(void* out, float* mean, float* rstd, const void* x
   if (T == 0) return;
   dispatch_act(dt, [&](auto tag) {
     using E = decltype(tag);
-    layernorm_forward_kernel<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(static_cast<E*>(out), mean, rstd,
-                                                                    static_cast<const E*>(x), w, b, T, C, eps);
+    if (C % Pack16<E>::kN == 0 && aligned16(out, x))
+      layernorm_forward_vec<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(static_cast<E*>(out), mean, rstd,
+                                                                   static_cast<const E*>(x), w, b, T, C, eps);
+    else
+      layernorm_forward_kernel<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(static_cast<E*>(out), mean, rstd,
+                                                                      static_cast<const E*>(x), w, b, T, C, eps);
     ESM2_CUDA_CHECK_LAUNCH();
   });
 }
@@ -111,11 +248,20 @@ void launch_layernorm_backward(void* dx, float* dw, float* db, const void* dout,
   float* pb = scratch + chunks * C;
   dispatch_act(dt, [&](auto tag) {
     using E = decltype(tag);
-    layernorm_dx_kernel<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(static_cast<E*>(dx), static_cast<const E*>(dout),
-                                                               static_cast<const E*>(x), w, mean, rstd, T, C);
+    constexpr int kN = Pack16<E>::kN;
+    const bool vec = C % kN == 0 && aligned16(dx, dout, x);
+    auto* d = static_cast<E*>(dx);
+    const auto *g = static_cast<const E*>(dout), *xi = static_cast<const E*>(x);
+    if (vec)
+      layernorm_dx_vec<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(d, g, xi, w, mean, rstd, T, C);
+    else
+      layernorm_dx_kernel<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(d, g, xi, w, mean, rstd, T, C);
     ESM2_CUDA_CHECK_LAUNCH();
-    layernorm_dwdb_partials<E><<<dim3((C + 31) / 32, chunks), dim3(32, 8), 0, s>>>(
-        pw, pb, static_cast<const E*>(dout), static_cast<const E*>(x), mean, rstd, T, C);
+    if (vec)
+      layernorm_dwdb_partials_vec<E><<<dim3((C + 32 * kN - 1) / (32 * kN), chunks), dim3(32, 8), 0, s>>>(
+          pw, pb, g, xi, mean, rstd, T, C);
+    else
+      layernorm_dwdb_partials<E><<<dim3((C + 31) / 32, chunks), dim3(32, 8), 0, s>>>(pw, pb, g, xi, mean, rstd, T, C);
     ESM2_CUDA_CHECK_LAUNCH();
   });
   finish_col_partials<<<(C + 255) / 256, 256, 0, s>>>(dw, pw, chunks, C);
