@@ -226,7 +226,7 @@ TEST_P(CudaOps, BiasBackwardAddScaleSumSquares) {
 }
 
 TEST_P(CudaOps, LayerNormForwardBackward) {
-  for (int64_t C : {64, 100, 320}) {
+  for (int64_t C : {64, 100, 320, 1280}) {
     const int64_t T = 77;
     auto x = act_in(T * C, 13, -2, 2), w = randv(C, 14, 0.5f, 1.5f), b = randv(C, 15), dout = act_in(T * C, 16),
          dx0 = act_in(T * C, 17), dw0 = randv(C, 18), db0 = randv(C, 19);

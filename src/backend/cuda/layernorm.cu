@@ -87,8 +87,20 @@ __global__ void layernorm_dwdb_partials(float* __restrict__ pw, float* __restric
   }
 }
 
+// kN consecutive fp32 parameters starting at a 16-byte-aligned address, as float4 loads: per-element
+// loads at a 16- or 32-byte lane stride would touch 4-8 times as many L1 wavefronts as the data needs.
+template <int kN>
+__device__ __forceinline__ void load_params(float (&o)[kN], const float* p) {
+#pragma unroll
+  for (int q = 0; q < kN / 4; ++q) {
+    const float4 v = reinterpret_cast<const float4*>(p)[q];
+    o[4 * q] = v.x, o[4 * q + 1] = v.y, o[4 * q + 2] = v.z, o[4 * q + 3] = v.w;
+  }
+}
+
 // Vector forms of the three kernels above for rows of whole 16-byte packs (C % Pack16<T>::kN == 0, aligned
-// rows): lane l takes packs l, l + 32, ...; statistics stay fp32, per warp, without atomics.
+// rows; the forward and dx kernels also need 16-byte-aligned w and b): lane l takes packs l, l + 32, ...;
+// statistics stay fp32, per warp, without atomics.
 template <class T>
 __global__ void layernorm_forward_vec(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
                                       const T* __restrict__ x, const float* __restrict__ w,
@@ -120,11 +132,11 @@ __global__ void layernorm_forward_vec(T* __restrict__ out, float* __restrict__ m
   P* o = reinterpret_cast<P*>(out + t * C);
   for (int64_t j = lane; j < np; j += 32) {
     P p = xr[j];
+    float wj[kN], bj[kN];
+    load_params<kN>(wj, w + j * kN);
+    load_params<kN>(bj, b + j * kN);
 #pragma unroll
-    for (int k = 0; k < kN; ++k) {
-      const int64_t c = j * kN + k;
-      p.v[k] = from_f<T>((to_f(p.v[k]) - m) * r * w[c] + b[c]);
-    }
+    for (int k = 0; k < kN; ++k) p.v[k] = from_f<T>((to_f(p.v[k]) - m) * r * wj[k] + bj[k]);
     o[j] = p;
   }
   if (lane == 0) {
@@ -149,9 +161,11 @@ __global__ void layernorm_dx_vec(T* __restrict__ dx, const T* __restrict__ dout,
   float sdn = 0, sdnx = 0;
   for (int64_t j = lane; j < np; j += 32) {
     const P px = xr[j], pd = dr[j];
+    float wj[kN];
+    load_params<kN>(wj, w + j * kN);
 #pragma unroll
     for (int k = 0; k < kN; ++k) {
-      const float dn = to_f(pd.v[k]) * w[j * kN + k];
+      const float dn = to_f(pd.v[k]) * wj[k];
       sdn += dn;
       sdnx += dn * (to_f(px.v[k]) - m) * r;
     }
@@ -161,10 +175,12 @@ __global__ void layernorm_dx_vec(T* __restrict__ dx, const T* __restrict__ dout,
   for (int64_t j = lane; j < np; j += 32) {
     const P px = xr[j], pd = dr[j];
     P acc = dxr[j];
+    float wj[kN];
+    load_params<kN>(wj, w + j * kN);
 #pragma unroll
     for (int k = 0; k < kN; ++k) {
       const float xhat = (to_f(px.v[k]) - m) * r;
-      acc.v[k] = from_f<T>(to_f(acc.v[k]) + r * (to_f(pd.v[k]) * w[j * kN + k] - mdn - xhat * mdnx));
+      acc.v[k] = from_f<T>(to_f(acc.v[k]) + r * (to_f(pd.v[k]) * wj[k] - mdn - xhat * mdnx));
     }
     dxr[j] = acc;
   }
@@ -227,7 +243,7 @@ void launch_layernorm_forward(void* out, float* mean, float* rstd, const void* x
   if (T == 0) return;
   dispatch_act(dt, [&](auto tag) {
     using E = decltype(tag);
-    if (C % Pack16<E>::kN == 0 && aligned16(out, x))
+    if (C % Pack16<E>::kN == 0 && aligned16(out, x) && aligned16(w, b))
       layernorm_forward_vec<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(static_cast<E*>(out), mean, rstd,
                                                                    static_cast<const E*>(x), w, b, T, C, eps);
     else
@@ -252,7 +268,7 @@ void launch_layernorm_backward(void* dx, float* dw, float* db, const void* dout,
     const bool vec = C % kN == 0 && aligned16(dx, dout, x);
     auto* d = static_cast<E*>(dx);
     const auto *g = static_cast<const E*>(dout), *xi = static_cast<const E*>(x);
-    if (vec)
+    if (vec && aligned16(w))
       layernorm_dx_vec<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(d, g, xi, w, mean, rstd, T, C);
     else
       layernorm_dx_kernel<E><<<(T + 7) / 8, dim3(32, 8), 0, s>>>(d, g, xi, w, mean, rstd, T, C);
