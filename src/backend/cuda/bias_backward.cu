@@ -8,8 +8,18 @@ __global__ void finish_col_partials(float* __restrict__ out, const float* __rest
                                     int64_t N) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= N) return;
+  // Eight chunks' loads in flight at a time (one thread per column has no other parallelism), still
+  // added in chunk order.
   float s = 0;
-  for (int64_t k = 0; k < chunks; ++k) s += partial[k * N + c];
+  int64_t k = 0;
+  for (; k + 8 <= chunks; k += 8) {
+    float v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) v[u] = partial[(k + u) * N + c];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) s += v[u];
+  }
+  for (; k < chunks; ++k) s += partial[k * N + c];
   out[c] += s;
 }
 
