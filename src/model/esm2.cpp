@@ -2,6 +2,13 @@
 //
 // Shapes: T tokens, S sequences, C hidden, F ffn, H heads, D head dim, V vocab, L layers,
 // R rows that reach the LM head (labelled positions for the loss; all T for forward_outputs).
+// Tensor parallel (Megatron): a rank computes H' = H/TP heads (attention width C' = H'·D = C/TP) and
+// F' = F/TP FFN units; the row-parallel output projections give partial [T, C] sums that are
+// all-reduced over the tp group (forward, and again when a recompute pass rebuilds res_mid), as are
+// the input gradients of the column-parallel q/k/v and fc products (backward: Megatron's conjugate
+// f/g operators). Everything else (embedding, LayerNorms, residual stream, LM head) is replicated and
+// computed identically on every tp rank. Without a tp group C' = C, F' = F, H' = H and no
+// communication happens.
 // Gradient convention (llm.c): parameter grads +=, activation grads =, except the residual stream
 // gradient d_res, which accumulates the LayerNorm input gradients as it flows down the layers.
 // Every op goes through the Backend; activations live in one arena of named views.
@@ -33,13 +40,13 @@ struct Acts {
   void* ln1 = nullptr;       // [L|1, T, C]
   void* ln1_mean = nullptr;  // [L|1, T] f32
   void* ln1_rstd = nullptr;  // [L|1, T] f32
-  void* qkv = nullptr;       // [L|1, T, 3C]
-  void* atty = nullptr;      // [L|1, T, C] attention output before the output projection
-  void* lse = nullptr;       // [L|1, H, T] f32 softmax log-sum-exp
+  void* qkv = nullptr;       // [L|1, T, 3C']
+  void* atty = nullptr;      // [L|1, T, C'] attention output before the output projection
+  void* lse = nullptr;       // [L|1, H', T] f32 softmax log-sum-exp
   void* ln2 = nullptr;       // [L|1, T, C]
   void* ln2_mean = nullptr;  // [L|1, T] f32
   void* ln2_rstd = nullptr;  // [L|1, T] f32
-  void* fch = nullptr;       // [L|1, T, F] pre-GELU (GELU is recomputed in the backward in every mode)
+  void* fch = nullptr;       // [L|1, T, F'] pre-GELU (GELU is recomputed in the backward in every mode)
   void* lnf = nullptr;       // [T, C]      emb_layer_norm_after output
   void* lnf_mean = nullptr;  // [T] f32
   void* lnf_rstd = nullptr;  // [T] f32
@@ -52,11 +59,11 @@ struct Acts {
   void* logits = nullptr;    // [R, V]
   void* loss = nullptr;      // [R] f32
   // scratch
-  void* gelu = nullptr;      // [T, F]
+  void* gelu = nullptr;      // [T, F']
   void* d_res = nullptr;     // [T, C]
   void* d_tmp = nullptr;     // [T, C]
-  void* d_qkv = nullptr;     // [T, 3C]
-  void* d_fch = nullptr;     // [T, F]
+  void* d_qkv = nullptr;     // [T, 3C']
+  void* d_fch = nullptr;     // [T, F']
   void* dh_a = nullptr;      // [R, C]
   void* dh_b = nullptr;      // [R, C]
   void* d_logits = nullptr;  // [R, V]
@@ -81,13 +88,13 @@ struct LayerActs {
   void* x = nullptr;                                  // [T, C] input: residual [l] (always kept)
   void* ln1 = nullptr;                                // [T, C]
   float *ln1_mean = nullptr, *ln1_rstd = nullptr;     // [T]
-  void* qkv = nullptr;                                // [T, 3C]
-  void* atty = nullptr;                               // [T, C]
-  float* lse = nullptr;                               // [H, T]
+  void* qkv = nullptr;                                // [T, 3C']
+  void* atty = nullptr;                               // [T, C']
+  float* lse = nullptr;                               // [H', T]
   void* mid = nullptr;                                // [T, C]
   void* ln2 = nullptr;                                // [T, C]
   float *ln2_mean = nullptr, *ln2_rstd = nullptr;     // [T]
-  void* fch = nullptr;                                // [T, F]
+  void* fch = nullptr;                                // [T, F']
   void* out = nullptr;                                // [T, C] output: residual [l+1] (always kept)
 };
 
@@ -97,10 +104,12 @@ struct ArenaSpec {
 };
 
 // The arena's buffers for T tokens and R head rows, in allocation order (TensorSpec style: one table,
-// one allocation). es: bytes of one activation element.
-std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, size_t Tn, size_t Rn, Recompute mode, size_t es) {
-  const size_t L = cfg.num_layers, C = cfg.hidden_size, F = cfg.ffn_hidden_size, H = cfg.num_attention_heads,
-               V = cfg.vocab_size;
+// one allocation). es: bytes of one activation element; tp: tensor-parallel size (local widths
+// C' = C/tp, F' = F/tp, H' = H/tp).
+std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, int tp, size_t Tn, size_t Rn, Recompute mode,
+                                    size_t es) {
+  const size_t L = cfg.num_layers, C = cfg.hidden_size, Ca = C / tp, F = cfg.ffn_hidden_size / tp,
+               H = cfg.num_attention_heads / tp, V = cfg.vocab_size;
   const Keep k = keep_for(mode);
   auto n = [L](bool kept) { return kept ? L : size_t{1}; };  // slices of a per-layer tensor
   return {
@@ -109,8 +118,8 @@ std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, size_t Tn, 
       {&a.ln1, n(k.ln1) * Tn * C * es},
       {&a.ln1_mean, n(k.ln1) * Tn * 4},
       {&a.ln1_rstd, n(k.ln1) * Tn * 4},
-      {&a.qkv, n(k.qkv) * Tn * 3 * C * es},
-      {&a.atty, n(k.atty) * Tn * C * es},
+      {&a.qkv, n(k.qkv) * Tn * 3 * Ca * es},
+      {&a.atty, n(k.atty) * Tn * Ca * es},
       {&a.lse, n(k.atty) * H * Tn * 4},
       {&a.ln2, n(k.ln2) * Tn * C * es},
       {&a.ln2_mean, n(k.ln2) * Tn * 4},
@@ -130,7 +139,7 @@ std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, size_t Tn, 
       {&a.gelu, Tn * F * es},
       {&a.d_res, Tn * C * es},
       {&a.d_tmp, Tn * C * es},
-      {&a.d_qkv, Tn * 3 * C * es},
+      {&a.d_qkv, Tn * 3 * Ca * es},
       {&a.d_fch, Tn * F * es},
       {&a.dh_a, Rn * C * es},
       {&a.dh_b, Rn * C * es},
@@ -159,6 +168,9 @@ struct Esm2Model::Impl {
   ShardCoord coord;
   ParamTable table;       // this rank's part
   ParamTable full_table;  // the whole model (names, shapes and offsets of checkpoints)
+  // Local widths under tensor parallelism: heads H', attention width C' = H'·D, FFN units F'.
+  int Hl = 0;
+  int64_t Cl = 0, Fl = 0;
   float* params = nullptr;  // [num_params]
   float* grads = nullptr;   // [num_params]
   std::vector<float> inv_freq_host;  // [D/2]
@@ -187,6 +199,9 @@ struct Esm2Model::Impl {
         coord{group_rank(p.tp), group_size(p.tp), group_rank(p.pp), group_size(p.pp)},
         table(build_param_table(c, coord)),
         full_table(build_param_table(c)) {
+    Hl = cfg.num_attention_heads / coord.tp_size;
+    Cl = static_cast<int64_t>(Hl) * cfg.head_dim();
+    Fl = cfg.ffn_hidden_size / coord.tp_size;
     params = static_cast<float*>(be.alloc(table.total * 4));
     grads = static_cast<float*>(be.alloc(table.total * 4));
     const int D = cfg.head_dim();
@@ -227,7 +242,7 @@ struct Esm2Model::Impl {
     const int64_t Tc = std::max(T_need, cap_T), Rc = std::max(R_need, cap_R);
     free_arena();
     const size_t Tn = Tc, Rn = Rc;
-    const std::vector<ArenaSpec> specs = arena_layout(a, cfg, Tn, Rn, recompute, es());
+    const std::vector<ArenaSpec> specs = arena_layout(a, cfg, coord.tp_size, Tn, Rn, recompute, es());
     size_t total = 0;
     for (const ArenaSpec& s : specs) total += align_arena(s.bytes);
     arena = be.alloc(total);
@@ -310,7 +325,7 @@ struct Esm2Model::Impl {
   // Layer l's views: slice l of a kept tensor, slice 0 (the shared scratch) of a recomputed one.
   LayerActs layer(int l) {
     const Keep k = keep_for(recompute);
-    const size_t C = cfg.hidden_size, F = cfg.ffn_hidden_size, H = cfg.num_attention_heads;
+    const size_t C = cfg.hidden_size, Ca = Cl, F = Fl, H = Hl;
     auto at_l = [l](bool kept) { return kept ? l : 0; };
     LayerActs v;
     v.x = res(l);
@@ -318,8 +333,8 @@ struct Esm2Model::Impl {
     v.ln1 = lay(a.ln1, at_l(k.ln1), C);
     v.ln1_mean = stat(a.ln1_mean, at_l(k.ln1));
     v.ln1_rstd = stat(a.ln1_rstd, at_l(k.ln1));
-    v.qkv = lay(a.qkv, at_l(k.qkv), 3 * C);
-    v.atty = lay(a.atty, at_l(k.atty), C);
+    v.qkv = lay(a.qkv, at_l(k.qkv), 3 * Ca);
+    v.atty = lay(a.atty, at_l(k.atty), Ca);
     v.lse = stat(a.lse, at_l(k.atty), H);
     v.mid = lay(a.res_mid, at_l(k.mid), C);
     v.ln2 = lay(a.ln2, at_l(k.ln2), C);
@@ -333,7 +348,7 @@ struct Esm2Model::Impl {
     AttentionShape s;
     s.T = T;
     s.S = S;
-    s.H = cfg.num_attention_heads;
+    s.H = Hl;  // this rank's heads: qkv rows are [q' | k' | v'] of width C' = H'·D each
     s.D = cfg.head_dim();
     s.max_seqlen = max_seqlen;
     s.cu_seqlens = cu;
@@ -376,23 +391,31 @@ struct Esm2Model::Impl {
     be.gemm(gx);
   }
 
+  // Sum of the tensor-parallel ranks' partial x[n] (activation dtype), identical on every rank.
+  void tp_allreduce(void* x, size_t n, const char* what) {
+    if (coord.tp_size > 1) par.tp->allreduce_sum_typed(x, n, be.activation_dtype(), what);
+  }
+  // A replicated bias added to a row-parallel product before its all-reduce goes in once: on tp rank 0.
+  const float* row_parallel_bias(const float* b) const { return coord.tp_rank == 0 ? b : nullptr; }
+
   // ---- forward ----
   // One pre-LN layer into v. recompute = false: the whole layer, v.x → v.out. recompute = true (before
   // layer l's backward): only the tensors the mode does not keep, in forward order, from the kept
   // ones; same ops on the same inputs, so bitwise the values the forward had.
   void layer_forward(int l, const LayerActs& v, bool recompute_pass) {
-    const int64_t C = cfg.hidden_size, F = cfg.ffn_hidden_size;
+    const int64_t C = cfg.hidden_size, Ca = Cl, F = Fl;
     const LayerOffsets& o = table.layers[l];
     const float* P = params;
     const Keep k = keep_for(recompute);
     auto need = [recompute_pass](bool kept) { return !recompute_pass || !kept; };
-    // x_mid = x + out_proj(Attn(LN1(x)))
+    // x_mid = x + out_proj(Attn(LN1(x))); out_proj is row-parallel: partial sums over the local heads
     if (need(k.ln1))
       be.layernorm_forward(v.ln1, v.ln1_mean, v.ln1_rstd, v.x, P + o.ln1_w, P + o.ln1_b, T, C, cfg.layer_norm_eps);
-    if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * C, C);
+    if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * Ca, C);
     if (need(k.atty)) be.attention_forward(v.atty, v.lse, v.qkv, attn_shape());
     if (need(k.mid)) {
-      linear(v.mid, v.atty, P + o.w_o, P + o.b_o, T, C, C);
+      linear(v.mid, v.atty, P + o.w_o, row_parallel_bias(P + o.b_o), T, C, Ca);
+      tp_allreduce(v.mid, T * C, "tensor-parallel attention output all-reduce");
       be.add(v.mid, v.mid, v.x, T * C);
     }
     // x_next = x_mid + proj(GELU(fc(LN2(x_mid))))
@@ -401,7 +424,8 @@ struct Esm2Model::Impl {
     if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C);
     if (recompute_pass) return;  // v.out is the next layer's kept input
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
-    linear(v.out, a.gelu, P + o.w_proj, P + o.b_proj, T, C, F);
+    linear(v.out, a.gelu, P + o.w_proj, row_parallel_bias(P + o.b_proj), T, C, F);
+    tp_allreduce(v.out, T * C, "tensor-parallel FFN output all-reduce");
     be.add(v.out, v.out, v.mid, T * C);
   }
 
@@ -468,20 +492,23 @@ struct Esm2Model::Impl {
 
   // Layer l's backward from its activations v; d_res holds dL/d(v.out) on entry, dL/d(v.x) on exit.
   void layer_backward(int l, const LayerActs& v) {
-    const int64_t C = cfg.hidden_size, F = cfg.ffn_hidden_size;
+    const int64_t C = cfg.hidden_size, Ca = Cl, F = Fl;
     const LayerOffsets& o = table.layers[l];
     const float* P = params;
     float* G = grads;
-    // FFN block; the residual passes d_res through unchanged
+    // FFN block; the residual passes d_res through unchanged. d_res is replicated, so the replicated
+    // bias/LayerNorm gradients come out identical on every tp rank.
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
     linear_backward(a.d_fch, G + o.w_proj, G + o.b_proj, a.d_res, a.gelu, P + o.w_proj, T, C, F);
     be.gelu_backward(a.d_fch, a.d_fch, v.fch, T * F, cfg.gelu_tanh);
     linear_backward(a.d_tmp, G + o.w_fc, G + o.b_fc, a.d_fch, v.ln2, P + o.w_fc, T, F, C);
+    tp_allreduce(a.d_tmp, T * C, "tensor-parallel FFN input-gradient all-reduce");
     be.layernorm_backward(a.d_res, G + o.ln2_w, G + o.ln2_b, a.d_tmp, v.mid, P + o.ln2_w, v.ln2_mean, v.ln2_rstd, T, C);
     // attention block
-    linear_backward(a.d_tmp, G + o.w_o, G + o.b_o, a.d_res, v.atty, P + o.w_o, T, C, C);
+    linear_backward(a.d_tmp, G + o.w_o, G + o.b_o, a.d_res, v.atty, P + o.w_o, T, C, Ca);
     be.attention_backward(a.d_qkv, a.d_tmp, v.qkv, v.atty, v.lse, attn_shape());
-    linear_backward(a.d_tmp, G + o.w_qkv, G + o.b_qkv, a.d_qkv, v.ln1, P + o.w_qkv, T, 3 * C, C);
+    linear_backward(a.d_tmp, G + o.w_qkv, G + o.b_qkv, a.d_qkv, v.ln1, P + o.w_qkv, T, 3 * Ca, C);
+    tp_allreduce(a.d_tmp, T * C, "tensor-parallel attention input-gradient all-reduce");
     be.layernorm_backward(a.d_res, G + o.ln1_w, G + o.ln1_b, a.d_tmp, v.x, P + o.ln1_w, v.ln1_mean, v.ln1_rstd, T, C);
   }
 };
@@ -509,8 +536,8 @@ size_t activation_arena_bytes(const ModelConfig& cfg, int64_t tokens, int64_t he
                               DType activation_dtype) {
   Acts views;
   size_t total = 0;
-  for (const ArenaSpec& s : arena_layout(views, cfg, static_cast<size_t>(tokens), static_cast<size_t>(head_rows),
-                                         recompute, dtype_size(activation_dtype)))
+  for (const ArenaSpec& s : arena_layout(views, cfg, /*tp=*/1, static_cast<size_t>(tokens),
+                                         static_cast<size_t>(head_rows), recompute, dtype_size(activation_dtype)))
     total += align_arena(s.bytes);
   return total;
 }

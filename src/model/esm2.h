@@ -120,7 +120,7 @@ class Esm2Model {
   std::unique_ptr<Impl> impl_;
 };
 
-// Bytes of the activation arena an Esm2Model with this mode allocates for a micro-batch of `tokens`
+// Bytes of the activation arena an (unsplit) Esm2Model with this mode allocates for a micro-batch of `tokens`
 // tokens of which `head_rows` reach the LM head (labelled positions; all tokens for forward_outputs).
 size_t activation_arena_bytes(const ModelConfig& cfg, int64_t tokens, int64_t head_rows, Recompute recompute,
                               DType activation_dtype);

@@ -11,13 +11,18 @@
 
 namespace esm2 {
 
-// Offsets (in elements) of one encoder layer's tensors.
+// Tensor parallel (Megatron; TP ranks, tp rank r): q/k/v and intermediate.dense are split by output
+// rows (column-parallel: rank r holds heads [r·H/TP, (r+1)·H/TP) and FFN units [r·F/TP, (r+1)·F/TP),
+// one run each); attention.output.dense and output.dense by input columns (row-parallel: one run per
+// row); every other tensor is replicated on the TP ranks and owned by tp rank 0.
+
+// Offsets (in elements) of one encoder layer's tensors in the local flat buffer; C' = C/TP, F' = F/TP.
 struct LayerOffsets {
-  size_t w_qkv, b_qkv;    // [3C, C] = query|key|value .weight; [3C] biases
-  size_t w_o, b_o;        // attention.output.dense [C, C], [C]
+  size_t w_qkv, b_qkv;    // [3C', C] = query|key|value .weight (local rows of each, adjacent); [3C'] biases
+  size_t w_o, b_o;        // attention.output.dense [C, C'], [C]
   size_t ln1_w, ln1_b;    // attention.LayerNorm (pre-attention) [C]
-  size_t w_fc, b_fc;      // intermediate.dense [F, C], [F]
-  size_t w_proj, b_proj;  // output.dense [C, F], [C]
+  size_t w_fc, b_fc;      // intermediate.dense [F', C], [F']
+  size_t w_proj, b_proj;  // output.dense [C, F'], [C]
   size_t ln2_w, ln2_b;    // LayerNorm (pre-FFN) [C]
 };
 
@@ -49,8 +54,9 @@ struct ParamTable {
 
 // "esm.encoder.layer.{layer}.{leaf}" — the one place encoder names are spelled.
 std::string encoder_layer_name(int layer, std::string_view leaf);
-// The local table of the rank at `at` (default: the whole model on one rank).
-ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& at = {});
+// The local table of the rank at `coord` (default: the whole model on one rank). Throws esm2::Error
+// when the heads or the FFN width do not divide by the tensor-parallel size.
+ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& coord = {});
 // Index into infos by name, or -1.
 int find_param(const ParamTable& table, std::string_view name);
 

@@ -212,7 +212,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                groups.tp_size, groups.pp_size, comm.name(),
                groups.dp_size > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
                                                                   : "AdamW (replicated)");
-    fmt::print("{}", model_summary(cfg.model, model.params_info()));
+    fmt::print("{}", model_summary(cfg.model, model.full_params_info()));
     if (groups.tp_size == 1 && groups.pp_size == 1)  // the plan is of the whole model on one rank
       fmt::print("{}", format_memory_plan(plan_memory(cfg.model, micro_batch_token_budget(cfg), cfg.recompute,
                                                       backend.activation_dtype())));
