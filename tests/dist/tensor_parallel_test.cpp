@@ -143,7 +143,7 @@ TEST_F(TensorParallel, TpTimesDpEqualsDpAlone) {
 }
 
 // A checkpoint saved at TP=2 (step 3 of a 6-step run) resumes in one process and continues like the
-// uninterrupted TP=2 run; and a bad split is refused with a one-line error.
+// uninterrupted TP=2 run, and at TP=2 bitwise like it; a bad split is refused with a one-line error.
 TEST_F(TensorParallel, CheckpointSavedAtTp2ResumesAtTp1) {
   const fs::path root = scratch_dir("tp-resume");
   const std::string common = kTinyModel + data_args() + " --num-steps 6 --val-check-interval 3 --result-dir " + root.string();
@@ -159,6 +159,14 @@ TEST_F(TensorParallel, CheckpointSavedAtTp2ResumesAtTp1) {
   for (const auto& [step, loss] : lr) EXPECT_NEAR(loss, lf.at(step), kLossRelTol * loss) << "step " << step;
   const double dw = expect_checkpoints_close(root / "full/checkpoints/step-00000006", root / "tp1/checkpoints/step-00000006");
   std::printf("TP=2 checkpoint resumed at TP=1: max |Δweight| at step 6 = %.3g\n", dw);
+  // Resumed at TP=2 (each rank slices its part out of the full checkpoint): the uninterrupted run, bit for bit.
+  const auto same = train(2, common + " --tensor-model-parallel-size 2 --experiment-name tp2 --restore-from-checkpoint-path " +
+                                 ck3.string());
+  ASSERT_EQ(same.exit_code, 0) << same.output;
+  for (const char* f : {"model.safetensors", "trainer_state/optimizer.safetensors"})
+    EXPECT_TRUE(esm2::read_file(root / "full/checkpoints/step-00000006" / f) ==
+                esm2::read_file(root / "tp2/checkpoints/step-00000006" / f))
+        << f << " differs after resuming at TP=2";
 
   const auto bad = train(3, common + " --tensor-model-parallel-size 3 --experiment-name bad");
   EXPECT_NE(bad.exit_code, 0);
