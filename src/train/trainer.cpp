@@ -221,10 +221,11 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                valid_corpus ? fmt::format("{} sequences, {} batches", valid_corpus->num_sequences(),
                                           validation.global_batches)
                             : std::string("none"));
-    fmt::print("batch: {} × {} rank(s) × {} accumulation; max length {}; lr {} (min {}, warmup {}, {} steps, {})\n",
+    // Global batch = micro × world × accumulation / (TP × PP): model-parallel ranks share their batch.
+    fmt::print("batch: {} × {} DP rank(s) × {} accumulation; max length {}; lr {} (min {}, warmup {}, {} steps, {})\n",
                cfg.micro_batch_tokens > 0 ? fmt::format("{} tokens (packed)", cfg.micro_batch_tokens)
                                           : fmt::format("{} sequences", cfg.micro_batch_size),
-               comm.world_size(), cfg.accumulate_grad_batches, cfg.max_seq_length, cfg.schedule.max_lr,
+               groups.dp_size, cfg.accumulate_grad_batches, cfg.max_seq_length, cfg.schedule.max_lr,
                cfg.schedule.min_lr, cfg.schedule.warmup_steps, cfg.schedule.total_steps,
                schedule_kind_name(cfg.schedule.kind));
     std::fflush(stdout);
