@@ -8,8 +8,10 @@
 #      real tokens/s/GPU and efficiency → $OUT/scaling.json;
 #  (c) `esm2 train --gpus N` with checkpoints; kill -9 of one worker after ~30 s; every rank's exit and
 #      the launcher's messages; then resume from the last checkpoint on 1 GPU (accumulation N keeps
-#      the global batch) and show the step counter continuing → $OUT/kill_resume.json + .log.
-# Each step is logged and a failing step does not stop the next. Budget: < 9 min on 2×H100.
+#      the global batch) and show the step counter continuing → $OUT/kill_resume.json + .log;
+#  (d) last: tensor parallel, the (b) 650M run again as `--gpus 2 --tensor-model-parallel-size 2` (DP 1: the
+#      same batch as the 1-GPU run); per-step |Δloss| TP=2 vs TP=1 and tokens/s → $OUT/tensor_parallel.json.
+# Each step is logged and a failing step does not stop the next. Budget: < 10 min on 2×H100.
 # Usage (repository root on the device; .carry/deps, or the directory given, holds the sqlite/snappy
 # .debs as for bench/gpu_profile_run.sh): bench/multi_gpu_run.sh [DEPS_DIR]
 set -u
@@ -158,5 +160,40 @@ res = {"launcher_messages": [l for l in run.splitlines() if l.startswith("esm2 t
 json.dump(res, open(out, "w"), indent=1)
 print(res)
 EOF
+# ---- (d) tensor parallel (docs/readme/tp.md): the (b) 650M run split over 2 GPUs, same batch ----
+# TP splits the model, not the batch, so the run must track the 1-GPU run s650_1 step by step; the
+# difference is bf16 round-off (partial sums rounded to bf16 before the all-reduce). tokens/s shows
+# the cost of the 4 all-reduces of [T, C] per layer and micro-batch (paper: ~16% at 650M).
+if [ "$N" -ge 2 ]; then
+  say "(d) 650M TP=2 on 2 GPUs (--gpus 2 --tensor-model-parallel-size 2)"
+  timeout 120 $E train $B650 --gpus 2 --tensor-model-parallel-size 2 --experiment-name tp2_650 > /tmp/mg/d2.log 2>&1
+  say "  exit $?"; grep -E "parallel layout|error" /tmp/mg/d2.log | head -3 | tee -a "$LOG"
+  tail -20 /tmp/mg/d2.log > "$OUT/tp2_650.log"
+  $PY - "$RUNS" "$OUT/tensor_parallel.json" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, sys, os
+runs, out = sys.argv[1], sys.argv[2]
+def metrics(name):
+    p = os.path.join(runs, name, "metrics.jsonl"); loss, tps = {}, []
+    if os.path.exists(p):
+        for line in open(p):
+            j = json.loads(line)
+            if "train_loss" in j: loss[j["step"]] = j["train_loss"]
+            if "tokens_per_s" in j and j["step"] > 5: tps.append(j["tokens_per_s"])  # after warm-up steps
+    return loss, (sum(tps) / len(tps) if tps else None)
+l1, t1 = metrics("s650_1"); l2, t2 = metrics("tp2_650")
+common = [s for s in l1 if s in l2]
+res = {"preset": "650M", "precision": "bf16-mixed", "micro_batch_tokens": 16384,
+       "max_abs_dloss_tp2_vs_tp1": max(abs(l1[s] - l2[s]) for s in common) if common else None,
+       "steps_compared": len(common),
+       "real_tokens_per_s_tp1_1gpu": t1, "real_tokens_per_s_tp2_2gpus": t2,
+       "tp2_speedup_over_1gpu": (t2 / t1) if (t1 and t2) else None,
+       "table": [{"step": s, "tp1": l1.get(s), "tp2": l2.get(s)} for s in sorted(l1)]}
+json.dump(res, open(out, "w"), indent=1)
+print({k: v for k, v in res.items() if k != "table"})
+EOF
+else
+  say "(d) tensor parallel skipped: it needs 2 GPUs"
+fi
+
 say "done"
 ls -la "$OUT" | tee -a "$LOG"
