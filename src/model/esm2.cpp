@@ -105,11 +105,14 @@ struct ArenaSpec {
 
 // The arena's buffers for T tokens and R head rows, in allocation order (TensorSpec style: one table,
 // one allocation). es: bytes of one activation element; tp: tensor-parallel size (local widths
-// C' = C/tp, F' = F/tp, H' = H/tp).
-std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, int tp, size_t Tn, size_t Rn, Recompute mode,
-                                    size_t es) {
-  const size_t L = cfg.num_layers, C = cfg.hidden_size, Ca = C / tp, F = cfg.ffn_hidden_size / tp,
-               H = cfg.num_attention_heads / tp, V = cfg.vocab_size;
+// C' = C/tp, F' = F/tp, H' = H/tp). A pipeline stage holds `L` layers and, unless it is the last stage
+// (`head`), no final LayerNorm / LM head buffers.
+std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, int tp, size_t L, bool head, size_t Tn,
+                                    size_t Rn, Recompute mode, size_t es) {
+  const size_t C = cfg.hidden_size, Ca = C / tp, F = cfg.ffn_hidden_size / tp, H = cfg.num_attention_heads / tp,
+               V = cfg.vocab_size;
+  const size_t Th = head ? Tn : 0;
+  if (!head) Rn = 0;
   const Keep k = keep_for(mode);
   auto n = [L](bool kept) { return kept ? L : size_t{1}; };  // slices of a per-layer tensor
   return {
@@ -125,9 +128,9 @@ std::vector<ArenaSpec> arena_layout(Acts& a, const ModelConfig& cfg, int tp, siz
       {&a.ln2_mean, n(k.ln2) * Tn * 4},
       {&a.ln2_rstd, n(k.ln2) * Tn * 4},
       {&a.fch, n(k.fch) * Tn * F * es},
-      {&a.lnf, Tn * C * es},
-      {&a.lnf_mean, Tn * 4},
-      {&a.lnf_rstd, Tn * 4},
+      {&a.lnf, Th * C * es},
+      {&a.lnf_mean, Th * 4},
+      {&a.lnf_rstd, Th * 4},
       {&a.h_in, Rn * C * es},
       {&a.h_dense, Rn * C * es},
       {&a.h_gelu, Rn * C * es},
@@ -154,6 +157,26 @@ float* f32(void* p) { return static_cast<float*>(p); }
 // Byte offset helper for views of activation-dtype tensors.
 void* at(void* base, size_t elems, size_t esize) { return static_cast<char*>(base) + elems * esize; }
 
+// One micro-batch's state: its activation arena (and capacity) and its uploaded ids, offsets and
+// head rows. A pipeline stage keeps several micro-batches in flight (1F1B), each in its own slot;
+// Impl derives from the slot in use, so the layer code reads a, T, ids… directly and switching
+// slots swaps these few pointers and counts.
+struct SlotState {
+  // Arena and its capacity (tokens, head rows).
+  void* arena = nullptr;
+  size_t arena_bytes = 0;
+  int64_t cap_T = 0, cap_R = 0;
+  Acts a;
+  int32_t* ids = nullptr;         // [cap_T]
+  int32_t* cu = nullptr;          // [cap_T + 1]
+  int32_t* rows = nullptr;        // [cap_R] token index of each head row
+  int32_t* row_labels = nullptr;  // [cap_R]
+
+  // Current micro-batch.
+  int64_t T = 0, R = 0;
+  int S = 0, max_seqlen = 0;
+};
+
 }  // namespace
 
 namespace {
@@ -161,7 +184,7 @@ int group_size(const Communicator* c) { return c ? c->world_size() : 1; }
 int group_rank(const Communicator* c) { return c ? c->rank() : 0; }
 }  // namespace
 
-struct Esm2Model::Impl {
+struct Esm2Model::Impl : SlotState {
   ModelConfig cfg;
   Backend& be;
   ModelParallel par;
@@ -176,19 +199,9 @@ struct Esm2Model::Impl {
   std::vector<float> inv_freq_host;  // [D/2]
   float* inv_freq_dev = nullptr;     // [D/2]
 
-  // Arena and its capacity (tokens, head rows).
-  void* arena = nullptr;
-  size_t arena_bytes = 0;
-  int64_t cap_T = 0, cap_R = 0;
-  Acts a;
-  int32_t* ids = nullptr;         // [cap_T]
-  int32_t* cu = nullptr;          // [cap_T + 1]
-  int32_t* rows = nullptr;        // [cap_R] token index of each head row
-  int32_t* row_labels = nullptr;  // [cap_R]
-
-  // Current micro-batch.
-  int64_t T = 0, R = 0;
-  int S = 0, max_seqlen = 0;
+  // The other slots (parked[cur_slot] is empty: its state is the base class).
+  std::vector<SlotState> parked = std::vector<SlotState>(1);
+  int cur_slot = 0;
 
   Recompute recompute = Recompute::None;  // set_recompute()
 
@@ -216,6 +229,10 @@ struct Esm2Model::Impl {
   }
   ~Impl() {
     free_arena();
+    for (SlotState& s : parked) {
+      static_cast<SlotState&>(*this) = s;
+      free_arena();
+    }
     be.free(params);
     be.free(grads);
     be.free(inv_freq_dev);
@@ -226,6 +243,32 @@ struct Esm2Model::Impl {
                "inv_freq: expected {} values (head_dim/2), got {}", cfg.head_dim() / 2, f.size());
     inv_freq_host.assign(f.begin(), f.end());
     be.copy_to_device(inv_freq_dev, f.data(), f.size() * 4);
+  }
+
+  void require_whole(const char* what) const {
+    ESM2_CHECK(table.has_embedding && table.has_head,
+               "model: {} needs every layer on this rank; pipeline stage {} of {} runs through PipelineSchedule", what,
+               coord.pp_rank, coord.pp_size);
+  }
+
+  size_t boundary_bytes() const { return be.act_bytes(static_cast<size_t>(T) * cfg.hidden_size); }
+
+  int num_local_layers() const { return static_cast<int>(table.layers.size()); }
+
+  void use_slot(int k) {
+    ESM2_CHECK(k >= 0 && k < static_cast<int>(parked.size()), "model: activation slot {} outside 0..{}", k,
+               parked.size() - 1);
+    if (k == cur_slot) return;
+    parked[cur_slot] = static_cast<const SlotState&>(*this);
+    static_cast<SlotState&>(*this) = parked[k];
+    parked[k] = SlotState{};
+    cur_slot = k;
+  }
+
+  size_t total_arena_bytes() const {
+    size_t b = arena_bytes;
+    for (const SlotState& s : parked) b += s.arena_bytes;
+    return b;
   }
 
   void free_arena() {
@@ -242,7 +285,8 @@ struct Esm2Model::Impl {
     const int64_t Tc = std::max(T_need, cap_T), Rc = std::max(R_need, cap_R);
     free_arena();
     const size_t Tn = Tc, Rn = Rc;
-    const std::vector<ArenaSpec> specs = arena_layout(a, cfg, coord.tp_size, Tn, Rn, recompute, es());
+    const std::vector<ArenaSpec> specs =
+        arena_layout(a, cfg, coord.tp_size, num_local_layers(), table.has_head, Tn, Rn, recompute, es());
     size_t total = 0;
     for (const ArenaSpec& s : specs) total += align_arena(s.bytes);
     arena = be.alloc(total);
@@ -262,9 +306,15 @@ struct Esm2Model::Impl {
 
   void set_recompute(Recompute r) {
     if (r == recompute) return;
-    free_arena();  // the layout depends on the mode: carved again at the next micro-batch
-    arena_bytes = 0;
-    cap_T = cap_R = 0;
+    // The layout depends on the mode: every slot's arena is carved again at its next micro-batch.
+    const int cur = cur_slot;
+    for (int k = 0; k < static_cast<int>(parked.size()); ++k) {
+      use_slot(k);
+      free_arena();
+      arena_bytes = 0;
+      cap_T = cap_R = 0;
+    }
+    use_slot(cur);
     recompute = r;
   }
 
@@ -312,8 +362,10 @@ struct Esm2Model::Impl {
     ensure_capacity(T, R);
     be.copy_to_device(ids, mb.input_ids.data(), T * 4);
     be.copy_to_device(cu, mb.cu_seqlens.data(), (S + 1) * 4);
-    be.copy_to_device(rows, r.data(), R * 4);
-    be.copy_to_device(row_labels, lab.data(), R * 4);
+    if (table.has_head) {  // only the last pipeline stage has the LM head (and room for its rows)
+      be.copy_to_device(rows, r.data(), R * 4);
+      be.copy_to_device(row_labels, lab.data(), R * 4);
+    }
   }
 
   // ---- views ----
@@ -432,11 +484,15 @@ struct Esm2Model::Impl {
   void encoder_forward() {
     const int64_t C = cfg.hidden_size;
     const float* P = params;
-    be.embedding_forward(res(0), ids, P + table.wte, T, C);
-    be.token_dropout_forward(res(0), ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
-    for (int l = 0; l < cfg.num_layers; ++l) layer_forward(l, layer(l), /*recompute_pass=*/false);
-    be.layernorm_forward(a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), res(cfg.num_layers), P + table.lnf_w,
-                         P + table.lnf_b, T, C, cfg.layer_norm_eps);
+    // A later pipeline stage finds the previous stage's output in res(0) instead.
+    if (table.has_embedding) {
+      be.embedding_forward(res(0), ids, P + table.wte, T, C);
+      be.token_dropout_forward(res(0), ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
+    }
+    for (int l = 0; l < num_local_layers(); ++l) layer_forward(l, layer(l), /*recompute_pass=*/false);
+    if (table.has_head)
+      be.layernorm_forward(a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), res(num_local_layers()), P + table.lnf_w,
+                           P + table.lnf_b, T, C, cfg.layer_norm_eps);
   }
 
   // LM head on the R selected rows: dense → GELU → LayerNorm → tied decoder + bias.
@@ -467,25 +523,30 @@ struct Esm2Model::Impl {
     const int64_t C = cfg.hidden_size, V = cfg.vocab_size;
     const float* P = params;
     float* G = grads;
-    // LM head
-    be.cross_entropy_backward(a.d_logits, a.logits, row_labels, R, V, grad_scale);
-    linear_backward(a.dh_a, G + table.wte, G + table.head_bias, a.d_logits, a.h_ln, P + table.wte, R, V, C);
-    be.memset_zero(a.dh_b, be.act_bytes(R * C));
-    be.layernorm_backward(a.dh_b, G + table.head_ln_w, G + table.head_ln_b, a.dh_a, a.h_gelu, P + table.head_ln_w,
-                          f32(a.h_mean), f32(a.h_rstd), R, C);
-    be.gelu_backward(a.dh_b, a.dh_b, a.h_dense, R * C, cfg.gelu_tanh);
-    linear_backward(a.dh_a, G + table.head_w, G + table.head_b, a.dh_b, a.h_in, P + table.head_w, R, C, C);
-    be.memset_zero(a.d_tmp, be.act_bytes(T * C));
-    be.scatter_add_rows(a.d_tmp, a.dh_a, rows, R, C);
-    // final LayerNorm: d_res becomes the gradient of the last residual stream
-    be.memset_zero(a.d_res, be.act_bytes(T * C));
-    be.layernorm_backward(a.d_res, G + table.lnf_w, G + table.lnf_b, a.d_tmp, res(cfg.num_layers), P + table.lnf_w,
-                          f32(a.lnf_mean), f32(a.lnf_rstd), T, C);
-    for (int l = cfg.num_layers - 1; l >= 0; --l) {
+    // A pipeline stage before the last finds the gradient of its output (from the next stage) in d_res.
+    if (table.has_head) {
+      // LM head
+      be.cross_entropy_backward(a.d_logits, a.logits, row_labels, R, V, grad_scale);
+      linear_backward(a.dh_a, G + table.wte, G + table.head_bias, a.d_logits, a.h_ln, P + table.wte, R, V, C);
+      be.memset_zero(a.dh_b, be.act_bytes(R * C));
+      be.layernorm_backward(a.dh_b, G + table.head_ln_w, G + table.head_ln_b, a.dh_a, a.h_gelu, P + table.head_ln_w,
+                            f32(a.h_mean), f32(a.h_rstd), R, C);
+      be.gelu_backward(a.dh_b, a.dh_b, a.h_dense, R * C, cfg.gelu_tanh);
+      linear_backward(a.dh_a, G + table.head_w, G + table.head_b, a.dh_b, a.h_in, P + table.head_w, R, C, C);
+      be.memset_zero(a.d_tmp, be.act_bytes(T * C));
+      be.scatter_add_rows(a.d_tmp, a.dh_a, rows, R, C);
+      // final LayerNorm: d_res becomes the gradient of the last residual stream
+      be.memset_zero(a.d_res, be.act_bytes(T * C));
+      be.layernorm_backward(a.d_res, G + table.lnf_w, G + table.lnf_b, a.d_tmp, res(num_local_layers()),
+                            P + table.lnf_w, f32(a.lnf_mean), f32(a.lnf_rstd), T, C);
+    }
+    for (int l = num_local_layers() - 1; l >= 0; --l) {
       const LayerActs v = layer(l);
       layer_forward(l, v, /*recompute_pass=*/true);
       layer_backward(l, v);
     }
+    // A later pipeline stage sends d_res (the gradient of its input) to the previous stage instead.
+    if (!table.has_embedding) return;
     be.token_dropout_backward(a.d_res, ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
     be.embedding_backward(G + table.wte, a.d_res, ids, T, C);
   }
@@ -528,7 +589,7 @@ size_t Esm2Model::full_num_params() const { return impl_->full_table.total; }
 const std::vector<FlatRun>& Esm2Model::full_runs() const { return impl_->table.runs; }
 float* Esm2Model::param_data() { return impl_->params; }
 float* Esm2Model::grad_data() { return impl_->grads; }
-size_t Esm2Model::activation_bytes() const { return impl_->arena_bytes; }
+size_t Esm2Model::activation_bytes() const { return impl_->total_arena_bytes(); }
 Recompute Esm2Model::recompute() const { return impl_->recompute; }
 void Esm2Model::set_recompute(Recompute r) { impl_->set_recompute(r); }
 
@@ -536,8 +597,9 @@ size_t activation_arena_bytes(const ModelConfig& cfg, int64_t tokens, int64_t he
                               DType activation_dtype) {
   Acts views;
   size_t total = 0;
-  for (const ArenaSpec& s : arena_layout(views, cfg, /*tp=*/1, static_cast<size_t>(tokens),
-                                         static_cast<size_t>(head_rows), recompute, dtype_size(activation_dtype)))
+  for (const ArenaSpec& s : arena_layout(views, cfg, /*tp=*/1, static_cast<size_t>(cfg.num_layers), /*head=*/true,
+                                         static_cast<size_t>(tokens), static_cast<size_t>(head_rows), recompute,
+                                         dtype_size(activation_dtype)))
     total += align_arena(s.bytes);
   return total;
 }
@@ -602,6 +664,7 @@ void Esm2Model::zero_grads() { impl_->be.memset_zero(impl_->grads, impl_->table.
 
 LossSum Esm2Model::forward_backward(const MicroBatch& mb, float grad_scale) {
   Impl& m = *impl_;
+  m.require_whole("forward_backward");
   m.prepare(mb, /*all_rows=*/false);
   if (m.R == 0) return {};  // nothing labelled: the loss and its gradient are zero
   m.encoder_forward();
@@ -613,6 +676,7 @@ LossSum Esm2Model::forward_backward(const MicroBatch& mb, float grad_scale) {
 
 LossSum Esm2Model::forward_loss(const MicroBatch& mb) {
   Impl& m = *impl_;
+  m.require_whole("forward_loss");
   m.prepare(mb, /*all_rows=*/false);
   if (m.R == 0) return {};
   m.encoder_forward();
@@ -623,6 +687,7 @@ LossSum Esm2Model::forward_loss(const MicroBatch& mb) {
 void Esm2Model::forward_outputs(const MicroBatch& mb, std::vector<float>* logits, std::vector<float>* last_hidden,
                                 int repr_layer, std::vector<float>* repr) {
   Impl& m = *impl_;
+  m.require_whole("forward_outputs");
   const int L = m.cfg.num_layers;
   ESM2_CHECK(repr_layer < 0 || repr_layer <= L, "forward_outputs: repr_layer {} outside 0..{}", repr_layer, L);
   ESM2_CHECK(repr_layer < 0 || repr != nullptr, "forward_outputs: repr_layer {} given without an output", repr_layer);
@@ -642,6 +707,65 @@ void Esm2Model::forward_outputs(const MicroBatch& mb, std::vector<float>* logits
     repr->resize(m.T * C);
     m.be.act_to_host_f32(repr->data(), repr_layer == L ? m.a.lnf : m.res(repr_layer), repr->size());
   }
+}
+
+// ---- pipeline stage ----
+
+int Esm2Model::first_layer() const { return impl_->table.first_layer; }
+int Esm2Model::end_layer() const { return impl_->table.end_layer; }
+bool Esm2Model::has_embedding() const { return impl_->table.has_embedding; }
+bool Esm2Model::has_head() const { return impl_->table.has_head; }
+
+void Esm2Model::reserve_slots(int slots, int64_t max_tokens, int64_t max_rows) {
+  Impl& m = *impl_;
+  ESM2_CHECK(slots >= 1, "model: {} activation slots requested", slots);
+  const int cur = m.cur_slot;
+  if (m.parked.size() < static_cast<size_t>(slots)) m.parked.resize(static_cast<size_t>(slots));
+  for (int k = 0; k < slots; ++k) {
+    m.use_slot(k);
+    m.ensure_capacity(std::max<int64_t>(max_tokens, 1), max_rows);
+  }
+  m.use_slot(cur);
+}
+
+void* Esm2Model::stage_input(int slot, const MicroBatch& mb) {
+  Impl& m = *impl_;
+  m.use_slot(slot);
+  m.prepare(mb, /*all_rows=*/false);
+  return m.table.has_embedding ? nullptr : m.res(0);
+}
+
+LossSum Esm2Model::stage_forward(int slot) {
+  Impl& m = *impl_;
+  m.use_slot(slot);
+  m.encoder_forward();
+  if (!m.table.has_head) return {};
+  m.head_forward();
+  return m.loss_sum();
+}
+
+const void* Esm2Model::stage_output(int slot) {
+  Impl& m = *impl_;
+  m.use_slot(slot);
+  return m.table.has_head ? nullptr : m.res(m.num_local_layers());
+}
+
+void* Esm2Model::stage_output_grad(int slot) {
+  Impl& m = *impl_;
+  m.use_slot(slot);
+  return m.table.has_head ? nullptr : m.a.d_res;
+}
+
+const void* Esm2Model::stage_backward(int slot, float grad_scale) {
+  Impl& m = *impl_;
+  m.use_slot(slot);
+  m.backward(grad_scale);
+  return m.table.has_embedding ? nullptr : m.a.d_res;
+}
+
+size_t Esm2Model::stage_boundary_bytes(int slot) {
+  impl_->use_slot(slot);
+  return impl_->boundary_bytes();
 }
 
 }  // namespace esm2

@@ -107,13 +107,46 @@ class Esm2Model {
   std::vector<float> inv_freq() const;
 
   // Bytes of the activation arena, sized for the largest micro-batch seen so far (0 before the first);
-  // activation_arena_bytes() of that size.
+  // activation_arena_bytes() of that size for the whole model. A pipeline stage: the sum over its
+  // activation slots, each sized for the stage's layers.
   size_t activation_bytes() const;
   // Which activations the forward keeps per layer for the backward (model/recompute.h; default none).
   // Every mode gives bitwise the same loss and gradients on a deterministic backend. Changing the mode
   // frees the arena; the next micro-batch carves it again.
   Recompute recompute() const;
   void set_recompute(Recompute recompute);
+
+  // ---- pipeline stage (driven by src/train/pipeline_schedule.h) ----
+  // With ModelParallel::pp of P ranks this rank holds layers [first_layer, end_layer) (param_table.h:
+  // pipeline_stage_layers); the first stage also the embedding (+ token dropout), the last the final
+  // LayerNorm, the LM head and a replica of the word embedding as the tied decoder. P = 1: everything.
+  // forward_backward / forward_loss / forward_outputs need the whole model; a stage runs the calls below.
+  int first_layer() const;
+  int end_layer() const;
+  bool has_embedding() const;
+  bool has_head() const;
+  // Micro-batches in flight each keep their activations in a slot (1F1B keeps up to P − stage of them).
+  // Makes slots 0..slots-1 exist (more may) with room for micro-batches of up to max_tokens tokens and
+  // max_rows labelled positions, so that no later stage_input of those sizes reallocates: buffers
+  // handed out below (possibly still being sent) stay where they are.
+  void reserve_slots(int slots, int64_t max_tokens, int64_t max_rows);
+  // Starts `mb` in `slot` (validates and uploads ids, offsets, labels). Returns where a non-first stage
+  // must put the previous stage's output [T, C] (activation dtype, backend memory) before
+  // stage_forward; nullptr on the first stage.
+  void* stage_input(int slot, const MicroBatch& mb);
+  // This stage's forward of the slot's micro-batch. The last stage returns the loss sum; others zero.
+  LossSum stage_forward(int slot);
+  // Non-last stage: the slot's output [T, C] for the next stage; nullptr on the last stage.
+  const void* stage_output(int slot);
+  // Non-last stage: where the gradient of the output [T, C] (from the next stage) goes before
+  // stage_backward; nullptr on the last stage.
+  void* stage_output_grad(int slot);
+  // grads += grad_scale · d(loss sum)/dθ of this stage's tensors (the word-embedding replica of the
+  // last stage included). Non-first stage: returns the gradient of the stage input [T, C] for the
+  // previous stage (valid until the slot's next stage_input); nullptr on the first stage.
+  const void* stage_backward(int slot, float grad_scale);
+  // Bytes of one [T, C] activation of the slot's micro-batch: what travels between stages.
+  size_t stage_boundary_bytes(int slot);
 
  private:
   struct Impl;

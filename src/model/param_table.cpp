@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <unordered_map>
+
 #include "core/error.h"
 
 namespace esm2 {
@@ -19,13 +21,10 @@ enum class Split {
   Cols,  // dim 1 (input features: row-parallel Linear), one run per row
 };
 
-}  // namespace
-
-ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& coord) {
-  cfg.validate();
+// The table of every layer of the model (all pipeline stages) at this rank's tensor-parallel shard.
+ParamTable build_all_layers(const ModelConfig& cfg, const ShardCoord& coord) {
   const int TP = coord.tp_size, tr = coord.tp_rank;
   ESM2_CHECK(TP >= 1 && tr >= 0 && tr < TP, "parameter table: tensor-parallel rank {} of size {}", tr, TP);
-  ESM2_CHECK(coord.pp_size == 1, "model: pipeline parallel {} is not supported by this build", coord.pp_size);
   ESM2_CHECK(cfg.num_attention_heads % TP == 0,
              "tensor parallel: {} attention heads do not divide by --tensor-model-parallel-size {}",
              cfg.num_attention_heads, TP);
@@ -105,6 +104,85 @@ ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& coord) {
   t.head_ln_b = add("lm_head.layer_norm.bias", {C}, false, Split::None);
   t.head_bias = add("lm_head.bias", {V}, false, Split::None);
   return t;
+}
+
+// Keeps the tensors of pipeline stage `at.pp_rank` from a table of all layers, in the same order,
+// re-based to a dense local buffer; runs (already mapping into the whole model) follow their tensors.
+ParamTable select_stage(const ParamTable& all, const ModelConfig& cfg, const ShardCoord& at) {
+  const auto [first, end] = pipeline_stage_layers(cfg.num_layers, at.pp_size, at.pp_rank);
+  ParamTable t;
+  t.full_total = all.full_total;
+  t.first_layer = first;
+  t.end_layer = end;
+  t.has_embedding = at.pp_rank == 0;
+  t.has_head = at.pp_rank == at.pp_size - 1;
+  const size_t layer_begin = all.layers[first].w_qkv;
+  const size_t layer_end = end < cfg.num_layers ? all.layers[end].w_qkv : all.lnf_w;
+  // The word embedding lives on the first stage (input) and, as the tied decoder, on the last; the
+  // first stage's copy is THE copy (checkpoints, gradient norm), the last stage's a replica kept equal
+  // by summing the two gradients (PipelineSchedule).
+  auto keep = [&](size_t off) {
+    if (off == all.wte) return t.has_embedding || t.has_head;
+    if (off >= layer_begin && off < layer_end) return true;
+    return off >= all.lnf_w && t.has_head;
+  };
+  std::unordered_map<size_t, size_t> local_of;  // tensor offset in `all` → offset in the stage's buffer
+  size_t run = 0;
+  for (const ParamInfo& p : all.infos) {
+    while (run < all.runs.size() && all.runs[run].local < p.offset) ++run;
+    if (!keep(p.offset)) continue;
+    const bool replica = p.offset == all.wte && !t.has_embedding;
+    ParamInfo q = p;
+    q.offset = t.total;
+    q.owner = p.owner && !replica;
+    local_of[p.offset] = q.offset;
+    for (size_t r = run; r < all.runs.size() && all.runs[r].local < p.offset + p.numel; ++r) {
+      FlatRun fr = all.runs[r];
+      fr.local = fr.local - p.offset + q.offset;
+      fr.owner = fr.owner && !replica;
+      t.runs.push_back(fr);
+    }
+    t.total += p.numel;
+    t.infos.push_back(std::move(q));
+  }
+  auto loc = [&](size_t off) { return local_of.at(off); };
+  if (t.has_embedding || t.has_head) t.wte = loc(all.wte);
+  for (int l = first; l < end; ++l) {
+    const LayerOffsets& o = all.layers[l];
+    t.layers.push_back({loc(o.w_qkv), loc(o.b_qkv), loc(o.w_o), loc(o.b_o), loc(o.ln1_w), loc(o.ln1_b), loc(o.w_fc),
+                        loc(o.b_fc), loc(o.w_proj), loc(o.b_proj), loc(o.ln2_w), loc(o.ln2_b)});
+  }
+  if (t.has_head) {
+    t.lnf_w = loc(all.lnf_w);
+    t.lnf_b = loc(all.lnf_b);
+    t.head_w = loc(all.head_w);
+    t.head_b = loc(all.head_b);
+    t.head_ln_w = loc(all.head_ln_w);
+    t.head_ln_b = loc(all.head_ln_b);
+    t.head_bias = loc(all.head_bias);
+  }
+  return t;
+}
+
+}  // namespace
+
+std::pair<int, int> pipeline_stage_layers(int num_layers, int stages, int stage) {
+  ESM2_CHECK(stages >= 1 && stages <= num_layers,
+             "model: --pipeline-model-parallel-size {} must be between 1 and the number of layers {}", stages,
+             num_layers);
+  ESM2_CHECK(stage >= 0 && stage < stages, "model: pipeline stage {} outside 0..{}", stage, stages - 1);
+  // Contiguous ranges; the first (num_layers mod stages) stages take one layer more (33 on 4 = 9+8+8+8):
+  // the last stage also runs the LM head, so it is the one to lighten.
+  const int base = num_layers / stages, extra = num_layers % stages;
+  const int first = stage * base + std::min(stage, extra);
+  return {first, first + base + (stage < extra ? 1 : 0)};
+}
+
+ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& at) {
+  cfg.validate();
+  ParamTable all = build_all_layers(cfg, at);
+  if (at.pp_size == 1) return all;
+  return select_stage(all, cfg, at);
 }
 
 int find_param(const ParamTable& table, std::string_view name) {

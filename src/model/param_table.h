@@ -4,6 +4,7 @@
 #pragma once
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -54,9 +55,14 @@ struct ParamTable {
 
 // "esm.encoder.layer.{layer}.{leaf}" — the one place encoder names are spelled.
 std::string encoder_layer_name(int layer, std::string_view leaf);
-// The local table of the rank at `coord` (default: the whole model on one rank). Throws esm2::Error
-// when the heads or the FFN width do not divide by the tensor-parallel size.
+// The local table of the rank at `coord` (default: the whole model on one rank): its tensor-parallel
+// shards and, with pipeline stages, only its stage's layers (pipeline_stage_layers) in the whole model's
+// order; names stay the whole model's. Throws esm2::Error when the heads or the FFN width do not divide
+// by the tensor-parallel size.
 ParamTable build_param_table(const ModelConfig& cfg, const ShardCoord& coord = {});
+// Layers [first, end) of pipeline stage `stage` of `stages`: contiguous, uneven counts allowed, the
+// first num_layers % stages stages one layer longer. Throws unless 1 <= stages <= num_layers.
+std::pair<int, int> pipeline_stage_layers(int num_layers, int stages, int stage);
 // Index into infos by name, or -1.
 int find_param(const ParamTable& table, std::string_view name);
 

@@ -11,14 +11,16 @@
 #include "core/signals.h"
 #include "data/corpus.h"
 #include "data/train_data.h"
-#include "model/esm2.h"
 #include "dist/parallel_layout.h"
+#include "model/esm2.h"
+#include "model/param_table.h"
 #include "train/checkpoint.h"
 #include "train/fault_injection.h"
 #include "train/memory_plan.h"
 #include "train/metrics_logger.h"
 #include "train/model_summary.h"
 #include "train/optimizer.h"
+#include "train/pipeline_schedule.h"
 #include "train/report.h"
 #include "train/zero_optimizer.h"
 
@@ -84,6 +86,10 @@ void validate_config(const TrainConfig& c, const Communicator& comm) {
              c.metric_to_monitor);
   ESM2_CHECK(c.resume_if_exists || c.restore_from_checkpoint_path.empty() || c.init_from.empty(),
              "train: give at most one of --restore-from-checkpoint-path and --init-from-hf");
+  // [pp] The grid itself (world = DP × TP × PP) is checked by make_parallel_groups.
+  ESM2_CHECK(c.pipeline_parallel <= c.model.num_layers,
+             "train: --pipeline-model-parallel-size {} exceeds the number of layers {} (a stage needs a layer)",
+             c.pipeline_parallel, c.model.num_layers);
   (void)comm;
 }
 
@@ -118,12 +124,20 @@ Validation make_validation(const Corpus& valid, const DataConfig& dc, double lim
   return v;
 }
 
-LossSum run_validation(Esm2Model& model, const Validation& v, Communicator& comm) {
+// `comm`: the data-parallel group. With pipeline stages the batches go through the pipeline, whose
+// loss every stage receives.
+LossSum run_validation(Esm2Model& model, PipelineSchedule* pipeline, const Validation& v, Communicator& comm) {
   double acc[2] = {0, 0};
-  for (const auto& mb : v.batches) {
-    const LossSum r = model.forward_loss(mb);
-    acc[0] += r.loss_sum;
-    acc[1] += static_cast<double>(r.num_labels);
+  if (pipeline) {
+    const LossSum r = pipeline->forward_loss(v.batches);
+    acc[0] = r.loss_sum;
+    acc[1] = static_cast<double>(r.num_labels);
+  } else {
+    for (const auto& mb : v.batches) {
+      const LossSum r = model.forward_loss(mb);
+      acc[0] += r.loss_sum;
+      acc[1] += static_cast<double>(r.num_labels);
+    }
   }
   comm.allreduce_sum(acc, 2, "validation loss");
   return {acc[0], static_cast<int64_t>(acc[1])};
@@ -174,6 +188,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   // ---- model, optimizer, state ----
   Esm2Model model(cfg.model, backend, ModelParallel{groups.tp.get(), groups.pp.get(), groups.mp.get()});
   model.set_recompute(cfg.recompute);
+  // [pp] 1F1B over the pipeline group when the layers are split into stages.
+  const std::unique_ptr<PipelineSchedule> pipeline =
+      groups.pp_size > 1 ? std::make_unique<PipelineSchedule>(model) : nullptr;
   // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
   const std::unique_ptr<Optimizer> optim_owner = make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer);
   Optimizer& optim = *optim_owner;
@@ -212,6 +229,14 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                groups.tp_size, groups.pp_size, comm.name(),
                groups.dp_size > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
                                                                   : "AdamW (replicated)");
+    if (pipeline) {  // [pp]
+      std::string split;
+      for (int st = 0; st < groups.pp_size; ++st) {
+        const auto [b, e] = pipeline_stage_layers(cfg.model.num_layers, groups.pp_size, st);
+        split += fmt::format("{}{}", st ? "+" : "", e - b);
+      }
+      fmt::print("pipeline parallel: PP size {}, layers per stage {} (1F1B schedule)\n", groups.pp_size, split);
+    }
     fmt::print("{}", model_summary(cfg.model, model.full_params_info()));
     if (groups.tp_size == 1 && groups.pp_size == 1)  // the plan is of the whole model on one rank
       fmt::print("{}", format_memory_plan(plan_memory(cfg.model, micro_batch_token_budget(cfg), cfg.recompute,
@@ -243,7 +268,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     double val_loss = std::nan("");
     if (do_validation && valid_corpus) {
       const auto t0 = Clock::now();
-      const LossSum v = run_validation(model, validation, dp);
+      const LossSum v = run_validation(model, pipeline.get(), validation, dp);
       ESM2_CHECK(v.num_labels > 0, "validation: no labelled positions in the validation batches");
       val_loss = v.loss_sum / static_cast<double>(v.num_labels);
       result.last_val_loss = val_loss;
@@ -276,7 +301,11 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     model.zero_grads();
     const float grad_scale = 1.0f / static_cast<float>(batch.global_num_labels);
     double loss_acc = 0;
-    for (const auto& mb : batch.micro) loss_acc += model.forward_backward(mb, grad_scale).loss_sum;
+    if (pipeline) {
+      loss_acc = pipeline->train_step(batch.micro, grad_scale).loss_sum;  // [pp] 1F1B; loss on every stage
+    } else {
+      for (const auto& mb : batch.micro) loss_acc += model.forward_backward(mb, grad_scale).loss_sum;
+    }
     optim.reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
     if (dp.world_size() > 1) dp.allreduce_sum(&loss_acc, 1, "loss all-reduce");
     if (faults.poison_grad_at(state.step)) {
