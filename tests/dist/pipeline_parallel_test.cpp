@@ -491,9 +491,10 @@ TEST_F(PipelineParallel, TwoStagesUnevenSplitEqualOneStage) {
               read_file(root / "pp2-full/checkpoints/step-00000004/model.safetensors"));
 }
 
-// Four ranks: PP=2 × DP=2 (accumulation 2 per replica) and PP=4 over 5 layers (2+1+1+1) with only
-// 3 micro-batches per step (fewer than stages), each against one process on the same global batch.
-TEST_F(PipelineParallel, FourRanksPipelineTimesDataAndFourStages) {
+// Four ranks: PP=2 × DP=2 (accumulation 2 per replica), TP=2 × PP=2, and PP=4 over 5 layers
+// (2+1+1+1) with only 3 micro-batches per step (fewer than stages), each against one process on the
+// same global batch.
+TEST_F(PipelineParallel, FourRanksPipelineTimesDataTimesTensorAndFourStages) {
   const fs::path root = scratch_dir("pp-four");
   const std::string run = data_args() + " --num-steps 3 --val-check-interval 3 --result-dir " + root.string();
   const std::string common = kModel + run;
@@ -503,6 +504,13 @@ TEST_F(PipelineParallel, FourRanksPipelineTimesDataAndFourStages) {
   ASSERT_EQ(pp2dp2.exit_code, 0) << pp2dp2.output;
   EXPECT_NE(pp2dp2.output.find("parallel layout: DP 2 × TP 1 × PP 2"), std::string::npos) << pp2dp2.output;
   expect_same_run(root / "acc4", root / "pp2dp2", 3, 3, /*same_validation=*/false);
+  // TP = 2 inside each of the 2 stages (the tp group of a stage passes activations to the same tp
+  // rank of the next stage; not bitwise: row-parallel partial sums are added across ranks).
+  const auto tp2pp2 = train(4, common + " --accumulate-grad-batches 4 --tensor-model-parallel-size 2"
+                                        " --pipeline-model-parallel-size 2 --experiment-name tp2pp2");
+  ASSERT_EQ(tp2pp2.exit_code, 0) << tp2pp2.output;
+  EXPECT_NE(tp2pp2.output.find("parallel layout: DP 1 × TP 2 × PP 2"), std::string::npos) << tp2pp2.output;
+  expect_same_run(root / "acc4", root / "tp2pp2", 3, 3);
 
   const std::string five = tiny_model(5) + run + " --accumulate-grad-batches 3";
   const auto one5 = train(0, five + " --experiment-name l5");
