@@ -160,7 +160,7 @@ res = {"launcher_messages": [l for l in run.splitlines() if l.startswith("esm2 t
 json.dump(res, open(out, "w"), indent=1)
 print(res)
 EOF
-# ---- (d) tensor parallel (docs/readme/tp.md): the (b) 650M run split over 2 GPUs, same batch ----
+# ---- (d) tensor parallel (docs/dist.md): the (b) 650M run split over 2 GPUs, same batch ----
 # TP splits the model, not the batch, so the run must track the 1-GPU run s650_1 step by step; the
 # difference is bf16 round-off (partial sums rounded to bf16 before the all-reduce). tokens/s shows
 # the cost of the 4 all-reduces of [T, C] per layer and micro-batch (paper: ~16% at 650M).

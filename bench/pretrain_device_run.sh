@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -n "$MAKE_CARRY" ]; then
-  # CARRY: measured on runs/swissprot (fetch-swissprot v1, 2026-11-25), see docs/readme/hfpeer.md.
+  # CARRY: measured on runs/swissprot (fetch-swissprot v1, 2026-11-25), see docs/hf-peer.md.
   set -e
   mkdir -p .carry/swissprot
   # id -> unwrapped sequence from the FASTA, then the sequences in the TSV's member order

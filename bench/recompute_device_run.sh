@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for activation recomputation (docs/readme/recompute.md): builds `esm2`, then
+# One device call for activation recomputation (docs/cuda.md): builds `esm2`, then
 #   - 650M at 16384 tokens with --recompute none / selective / full (the time each mode costs),
 #   - 3B on the one GPU with the planner's choices: selective at 16384 tokens, full at 32768,
 #   - the CUDA out-of-memory message: `esm2 bench` 3B none at 32768 tokens (planned 119 GiB), and

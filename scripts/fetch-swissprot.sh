@@ -8,7 +8,7 @@
 # OUTPUT_DIR (default: runs/swissprot under the repository root) receives train.fasta,
 # train_clusters.tsv, valid.fasta, train.db, validation.db, summary.tsv and README.md. The corpus is
 # built in a temporary directory beside OUTPUT_DIR and renamed into place at the end, so OUTPUT_DIR
-# is either absent or complete. See docs/readme/fetch.md for the recipe and the measured numbers.
+# is either absent or complete. See docs/fetch.md for the recipe and the measured numbers.
 set -euo pipefail
 
 readonly RECIPE="esm2.cpp fetch-swissprot v1"

@@ -59,7 +59,7 @@ struct TrainConfig {
   std::string precision = "auto";    // auto | 32 | fp32 | bf16-mixed …
   int threads = 0;                   // CPU threads (0 = all cores)
   // Activations kept for the backward (model/recompute.h). selective costs one C×C GEMM per layer,
-  // ~2.8% of a step's FLOPs, for 25% less activation memory (docs/readme/recompute.md).
+  // ~2.8% of a step's FLOPs, for 25% less activation memory (docs/cuda.md).
   Recompute recompute = Recompute::Selective;
   // --- data parallelism (docs/dist.md) ---
   bool distributed_optimizer = true;  // ZeRO-1 when world > 1; false: replicated AdamW + all-reduce

@@ -61,7 +61,7 @@ void LtRunner::run(const LtGemm& g, cudaStream_t s) {
   }
   // bf16 outputs: the epilogue reads a bf16 bias (as torch's autocast Linear does). cuBLASLt offers no
   // algorithm for an fp32 bias into a bf16 output (CUBLAS_STATUS_NOT_SUPPORTED), and the separate bias
-  // pass that replaced it halved the forward projections' rate (docs/readme/cudaperf.md).
+  // pass that replaced it halved the forward projections' rate (docs/cuda.md).
   if (g.bias && g.bias_c && g.c_dtype != DType::F32 && try_run(g, BiasMode::OutputType, s)) return;
   if (g.bias && g.c_dtype == DType::F32 && try_run(g, BiasMode::F32, s)) return;
   if (!try_run(g, BiasMode::None, s)) {
