@@ -64,7 +64,7 @@ MpiCommunicator::MpiCommunicator(double collective_timeout_s) : timeout_s_(colle
 }
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, double collective_timeout_s, std::string label)
-    : timeout_s_(collective_timeout_s), label_(std::move(label)) {
+    : label_(std::move(label)), timeout_s_(collective_timeout_s) {
   comm_ = comm;
   owns_comm_ = true;
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);

@@ -93,7 +93,12 @@ TEST(LocalLauncher, WorkerKilledBySignalIsNamed) {
 }
 
 TEST(LocalLauncher, WorkerIgnoringSigtermIsKilledAfterTheGracePeriod) {
-  WorkerLaunch l = sh(2, "if [ \"$ESM2_RANK\" = 1 ]; then sleep 0.2; exit 2; fi; trap '' TERM; exec sleep 60");
+  // Rank 1 fails only once rank 0 has set its trap (a fixed delay raced with a slow shell start on a
+  // loaded machine, and rank 0 then died of the SIGTERM itself).
+  const fs::path dir = esm2::testing::scratch_dir("launcher-grace");
+  WorkerLaunch l = sh(2, "if [ \"$ESM2_RANK\" = 1 ]; then while [ ! -e " + dir.string() +
+                             "/trapped ]; do sleep 0.02; done; exit 2; fi; trap '' TERM; touch " + dir.string() +
+                             "/trapped; exec sleep 60");
   l.grace_s = 0.5;
   const auto t0 = Clock::now();
   const LaunchResult r = run_workers(l);
