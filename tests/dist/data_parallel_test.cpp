@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "../integration/cli_runner.h"
+#include "mpi_runner.h"
 #include "core/atomic_dir.h"
 #include "io/safetensors.h"
 
@@ -35,47 +36,11 @@ const std::string kTinyModel =
 constexpr double kLossRelTol = 1e-5;
 constexpr double kWeightAbsTol = 2e-5;
 
-bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
-
-// One node: shared memory only (no TCP interface probing), and no CMA single-copy, which needs
-// ptrace rights that containers (CI) often withhold.
-std::string mpirun(int np) {
-  return "mpirun --oversubscribe --allow-run-as-root --mca btl self,vader --mca btl_vader_single_copy_mechanism none -np " +
-         std::to_string(np) + " " + std::string(ESM2_BINARY);
-}
-
-CliResult run_shell(const std::string& cmd) {
-  CliResult r;
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, pipe)) r.output += buf;
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
-
-// `esm2 train <args>` on np ranks (np == 0: plain single process, no launcher).
-CliResult train(int np, const std::string& args) {
-  if (np == 0) return run_cli("train" + args);
-  return run_shell(mpirun(np) + " train" + args);
-}
 
 
-// Max |a − b| over every tensor of two safetensors files with the same tensors.
-double max_abs_diff(const fs::path& a, const fs::path& b) {
-  const auto fa = esm2::SafetensorsFile::open(a), fb = esm2::SafetensorsFile::open(b);
-  double worst = 0;
-  for (const auto& t : fa.tensors()) {
-    if (t.dtype != esm2::DType::F32) continue;
-    const size_t n = static_cast<size_t>(t.numel());
-    std::vector<float> x(n), y(n);
-    fa.read_f32(t.name, x);
-    fb.read_f32(t.name, y);
-    for (size_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(double(x[i]) - double(y[i])));
-  }
-  return worst;
-}
+
+
+
 
 void expect_losses_close(const fs::path& a, const fs::path& b, size_t steps, double rel_tol) {
   const auto la = train_losses(a), lb = train_losses(b);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../integration/cli_runner.h"
+#include "mpi_runner.h"
 #include "backend/backend.h"
 #include "core/atomic_dir.h"
 #include "core/error.h"
@@ -377,36 +378,8 @@ const std::string kModel = tiny_model(3);
 constexpr double kLossRelTol = 1e-5;
 constexpr double kWeightAbsTol = 2e-5;
 
-bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
 
-CliResult train(int np, const std::string& args) {
-  if (np == 0) return run_cli("train" + args);
-  const std::string cmd = "mpirun --oversubscribe --allow-run-as-root --mca btl self,vader "
-                          "--mca btl_vader_single_copy_mechanism none -np " +
-                          std::to_string(np) + " " + std::string(ESM2_BINARY) + " train" + args + " 2>&1";
-  CliResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, pipe)) r.output += buf;
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
-double max_abs_diff(const fs::path& a, const fs::path& b) {
-  const auto fa = SafetensorsFile::open(a), fb = SafetensorsFile::open(b);
-  EXPECT_EQ(fa.tensors().size(), fb.tensors().size());
-  double worst = 0;
-  for (const auto& t : fa.tensors()) {
-    if (t.dtype != DType::F32) continue;
-    std::vector<float> x(static_cast<size_t>(t.numel())), y(x.size());
-    fa.read_f32(t.name, x);
-    fb.read_f32(t.name, y);
-    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(double(x[i]) - double(y[i])));
-  }
-  return worst;
-}
 
 // val_loss per step from metrics.jsonl.
 std::map<int64_t, double> val_losses(const fs::path& run_dir) {
