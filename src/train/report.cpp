@@ -2,6 +2,7 @@
 
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 
@@ -32,6 +33,62 @@ std::string html_escape(const std::string& s) {
     }
   }
   return out;
+}
+
+// One chart as inline SVG: the report then shows its curves in any browser without gnuplot (the GPU
+// machines we train on lack it) and without side files. Linear x (step), linear or log10 y.
+std::string svg_chart(const std::string& ylabel, const std::vector<std::pair<std::string, const std::vector<ReportPoint>*>>& series,
+                      bool logy) {
+  const double W = 900, H = 420, L = 80, R = 20, T = 20, B = 50;
+  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+  auto fy = [logy](double v) { return logy ? std::log10(std::max(v, 1e-300)) : v; };
+  for (const auto& [label, pts] : series)
+    for (const auto& p : *pts) {
+      if (!std::isfinite(p.value) || (logy && p.value <= 0)) continue;
+      x0 = std::min(x0, double(p.step)), x1 = std::max(x1, double(p.step));
+      y0 = std::min(y0, fy(p.value)), y1 = std::max(y1, fy(p.value));
+    }
+  if (x0 > x1) return "";
+  if (x1 == x0) x1 = x0 + 1;
+  if (y1 == y0) y1 = y0 + 1;
+  const double pad = 0.05 * (y1 - y0);
+  y0 -= pad, y1 += pad;
+  auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
+  auto py = [&](double y) { return T + (y1 - y) / (y1 - y0) * (H - T - B); };
+  auto label_of = [logy](double y) { return fmt::format("{:.4g}", logy ? std::pow(10.0, y) : y); };
+  std::string svg = fmt::format(
+      "<svg xmlns='http://www.w3.org/2000/svg' width='{0}' height='{1}' font-family='sans-serif' font-size='12'>"
+      "<rect x='{2}' y='{3}' width='{4}' height='{5}' fill='none' stroke='#888'/>",
+      W, H, L, T, W - L - R, H - T - B);
+  for (int i = 0; i <= 4; ++i) {  // five y ticks, three x ticks
+    const double y = y0 + (y1 - y0) * i / 4;
+    svg += fmt::format("<text x='{}' y='{:.1f}' text-anchor='end'>{}</text><line x1='{}' x2='{}' y1='{:.1f}' y2='{:.1f}' "
+                       "stroke='#eee'/>",
+                       L - 6, py(y) + 4, label_of(y), L, W - R, py(y), py(y));
+  }
+  for (int i = 0; i <= 2; ++i) {
+    const double x = x0 + (x1 - x0) * i / 2;
+    svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>{:.0f}</text>", px(x), H - B + 18, x);
+  }
+  svg += fmt::format("<text x='{}' y='{}' text-anchor='middle'>step</text>", (L + W - R) / 2, H - 8);
+  svg += fmt::format("<text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>{}</text>", (T + H - B) / 2,
+                     (T + H - B) / 2, html_escape(ylabel) + (logy ? " (log)" : ""));
+  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c"};
+  int k = 0;
+  for (const auto& [label, pts] : series) {
+    if (pts->empty()) continue;
+    const char* c = colors[k % 3];
+    std::string points;
+    for (const auto& p : *pts)
+      if (std::isfinite(p.value) && !(logy && p.value <= 0))
+        points += fmt::format("{:.1f},{:.1f} ", px(double(p.step)), py(fy(p.value)));
+    svg += fmt::format("<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>", c, points);
+    if (pts->size() == 1) svg += fmt::format("<circle cx='{:.1f}' cy='{:.1f}' r='3' fill='{}'/>", px(double((*pts)[0].step)),
+                                             py(fy((*pts)[0].value)), c);
+    svg += fmt::format("<text x='{}' y='{}' fill='{}'>{}</text>", W - R - 110, T + 16 + 16 * k, c, html_escape(label));
+    ++k;
+  }
+  return svg + "</svg>";
 }
 
 }  // namespace
@@ -72,14 +129,15 @@ std::string write_report(const fs::path& dir, const ReportData& d) {
   const std::string cmd = fmt::format("gnuplot '{}' 2>&1", script_path.string());
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) {
-    warning = "report: cannot run gnuplot; report.html has tables only";
+    warning = "report: cannot run gnuplot; no PNG files (report.html has its own SVG curves)";
   } else {
     char buf[512];
     std::string out;
     while (fgets(buf, sizeof buf, pipe)) out += buf;
     int status = pclose(pipe);
     if (status != 0)
-      warning = fmt::format("report: gnuplot failed (install gnuplot-nox for the PNG curves): {}",
+      warning = fmt::format("report: gnuplot failed, no PNG files (report.html has its own SVG curves; install "
+                            "gnuplot-nox for the PNGs): {}",
                             out.substr(0, 200));
   }
 
@@ -90,8 +148,12 @@ std::string write_report(const fs::path& dir, const ReportData& d) {
       html_escape(d.title));
   for (const auto& [k, v] : d.summary) html += fmt::format("<tr><th>{}</th><td>{}</td></tr>", html_escape(k), html_escape(v));
   html += "</table>";
-  for (const auto& p : plots)
-    if (fs::exists(dir / p.png)) html += fmt::format("<h2>{}</h2><img src='{}'>", html_escape(p.ylabel), p.png);
+  for (const auto& p : plots) {
+    const std::string svg = svg_chart(p.ylabel, p.series, p.logy);
+    if (svg.empty()) continue;
+    html += fmt::format("<h2>{}</h2>{}", html_escape(p.ylabel), svg);
+    if (fs::exists(dir / p.png)) html += fmt::format("<p><a href='{0}'>{0}</a> (gnuplot)</p>", p.png);
+  }
   if (!d.val_loss.empty()) {
     html += "<h2>Validation</h2><table><tr><th>step</th><th>loss</th><th>perplexity</th></tr>";
     for (size_t i = 0; i < d.val_loss.size(); ++i)

@@ -1,6 +1,6 @@
-// End-of-run report: PNG curves drawn by gnuplot (train/val loss, perplexity, lr, throughput) and a
-// report.html that shows them with the run's summary table. gnuplot is a Debian package, run as a
-// child process; without it the report says so and still writes the HTML with the tables.
+// End-of-run report: report.html with the run's summary table and its curves (train/val loss,
+// perplexity, lr, throughput) as inline SVG, so it is one self-contained file; plus PNGs of the same
+// curves drawn by gnuplot (a Debian package, run as a child process) where gnuplot is installed.
 #pragma once
 #include <filesystem>
 #include <string>
