@@ -9,8 +9,9 @@ ParallelGroups make_parallel_groups(Communicator& world, int tp_size, int pp_siz
   ESM2_CHECK(tp_size >= 1 && pp_size >= 1, "parallel layout: --tensor-model-parallel-size ({}) and "
              "--pipeline-model-parallel-size ({}) must be >= 1", tp_size, pp_size);
   ESM2_CHECK(W % (tp_size * pp_size) == 0,
-             "parallel layout: {} ranks are not a multiple of tensor parallel {} × pipeline parallel {}", W, tp_size,
-             pp_size);
+             "parallel layout: {} rank(s) are not a multiple of tensor parallel {} × pipeline parallel {}; start a "
+             "multiple of {} ranks (esm2 train --gpus N, mpirun -np N or srun)",
+             W, tp_size, pp_size, tp_size * pp_size);
   ParallelGroups g;
   g.tp_size = tp_size;
   g.pp_size = pp_size;
