@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/atomic_dir.h"
 #include "core/error.h"
@@ -165,6 +166,58 @@ std::string write_report(const fs::path& dir, const ReportData& d) {
   html += "</body></html>\n";
   write_file(dir / "report.html", html);
   return warning;
+}
+
+ReportData report_data_from_metrics(const fs::path& path, const std::string& title) {
+  std::ifstream in(path);
+  ESM2_CHECK(in.good(), "{}: cannot read the run's metrics (is this a run directory of esm2 train?)", path.string());
+  ReportData d;
+  d.title = title;
+  std::string line;
+  int64_t n = 0, last_step = 0, consumed = 0;
+  double tps_sum = 0;
+  int64_t tps_n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+      const int64_t step = j.at("step").get<int64_t>();
+      last_step = std::max(last_step, step);
+      if (j.contains("train_loss")) {
+        const double l = j.at("train_loss").get<double>();
+        d.train_loss.push_back({step, l});
+        d.train_ppl.push_back({step, std::exp(l)});
+        if (j.contains("lr")) d.lr.push_back({step, j.at("lr").get<double>()});
+        if (j.contains("tokens_per_s")) {
+          const double t = j.at("tokens_per_s").get<double>();
+          d.tokens_per_s.push_back({step, t});
+          tps_sum += t;
+          ++tps_n;
+        }
+        if (j.contains("consumed_tokens")) consumed = std::max(consumed, j.at("consumed_tokens").get<int64_t>());
+      }
+      if (j.contains("val_loss")) {
+        const double v = j.at("val_loss").get<double>();
+        d.val_loss.push_back({step, v});
+        d.val_ppl.push_back({step, std::exp(v)});
+      }
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}:{}: malformed metrics record: {}", path.string(), n, e.what());
+    }
+  }
+  ESM2_CHECK(!d.train_loss.empty() || !d.val_loss.empty(), "{}: no training or validation records", path.string());
+  d.summary = {{"steps", fmt::format("{}", last_step)},
+               {"tokens trained", fmt::format("{}", consumed)},
+               {"mean logged real tokens/s", tps_n ? fmt::format("{:.0f}", tps_sum / double(tps_n)) : std::string("n/a")},
+               {"last train loss", d.train_loss.empty() ? std::string("n/a")
+                                                        : fmt::format("{:.4f}", d.train_loss.back().value)},
+               {"last val loss / ppl", d.val_loss.empty() ? std::string("n/a")
+                                                          : fmt::format("{:.4f} / {:.3f}", d.val_loss.back().value,
+                                                                        std::exp(d.val_loss.back().value))},
+               {"source", path.string()}};
+  return d;
 }
 
 }  // namespace esm2

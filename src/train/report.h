@@ -2,6 +2,7 @@
 // perplexity, lr, throughput) as inline SVG, so it is one self-contained file; plus PNGs of the same
 // curves drawn by gnuplot (a Debian package, run as a child process) where gnuplot is installed.
 #pragma once
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -22,5 +23,10 @@ struct ReportData {
 // Writes <dir>/report.html and <dir>/{loss,perplexity,lr,throughput}.png. Returns a warning line
 // (empty on full success) instead of throwing when only the plotting failed.
 std::string write_report(const std::filesystem::path& dir, const ReportData& data);
+
+// The report of a run rebuilt from its metrics.jsonl (what `esm2 report` does for a run that was
+// killed before the end, trained with --no-report, or trained where the report could not be drawn).
+// Throws esm2::Error naming the file and line of a malformed record.
+ReportData report_data_from_metrics(const std::filesystem::path& metrics_jsonl, const std::string& title);
 
 }  // namespace esm2
