@@ -255,10 +255,13 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     // [dist] `--gpus N` starts the workers and waits; a worker (ESM2_RANK set) trains. A config file
     // naming gpus reaches the workers too: there it must agree with the world they were started in.
     const esm2::LaunchInfo launch = esm2::detect_launch();
-    ESM2_CHECK(a->gpus == 0 || !launch.multi_process() || launch.launcher == "esm2 --gpus",
+    // A one-task launcher environment (sbatch/salloc set SLURM_NTASKS=1 without srun) is a single process:
+    // --gpus may start its workers there.
+    const bool under_parallel_launcher = launch.multi_process() && launch.world != 1 && launch.launcher != "esm2 --gpus";
+    ESM2_CHECK(a->gpus == 0 || !under_parallel_launcher,
                "train: --gpus starts its own workers; under a parallel launcher ({}) leave it out (one rank per GPU)",
                launch.launcher);
-    if (a->gpus > 0 && !launch.multi_process()) return launch_gpu_workers(*a);
+    if (a->gpus > 0 && launch.launcher != "esm2 --gpus") return launch_gpu_workers(*a);
     ESM2_CHECK(a->gpus == 0 || a->gpus == launch.world, "train: --gpus {} in a worker of a {}-GPU launch", a->gpus,
                launch.world);
     // NCCL under `--gpus` or mpirun/srun with the cuda backend, MPI with the cpu backend, else one local

@@ -149,6 +149,15 @@ TEST(TrainGpusFlag, RefusedWithAReasonWithoutNcclOrGpus) {
   const bool no_nccl = r.output.find("this build has no NCCL") != std::string::npos;
   const bool no_gpu = r.output.find("only 0 GPU(s) visible") != std::string::npos;
   EXPECT_TRUE(no_nccl || no_gpu) << r.output;
+  // Inside a one-task Slurm allocation (sbatch/salloc set SLURM_NTASKS=1 without srun) --gpus still
+  // starts its workers; with several tasks srun is the launcher and --gpus is refused.
+  setenv("SLURM_NTASKS", "1", 1);
+  const auto one = esm2::testing::run_cli("train --gpus 2 --train-data /nonexistent --num-steps 1");
+  setenv("SLURM_NTASKS", "2", 1);
+  const auto two = esm2::testing::run_cli("train --gpus 2 --train-data /nonexistent --num-steps 1");
+  unsetenv("SLURM_NTASKS");
+  EXPECT_EQ(one.output.find("under a parallel launcher"), std::string::npos) << one.output;
+  EXPECT_NE(two.output.find("under a parallel launcher (SLURM_NTASKS)"), std::string::npos) << two.output;
   if (visible) setenv("CUDA_VISIBLE_DEVICES", visible, 1); else unsetenv("CUDA_VISIBLE_DEVICES");
 }
 
