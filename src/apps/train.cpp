@@ -276,6 +276,12 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       try {
         esm2::run_training(cfg, *comm, *backend);
       } catch (const esm2::OutOfDeviceMemory& e) {
+        // The plan models one rank holding the whole model with replicated AdamW; with several ranks
+        // (ZeRO-1 shards, TP/PP parts, communication buffers) its "largest that fits" would mislead.
+        if (comm->world_size() > 1)
+          throw esm2::Error(fmt::format("rank {}: {}; lower --micro-batch-tokens or use --recompute full (the memory "
+                                        "plan covers a single GPU holding the whole model, not this {}-rank layout)",
+                                        comm->rank(), e.what(), comm->world_size()));
         throw esm2::Error(
             esm2::out_of_memory_message(e, cfg.model, esm2::micro_batch_token_budget(cfg), cfg.recompute));
       }

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend/backend.h"
@@ -77,27 +78,31 @@ class TimingBackend final : public Backend {
   void scale(float* x, float a, size_t n) override;
 
  private:
-  // Runs f between two synchronisations and charges the time to `op`.
+  // Runs f between two synchronisations and charges the time to `op`. The closing synchronisation
+  // runs in the normal path (not in a destructor), so an asynchronous device error surfaces as the
+  // usual exception; an op that throws is not charged.
   template <class F>
   auto timed(const std::string& op, double flops, F&& f) {
     if (!enabled_) return f();
     in_.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
-    struct Charge {
-      TimingBackend& self;
-      const std::string& op;
-      double flops;
-      std::chrono::steady_clock::time_point t0;
-      ~Charge() {
-        self.in_.synchronize();
-        Entry& e = self.entries_[op];
-        e.op = op;
-        e.calls += 1;
-        e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        e.flops += flops;
-      }
-    } charge{*this, op, flops, t0};
-    return f();
+    if constexpr (std::is_void_v<decltype(f())>) {
+      f();
+      in_.synchronize();
+      charge(op, flops, t0);
+    } else {
+      auto r = f();
+      in_.synchronize();
+      charge(op, flops, t0);
+      return r;
+    }
+  }
+  void charge(const std::string& op, double flops, std::chrono::steady_clock::time_point t0) {
+    Entry& e = entries_[op];
+    e.op = op;
+    e.calls += 1;
+    e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    e.flops += flops;
   }
 
   Backend& in_;
