@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_dir.h"
@@ -207,6 +208,18 @@ ReportData report_data_from_metrics(const fs::path& path, const std::string& tit
       fail("{}:{}: malformed metrics record: {}", path.string(), n, e.what());
     }
   }
+  // A run killed after its last checkpoint and resumed logs those steps again: the later record of a
+  // step wins, and the series stay in step order.
+  auto last_write_wins = [](std::vector<ReportPoint>& v) {
+    std::map<int64_t, double> by_step;
+    for (const auto& p : v) by_step[p.step] = p.value;
+    v.clear();
+    for (const auto& [step, value] : by_step) v.push_back({step, value});
+  };
+  for (auto* v : {&d.train_loss, &d.train_ppl, &d.lr, &d.tokens_per_s, &d.val_loss, &d.val_ppl}) last_write_wins(*v);
+  tps_sum = 0;
+  for (const auto& p : d.tokens_per_s) tps_sum += p.value;
+  tps_n = static_cast<int64_t>(d.tokens_per_s.size());
   ESM2_CHECK(!d.train_loss.empty() || !d.val_loss.empty(), "{}: no training or validation records", path.string());
   d.summary = {{"steps", fmt::format("{}", last_step)},
                {"tokens trained", fmt::format("{}", consumed)},

@@ -306,12 +306,14 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     } else {
       for (const auto& mb : batch.micro) loss_acc += model.forward_backward(mb, grad_scale).loss_sum;
     }
-    optim.reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
-    if (dp.world_size() > 1) dp.allreduce_sum(&loss_acc, 1, "loss all-reduce");
+    // Test-only fault, injected before the reduction so that it reaches what the optimizer reads
+    // (ZeRO-1 reads its reduced shard, not the model's gradient buffer).
     if (faults.poison_grad_at(state.step)) {
       const float nan = std::nanf("");
       backend.copy_to_device(model.grad_data(), &nan, sizeof nan);
     }
+    optim.reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
+    if (dp.world_size() > 1) dp.allreduce_sum(&loss_acc, 1, "loss all-reduce");
     const double loss = loss_acc / static_cast<double>(batch.global_num_labels);
     const double lr = learning_rate(cfg.schedule, state.step);
     const double gnorm = optim.grad_norm();
@@ -323,6 +325,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
           const FullModelState full = collect_full_state(model, optim, dp_root);  // [dist] collective
           // The weights are still those of the last good step: save them for inspection/resume.
           if (root) save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, full, state, cfg, extra_tensors);
+          // [dist] The error below ends the job on every rank (abort_job): the other ranks must not get
+          // there while rank 0 is still writing.
+          comm.barrier("non-finite stop checkpoint");
         }
         fail("train: non-finite {} at step {} (loss {}, grad norm {}); stopped{}", std::isfinite(loss) ? "gradient" : "loss",
              state.step, loss, gnorm,

@@ -221,3 +221,22 @@ TEST_F(DataParallel, StalledRankTimesOutNamingRankAndCollective) {
   EXPECT_LT(job.seconds_to_end, 30.0);
   std::printf("job aborted %.1f s after SIGSTOP of one rank (timeout 3 s)\n", job.seconds_to_end);
 }
+
+// --on-nonfinite stop with several ranks: every rank stops, and the last good state reaches the disk
+// before the job ends (rank 0 writes it while the others wait; the fault is injected on every rank
+// before the ZeRO-1 reduce-scatter, so the reduced shard the optimizer reads is non-finite too).
+TEST_F(DataParallel, NonFiniteStopSavesTheLastGoodStateOnEveryRankCount) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  const fs::path root = scratch_dir("dist-nonfinite");
+  setenv("ESM2_FAULT_INJECT", "nonfinite_grad@2", 1);
+  const auto r = train(2, kTinyModel + data_args() + " --num-steps 6 --val-check-interval 100 --on-nonfinite stop"
+                                                     " --result-dir " + root.string() + " --experiment-name stop");
+  unsetenv("ESM2_FAULT_INJECT");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("non-finite gradient at step 2"), std::string::npos) << r.output;
+  const fs::path ck = root / "stop" / "checkpoints";
+  ASSERT_TRUE(fs::exists(ck / "latest")) << r.output;
+  EXPECT_EQ(esm2::read_file(ck / "latest"), "step-00000002\n");
+  EXPECT_TRUE(fs::exists(ck / "step-00000002" / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(ck / "step-00000002" / "trainer_state" / "optimizer.safetensors"));
+}

@@ -29,10 +29,16 @@ TEST(ReportCli, RebuildsTheReportOfARunTrainedWithoutOne) {
   EXPECT_EQ(charts, 4u);
   EXPECT_NE(html.find("<tr><td>6</td>"), std::string::npos) << "validation table row of step 6";
 
+  // A resumed run logs steps again (killed after its last checkpoint): the later record wins.
+  std::ofstream(root / "run" / "metrics.jsonl", std::ios::app) << "{\"step\": 5, \"train_loss\": 9.5}\n";
+  const auto again = run_cli("report " + (root / "run").string() + " --output " + (root / "out2").string());
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("6 training and 2 validation records"), std::string::npos) << again.output;
+
   std::ofstream(root / "run" / "metrics.jsonl", std::ios::app) << "{\"step\": 7, \"train_loss\": }\n";
   const auto bad = run_cli("report " + (root / "run").string());
   EXPECT_NE(bad.exit_code, 0);
-  EXPECT_NE(bad.output.find("metrics.jsonl:9: malformed metrics record"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("metrics.jsonl:10: malformed metrics record"), std::string::npos) << bad.output;
   const auto missing = run_cli("report " + (root / "nope").string());
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_NE(missing.output.find("nope/metrics.jsonl"), std::string::npos) << missing.output;
