@@ -16,6 +16,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -624,10 +625,10 @@ void Esm2Model::set_inv_freq(std::span<const float> inv_freq) { impl_->set_inv_f
 std::vector<float> Esm2Model::inv_freq() const { return impl_->inv_freq_host; }
 
 void Esm2Model::init_weights(uint64_t seed) {
-  // The whole model is drawn, then this rank keeps its part: any TP/PP split starts from exactly
-  // the weights of the single-rank model.
+  // Every value is a function of its index in the WHOLE model's flat layout, so a rank draws only
+  // the elements it holds and any TP/PP split starts from exactly the single-rank model's weights,
+  // without materialising the whole model on every rank (15B would be 60 GB of host memory each).
   const ParamTable& t = impl_->full_table;
-  std::vector<float> host(t.total, 0.0f);
   const PhiloxStream rng{seed, RngStream::Init, 0};
   // N(0, 0.02) by Box–Muller, one normal per element keyed by its flat index: independent of threads.
   auto normal = [&rng](size_t i) {
@@ -636,27 +637,29 @@ void Esm2Model::init_weights(uint64_t seed) {
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
   };
   const float std_dev = 0.02f;
-  for (const ParamInfo& p : t.infos) {
+  const size_t C = impl_->cfg.hidden_size;
+  const size_t pad_begin = t.wte + kPad * C, pad_end = pad_begin + C;  // padding_idx row: zero
+  std::vector<float> local(impl_->table.total, 0.0f);
+  for (const FlatRun& r : impl_->table.runs) {
+    // The whole-model tensor this run lies in (runs never cross tensors); infos are in offset order.
+    const auto it = std::upper_bound(t.infos.begin(), t.infos.end(), r.full,
+                                     [](size_t off, const ParamInfo& p) { return off < p.offset; });
+    const ParamInfo& p = *std::prev(it);
+    ESM2_ASSERT(r.full >= p.offset && r.full + r.length <= p.offset + p.numel);
     const bool normal_init = p.weight_decay || p.offset == t.wte;
     const bool is_ln_weight = p.name.ends_with("LayerNorm.weight") || p.name.ends_with("layer_norm.weight") ||
                               p.name.ends_with("emb_layer_norm_after.weight");
-    float* dst = host.data() + p.offset;
+    float* dst = local.data() + r.local;
     if (normal_init) {
 #pragma omp parallel for schedule(static)
-      for (size_t i = 0; i < p.numel; ++i) dst[i] = static_cast<float>(std_dev * normal(p.offset + i));
+      for (size_t i = 0; i < r.length; ++i) {
+        const size_t f = r.full + i;
+        dst[i] = f >= pad_begin && f < pad_end ? 0.0f : static_cast<float>(std_dev * normal(f));
+      }
     } else if (is_ln_weight) {
-      std::fill(dst, dst + p.numel, 1.0f);
+      std::fill(dst, dst + r.length, 1.0f);
     }
   }
-  const size_t C = impl_->cfg.hidden_size;
-  std::fill_n(host.data() + t.wte + kPad * C, C, 0.0f);  // padding_idx row
-  if (impl_->coord.whole()) {
-    set_params(host);
-    return;
-  }
-  std::vector<float> local(impl_->table.total);
-  for (const FlatRun& r : impl_->table.runs)
-    std::copy_n(host.data() + r.full, r.length, local.data() + r.local);
   set_params(local);
 }
 
