@@ -30,13 +30,12 @@ ModelConfig tp_config() {
   return c;
 }
 
-// Rank-ordered sums over threads of one process: each rank posts its buffer, waits for all, sums the
-// buffers in rank order into a private copy, waits again (nobody still reads), then writes its own.
+// Rank-ordered sums over the threads of one process (one thread per tensor-parallel rank).
 struct ThreadGroup {
   explicit ThreadGroup(int n) : size(n), sync(n), bufs(n) {}
   int size;
   std::barrier<> sync;
-  std::vector<float*> bufs;
+  std::vector<const void*> bufs;
 };
 
 class ThreadCommunicator final : public Communicator {
@@ -46,30 +45,40 @@ class ThreadCommunicator final : public Communicator {
   int world_size() const override { return g_.size; }
   std::string name() const override { return "thread"; }
   void allreduce_sum(float* data, size_t n, const char*) override {
-    g_.bufs[rank_] = data;
-    g_.sync.arrive_and_wait();
-    std::vector<float> sum(g_.bufs[0], g_.bufs[0] + n);
-    for (int r = 1; r < g_.size; ++r)
-      for (size_t i = 0; i < n; ++i) sum[i] += g_.bufs[r][i];
-    g_.sync.arrive_and_wait();
-    std::copy(sum.begin(), sum.end(), data);
+    sum_in_rank_order(data, n);
     ++allreduces;
   }
-  // The model's tensor parallelism needs only the float all-reduce.
-  void allreduce_sum(double*, size_t, const char* what) override { unused(what); }
-  void broadcast(void*, size_t, int, const char* what) override { unused(what); }
-  void barrier(const char* what) override { unused(what); }
-  void reduce_scatter_sum(const float*, float*, size_t, const char* what) override { unused(what); }
-  void allgather(const float*, float*, size_t, const char* what) override { unused(what); }
-  void gather(const float*, float*, size_t, int, const char* what) override { unused(what); }
-  std::unique_ptr<Communicator> split(int, int, const char* what) override { unused(what); }
-  void send(const void*, size_t, int, const char* what) override { unused(what); }
-  void recv(void*, size_t, int, const char* what) override { unused(what); }
-  void sendrecv(const void*, size_t, int, void*, size_t, int, const char* what) override { unused(what); }
+  void allreduce_sum(double* data, size_t n, const char*) override { sum_in_rank_order(data, n); }
+  void barrier(const char*) override { g_.sync.arrive_and_wait(); }
+  // Tensor parallelism inside the model must need nothing but the all-reduce: any other collective
+  // reaching this test double fails the test, naming it.
+  void broadcast(void*, size_t, int, const char* what) override { forbidden(what); }
+  void reduce_scatter_sum(const float*, float*, size_t, const char* what) override { forbidden(what); }
+  void allgather(const float*, float*, size_t, const char* what) override { forbidden(what); }
+  void gather(const float*, float*, size_t, int, const char* what) override { forbidden(what); }
+  std::unique_ptr<Communicator> split(int, int, const char* what) override { forbidden(what); }
+  void send(const void*, size_t, int, const char* what) override { forbidden(what); }
+  void recv(void*, size_t, int, const char* what) override { forbidden(what); }
+  void sendrecv(const void*, size_t, int, void*, size_t, int, const char* what) override { forbidden(what); }
   int allreduces = 0;
 
  private:
-  [[noreturn]] static void unused(const char* what) { fail("thread communicator: {} is not implemented", what); }
+  // Each rank posts its buffer, waits for all, sums the buffers in rank order into a private copy,
+  // waits again (nobody still reads), then writes its own.
+  template <class T>
+  void sum_in_rank_order(T* data, size_t n) {
+    g_.bufs[rank_] = data;
+    g_.sync.arrive_and_wait();
+    std::vector<T> sum(static_cast<const T*>(g_.bufs[0]), static_cast<const T*>(g_.bufs[0]) + n);
+    for (int r = 1; r < g_.size; ++r)
+      for (size_t i = 0; i < n; ++i) sum[i] += static_cast<const T*>(g_.bufs[r])[i];
+    g_.sync.arrive_and_wait();
+    std::copy(sum.begin(), sum.end(), data);
+  }
+  [[noreturn]] static void forbidden(const char* what) {
+    ADD_FAILURE() << "tensor-parallel model used the collective '" << what << "'";
+    fail("thread communicator: '{}' is outside what tensor parallelism may use", what);
+  }
   ThreadGroup& g_;
   int rank_;
 };
