@@ -14,8 +14,28 @@ bool decays(const ParamInfo& info, const OptimizerConfig& cfg) {
   return info.weight_decay || (is_embedding && cfg.decay_embeddings);
 }
 
+OptimizerStepStats clip_stats(const OptimizerConfig& cfg, double grad_norm) {
+  OptimizerStepStats st;
+  st.grad_norm = grad_norm;
+  if (cfg.clip_grad > 0) st.clip_coef = std::min(1.0, cfg.clip_grad / (grad_norm + 1e-6));
+  return st;
+}
+
+AdamWStep adamw_step_args(const OptimizerConfig& cfg, double lr, double clip_coef, int64_t t) {
+  AdamWStep s;
+  s.lr = static_cast<float>(lr);
+  s.beta1 = static_cast<float>(cfg.beta1);
+  s.beta2 = static_cast<float>(cfg.beta2);
+  s.eps = static_cast<float>(cfg.eps);
+  s.weight_decay = static_cast<float>(cfg.weight_decay);
+  s.grad_scale = static_cast<float>(clip_coef);
+  s.step = t;
+  return s;
+}
+
 AdamW::AdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator* comm)
     : model_(model), backend_(model.backend()), cfg_(cfg), comm_(comm) {
+  for (const auto& info : model_.params_info()) ranges_.push_back({info.offset, info.numel, decays(info, cfg_)});
   const size_t bytes = model_.num_params() * sizeof(float);
   m_ = static_cast<float*>(backend_.alloc(bytes));
   v_ = static_cast<float*>(backend_.alloc(bytes));
@@ -43,22 +63,10 @@ void AdamW::reduce_gradients() {
 }
 
 OptimizerStepStats AdamW::step_with_norm(double lr, double norm) {
-  OptimizerStepStats st;
-  st.grad_norm = norm;
-  // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied only when < 1.
-  if (cfg_.clip_grad > 0) st.clip_coef = std::min(1.0, cfg_.clip_grad / (norm + 1e-6));
+  const OptimizerStepStats st = clip_stats(cfg_, norm);
   ++t_;
-  AdamWStep s;
-  s.lr = static_cast<float>(lr);
-  s.beta1 = static_cast<float>(cfg_.beta1);
-  s.beta2 = static_cast<float>(cfg_.beta2);
-  s.eps = static_cast<float>(cfg_.eps);
-  s.weight_decay = static_cast<float>(cfg_.weight_decay);
-  s.grad_scale = static_cast<float>(st.clip_coef);
-  s.step = t_;
-  std::vector<TensorRange> ranges;
-  for (const auto& info : model_.params_info()) ranges.push_back({info.offset, info.numel, decays(info, cfg_)});
-  backend_.adamw_update_ranges(model_.param_data(), model_.grad_data(), m_, v_, ranges.data(), ranges.size(), s);
+  backend_.adamw_update_ranges(model_.param_data(), model_.grad_data(), m_, v_, ranges_.data(), ranges_.size(),
+                               adamw_step_args(cfg_, lr, st.clip_coef, t_));
   return st;
 }
 

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/backend.h"
 #include "model/esm2.h"
 #include "train/train_config.h"
 
@@ -21,6 +22,12 @@ struct OptimizerStepStats {
 
 // The per-tensor weight-decay policy: Linear weight matrices, plus the embedding matrix if configured.
 bool decays(const ParamInfo& info, const OptimizerConfig& cfg);
+
+// One step's shared arithmetic for AdamW and ZeroAdamW: the clipping coefficient of
+// torch.nn.utils.clip_grad_norm_ (max_norm / (norm + 1e-6), applied only when < 1) and the backend's
+// AdamW arguments for step t (weight decay applies where a TensorRange says so).
+OptimizerStepStats clip_stats(const OptimizerConfig& cfg, double grad_norm);
+AdamWStep adamw_step_args(const OptimizerConfig& cfg, double lr, double clip_coef, int64_t t);
 
 // What the trainer and checkpoints need of an optimizer; AdamW (replicated) and ZeroAdamW
 // (src/train/zero_optimizer.h, moments sharded over data-parallel ranks) implement it.
@@ -75,6 +82,7 @@ class AdamW final : public Optimizer {
   Communicator* comm_;
   float* m_ = nullptr;  // backend memory, [num_params]
   float* v_ = nullptr;
+  std::vector<TensorRange> ranges_;  // one per tensor, with its decay flag (fixed at construction)
   int64_t t_ = 0;
 };
 

@@ -17,7 +17,10 @@ ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator&
   end_ = std::min(n_, begin_ + shard_);
   for (const auto& p : model_.params_info()) {
     const size_t b = std::max(begin_, p.offset), e = std::min(end_, p.offset + p.numel);
-    if (b < e) ranges_.push_back({b, e, decays(p, cfg_), p.owner});
+    if (b < e) {
+      ranges_.push_back({b, e, decays(p, cfg_), p.owner});
+      shard_ranges_.push_back({b - begin_, e - b, decays(p, cfg_)});
+    }
   }
   // alloc() zero-initialises: moments start at zero, the staging padding stays zero.
   m_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
@@ -51,22 +54,11 @@ double ZeroAdamW::grad_norm() {
 }
 
 OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
-  OptimizerStepStats st;
-  st.grad_norm = norm;
-  if (cfg_.clip_grad > 0) st.clip_coef = std::min(1.0, cfg_.clip_grad / (norm + 1e-6));
+  const OptimizerStepStats st = clip_stats(cfg_, norm);
   ++t_;
   float* p = model_.param_data();
-  AdamWStep s;
-  s.lr = static_cast<float>(lr);
-  s.beta1 = static_cast<float>(cfg_.beta1);
-  s.beta2 = static_cast<float>(cfg_.beta2);
-  s.eps = static_cast<float>(cfg_.eps);
-  s.weight_decay = static_cast<float>(cfg_.weight_decay);
-  s.grad_scale = static_cast<float>(st.clip_coef);
-  s.step = t_;
-  std::vector<TensorRange> shard;  // offsets within this rank's shard
-  for (const auto& r : ranges_) shard.push_back({r.begin - begin_, r.end - r.begin, r.decay});
-  backend_.adamw_update_ranges(p + begin_, grad_shard_, m_, v_, shard.data(), shard.size(), s);
+  backend_.adamw_update_ranges(p + begin_, grad_shard_, m_, v_, shard_ranges_.data(), shard_ranges_.size(),
+                               adamw_step_args(cfg_, lr, st.clip_coef, t_));
   // Own updated shard → everyone's full parameter buffer. The gather lands in staging_ and reaches the
   // parameters through Backend::copy, so a backend that caches converted weights (CUDA's bf16 copies)
   // sees the write; a collective writing into the parameters directly would bypass it.

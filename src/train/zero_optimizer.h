@@ -55,7 +55,8 @@ class ZeroAdamW final : public Optimizer {
   OptimizerConfig cfg_;
   Communicator& comm_;
   size_t n_ = 0, shard_ = 0, begin_ = 0, end_ = 0;
-  std::vector<Range> ranges_;      // this shard's tensor pieces, in flat order
+  std::vector<Range> ranges_;              // this shard's tensor pieces, in flat order
+  std::vector<TensorRange> shard_ranges_;  // the same pieces as offsets into the shard (the AdamW launch)
   // Backend memory. The padding tail [N, W·S) of staging_ is zero from allocation on: only the first
   // N elements are ever written from the model, and gathers copy zero padding back into it.
   float* m_ = nullptr;           // [S] this rank's moments (padding stays zero)
