@@ -64,6 +64,13 @@ void Communicator::allreduce_sum_typed(void* data, size_t n, DType dtype, const 
   allreduce_sum(static_cast<float*>(data), n, what);
 }
 
+void Communicator::reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire,
+                                            const char* what) {
+  ESM2_CHECK(wire == DType::F32, "rank {}: {} communicator cannot send gradients as {} (in {})", rank(), name(),
+             dtype_name(wire), what);
+  reduce_scatter_sum(in, out, shard_n, what);
+}
+
 void LocalCommunicator::no_peer(int peer, const char* what) {
   fail("rank 0: point-to-point to rank {} in {}, but this communicator has a single rank", peer, what);
 }

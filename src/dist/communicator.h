@@ -46,6 +46,19 @@ class Communicator {
   // e.g. tensor-parallel partial activations on GPUs). The default handles F32 through the float overload.
   virtual void allreduce_sum_typed(void* data, size_t n, DType dtype, const char* what);
 
+  // Overlapped gradient reduction (ZeRO-1 buckets). The sum of reduce_scatter_sum (in: [world × shard_n]
+  // fp32, out: [shard_n] fp32, rank-ordered), with `wire` the dtype that travels: F32, or BF16 (every
+  // rank's input, its own included, is rounded to bf16 — round to nearest even — and the copies are
+  // added in rank order in fp32; out stays fp32: half the traffic, one rounding per rank).
+  // May return before the result exists: NCCL runs it on a side stream that first waits for the work
+  // already enqueued on the backend's stream, so it overlaps the compute enqueued after it. Until
+  // wait_async(), `in` must not change and `out` must not be read. Synchronous implementations (MPI,
+  // local) finish before returning. The default: F32 through reduce_scatter_sum; BF16 is an error.
+  virtual void reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire, const char* what);
+  // Work enqueued after this on the backend's stream (the host, for host memory) sees the results of
+  // every async operation issued before it.
+  virtual void wait_async() {}
+
   // The ranks that pass the same `color` form a new communicator, ranked by (key, old rank) as
   // MPI_Comm_split does. Collective: every rank of this communicator must call it.
   virtual std::unique_ptr<Communicator> split(int color, int key, const char* what) = 0;
