@@ -223,6 +223,20 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_flag("!--no-distributed-optimizer", c.distributed_optimizer,
                "With several ranks: replicated AdamW + gradient all-reduce instead of ZeRO-1 (sharded moments)")
       ->group("Execution");
+  app.add_flag("!--no-overlap-grad-reduce", c.overlap_grad_reduce,
+               "ZeRO-1: reduce-scatter all gradient buckets after the backward instead of overlapping each "
+               "with the rest of the backward (GPUs; MPI on CPUs is synchronous either way)")
+      ->group("Execution");
+  app.add_option("--grad-reduce-dtype", c.grad_reduce_dtype,
+                 "ZeRO-1 gradient reduce-scatter on the wire: fp32, bf16 (half the traffic; each rank's gradient "
+                 "rounded once, summed in fp32) or auto (bf16 under bf16-mixed precision, else fp32)")
+      ->group("Execution")->check(CLI::IsMember({"auto", "fp32", "bf16"}))->capture_default_str();
+  app.add_flag_callback("--grad-reduce-in-fp32", [&c] { c.grad_reduce_dtype = "fp32"; },
+                        "The reference's spelling of --grad-reduce-dtype fp32")
+      ->group("Execution");
+  app.add_option("--ddp-bucket-size", c.ddp_bucket_size,
+                 "Parameters per ZeRO-1 gradient bucket (rounded up to a multiple of the DP size)")
+      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--gpus", a->gpus,
                  "Train on N GPUs of this node: starts N worker processes joined by NCCL (no MPI needed); "
                  "global batch = micro-batch × N × accumulation")

@@ -35,6 +35,13 @@ template <>
 MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
 template <>
 MPI_Datatype mpi_type<double>() { return MPI_DOUBLE; }
+template <>
+MPI_Datatype mpi_type<uint16_t>() { return MPI_UINT16_T; }
+
+// The value a wire element adds: bf16 bits widen to float, the rest are already the sum's type.
+inline float widen(uint16_t bf16) { return bf16_to_f32(bf16); }
+inline float widen(float x) { return x; }
+inline double widen(double x) { return x; }
 
 void check_mpi(int rc, int rank, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -157,13 +164,11 @@ void MpiCommunicator::abort(int code) {
   std::_Exit(code);  // MPI_Abort does not return; this satisfies [[noreturn]]
 }
 
-template <class T>
-void MpiCommunicator::reduce_scatter_impl(const T* in, T* out, size_t shard_n, const char* what) {
+template <class W, class T>
+void MpiCommunicator::reduce_scatter_impl(const W* in, T* out, size_t shard_n, std::vector<W>& recv,
+                                          const char* what) {
   CollectiveScope scope(*this, what);
-  const MPI_Datatype type = mpi_type<T>();
-  std::vector<T>& recv = [&]() -> std::vector<T>& {
-    if constexpr (std::is_same_v<T, float>) return recv_f_; else return recv_d_;
-  }();
+  const MPI_Datatype type = mpi_type<W>();
   const size_t chunk_max = std::min(shard_n, kMaxChunk);
   recv.resize(static_cast<size_t>(world_) * chunk_max);
   std::vector<MPI_Request> reqs(2 * static_cast<size_t>(world_));
@@ -178,14 +183,14 @@ void MpiCommunicator::reduce_scatter_impl(const T* in, T* out, size_t shard_n, c
       check_mpi(MPI_Isend(in + size_t(p) * shard_n + c0, count, type, p, 1, comm_, &reqs[nreq++]), world_rank_,
                 what);
     }
-    std::memcpy(recv.data() + size_t(rank_) * chunk_max, in + size_t(rank_) * shard_n + c0, len * sizeof(T));
+    std::memcpy(recv.data() + size_t(rank_) * chunk_max, in + size_t(rank_) * shard_n + c0, len * sizeof(W));
     check_mpi(MPI_Waitall(nreq, reqs.data(), MPI_STATUSES_IGNORE), world_rank_, what);
     // Rank order, whatever order the messages arrived in: the bitwise-reproducible part.
     T* o = out + c0;
-    std::memcpy(o, recv.data(), len * sizeof(T));
+    for (size_t i = 0; i < len; ++i) o[i] = widen(recv[i]);
     for (int p = 1; p < world_; ++p) {
-      const T* r = recv.data() + size_t(p) * chunk_max;
-      for (size_t i = 0; i < len; ++i) o[i] += r[i];
+      const W* r = recv.data() + size_t(p) * chunk_max;
+      for (size_t i = 0; i < len; ++i) o[i] += widen(r[i]);
     }
   }
 }
@@ -218,7 +223,10 @@ void MpiCommunicator::allreduce_impl(T* data, size_t n, std::vector<T>& scratch,
   scratch.assign(shard * size_t(world_), T(0));
   std::memcpy(scratch.data(), data, n * sizeof(T));
   std::vector<T> mine(shard);
-  reduce_scatter_impl(scratch.data(), mine.data(), shard, what);
+  if constexpr (std::is_same_v<T, float>)
+    reduce_scatter_impl(scratch.data(), mine.data(), shard, recv_f_, what);
+  else
+    reduce_scatter_impl(scratch.data(), mine.data(), shard, recv_d_, what);
   allgather_impl(mine.data(), scratch.data(), shard, what);
   std::memcpy(data, scratch.data(), n * sizeof(T));
 }
@@ -231,7 +239,23 @@ void MpiCommunicator::reduce_scatter_sum(const float* in, float* out, size_t sha
     std::memmove(out, in, shard_n * sizeof(float));
     return;
   }
-  reduce_scatter_impl(in, out, shard_n, what);
+  reduce_scatter_impl(in, out, shard_n, recv_f_, what);
+}
+
+void MpiCommunicator::reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire,
+                                               const char* what) {
+  if (wire == DType::F32) return reduce_scatter_sum(in, out, shard_n, what);
+  ESM2_CHECK(wire == DType::BF16, "rank {}: mpi communicator cannot send gradients as {} (in {})", world_rank_,
+             dtype_name(wire), what);
+  // Every rank's copy is rounded, its own too: the sum is the same whichever rank computes it.
+  const size_t n = size_t(world_) * shard_n;
+  wire_h_.resize(n);
+  for (size_t i = 0; i < n; ++i) wire_h_[i] = f32_to_bf16(in[i]);
+  if (world_ == 1) {
+    for (size_t i = 0; i < shard_n; ++i) out[i] = bf16_to_f32(wire_h_[i]);
+    return;
+  }
+  reduce_scatter_impl(wire_h_.data(), out, shard_n, recv_h_, what);
 }
 
 void MpiCommunicator::allgather(const float* in, float* out, size_t shard_n, const char* what) {

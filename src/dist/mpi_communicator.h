@@ -38,6 +38,8 @@ class MpiCommunicator final : public Communicator {
   void broadcast(void* data, size_t bytes, int root, const char* what) override;
   void barrier(const char* what) override;
   void reduce_scatter_sum(const float* in, float* out, size_t shard_n, const char* what) override;
+  // Synchronous (MPI has no stream to overlap on); F32 and BF16 wire.
+  void reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire, const char* what) override;
   void allgather(const float* in, float* out, size_t shard_n, const char* what) override;
   void gather(const float* in, float* out, size_t shard_n, int root, const char* what) override;
   std::unique_ptr<Communicator> split(int color, int key, const char* what) override;
@@ -50,8 +52,9 @@ class MpiCommunicator final : public Communicator {
   [[noreturn]] void abort(int code);
 
  private:
-  template <class T>
-  void reduce_scatter_impl(const T* in, T* out, size_t shard_n, const char* what);
+  // W: the element type that travels (float, double, or uint16_t bf16 bits); T: the sum's type.
+  template <class W, class T>
+  void reduce_scatter_impl(const W* in, T* out, size_t shard_n, std::vector<W>& recv, const char* what);
   template <class T>
   void allgather_impl(const T* in, T* out, size_t shard_n, const char* what);
   template <class T>
@@ -70,6 +73,8 @@ class MpiCommunicator final : public Communicator {
   std::vector<double> scratch_d_;
   std::vector<float> recv_f_;      // [world × chunk] reduce-scatter receive buffer
   std::vector<double> recv_d_;
+  std::vector<uint16_t> recv_h_;   // the same for bf16 gradients
+  std::vector<uint16_t> wire_h_;   // [world × shard] bf16-rounded input
 
   // Watchdog state: the collective in progress (nullptr when none) and when it started.
   std::atomic<const char*> current_{nullptr};

@@ -25,43 +25,6 @@ namespace esm2 {
 // length field can make us allocate).
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
-uint16_t f32_to_bf16(float x) {
-  uint32_t u = std::bit_cast<uint32_t>(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to the even bf16 mantissa
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float bf16_to_f32(uint16_t x) { return std::bit_cast<float>(static_cast<uint32_t>(x) << 16); }
-
-uint16_t f32_to_f16(float x) {
-  const uint32_t u = std::bit_cast<uint32_t>(x);
-  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
-  const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN → quiet NaN
-  if (a >= 0x477ff000u) return sign | 0x7c00u;  // ≥ 65520 (halfway past 65504, ties up) → inf
-  if (a < 0x38800000u) {
-    // Below the smallest normal half (2^-14): the result is a multiple of 2^-24. Scaling by 2^24 is
-    // exact and nearbyint rounds ties to even; 1024 lands exactly on the smallest normal's bits.
-    const float scaled = std::bit_cast<float>(a) * 16777216.0f;
-    return sign | static_cast<uint16_t>(std::nearbyint(scaled));
-  }
-  uint32_t r = a + 0x0fffu + ((a >> 13) & 1u);  // round the 23-bit mantissa to 10 bits, ties to even
-  r -= 112u << 23;                              // exponent bias 127 → 15
-  return sign | static_cast<uint16_t>(r >> 13);
-}
-
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  if (e == 0) {
-    const float v = std::ldexp(static_cast<float>(m), -24);
-    return sign ? -v : v;
-  }
-  if (e == 31) return std::bit_cast<float>(sign | 0x7f800000u | (m << 13));
-  return std::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
-}
-
 int64_t shape_numel(std::span<const int64_t> shape, std::string_view what) {
   int64_t n = 1;
   for (int64_t d : shape) {

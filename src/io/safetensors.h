@@ -29,13 +29,6 @@
 namespace esm2 {
 
 
-// fp32 ↔ 16-bit conversions. to_*: round to nearest, ties to even; NaN stays NaN (quiet), overflow
-// of F16 gives ±inf, F16 subnormals are produced exactly.
-uint16_t f32_to_bf16(float x);
-float bf16_to_f32(uint16_t x);
-uint16_t f32_to_f16(float x);
-float f16_to_f32(uint16_t x);
-
 // Product of the dims; throws (naming `what`) on a negative dim or int64 overflow.
 int64_t shape_numel(std::span<const int64_t> shape, std::string_view what);
 std::string shape_str(std::span<const int64_t> shape);  // "[33, 320]"

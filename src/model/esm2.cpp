@@ -17,6 +17,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <numbers>
 
@@ -205,6 +206,7 @@ struct Esm2Model::Impl : SlotState {
   int cur_slot = 0;
 
   Recompute recompute = Recompute::None;  // set_recompute()
+  std::function<void(size_t)> grad_ready;  // set_grad_ready_hook()
 
   Impl(const ModelConfig& c, Backend& b, const ModelParallel& p)
       : cfg(c),
@@ -540,11 +542,15 @@ struct Esm2Model::Impl : SlotState {
       be.memset_zero(a.d_res, be.act_bytes(T * C));
       be.layernorm_backward(a.d_res, G + table.lnf_w, G + table.lnf_b, a.d_tmp, res(num_local_layers()),
                             P + table.lnf_w, f32(a.lnf_mean), f32(a.lnf_rstd), T, C);
+      // The tail (final LayerNorm, LM head) is final; the tied decoder's share of wte is not (wte sits
+      // at the front and the embedding adds to it last).
+      if (grad_ready) grad_ready(table.lnf_w);
     }
     for (int l = num_local_layers() - 1; l >= 0; --l) {
       const LayerActs v = layer(l);
       layer_forward(l, v, /*recompute_pass=*/true);
       layer_backward(l, v);
+      if (grad_ready) grad_ready(table.layers[size_t(l)].w_qkv);  // a layer's tensors start with q
     }
     // A later pipeline stage sends d_res (the gradient of its input) to the previous stage instead.
     if (!table.has_embedding) return;
@@ -593,6 +599,7 @@ float* Esm2Model::grad_data() { return impl_->grads; }
 size_t Esm2Model::activation_bytes() const { return impl_->total_arena_bytes(); }
 Recompute Esm2Model::recompute() const { return impl_->recompute; }
 void Esm2Model::set_recompute(Recompute r) { impl_->set_recompute(r); }
+void Esm2Model::set_grad_ready_hook(std::function<void(size_t)> hook) { impl_->grad_ready = std::move(hook); }
 
 size_t activation_arena_bytes(const ModelConfig& cfg, int64_t tokens, int64_t head_rows, Recompute recompute,
                               DType activation_dtype) {

@@ -6,6 +6,7 @@
 // activation gradients are overwritten (=) except the residual stream, which accumulates.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -115,6 +116,13 @@ class Esm2Model {
   // frees the arena; the next micro-batch carves it again.
   Recompute recompute() const;
   void set_recompute(Recompute recompute);
+
+  // Overlapped gradient reduction: during every backward until reset, hook(ready_from) is called on
+  // the host each time the gradients [ready_from, num_params()) of the local flat buffer have all been
+  // enqueued for this micro-batch (after the LM head and final LayerNorm, then after each layer, with
+  // decreasing ready_from). The embedding's gradient (offset 0) is complete only when the backward
+  // returns. Null (the default): no calls.
+  void set_grad_ready_hook(std::function<void(size_t ready_from)> hook);
 
   // ---- pipeline stage (driven by src/train/pipeline_schedule.h) ----
   // With ModelParallel::pp of P ranks this rank holds layers [first_layer, end_layer) (param_table.h:

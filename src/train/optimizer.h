@@ -3,6 +3,7 @@
 // owns the moment buffers and the per-tensor policy (which tensors decay).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -34,6 +35,9 @@ AdamWStep adamw_step_args(const OptimizerConfig& cfg, double lr, double clip_coe
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
+  // Overlapped gradient reduction: what to install with Esm2Model::set_grad_ready_hook for the
+  // backward of a step's last micro-batch (null: reduce everything in reduce_gradients()).
+  virtual std::function<void(size_t)> grad_ready_hook() { return nullptr; }
   // Collective: sums the ranks' gradients into what step() reads (the full buffer, or this rank's shard).
   virtual void reduce_gradients() = 0;
   // Global gradient norm (collective under ZeRO-1).

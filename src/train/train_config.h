@@ -64,6 +64,12 @@ struct TrainConfig {
   // --- data parallelism (docs/dist.md) ---
   bool distributed_optimizer = true;  // ZeRO-1 when world > 1; false: replicated AdamW + all-reduce
   double collective_timeout_s = 600;  // a collective unfinished after this aborts every rank
+  // ZeRO-1 gradient reduction (src/train/zero_optimizer.h): buckets reduce-scattered during the backward
+  // (--no-overlap-grad-reduce: after it), as fp32 or bf16 (auto: bf16 under bf16-mixed precision, the
+  // default of the reference's --grad-reduce-in-fp32 being off).
+  bool overlap_grad_reduce = true;
+  std::string grad_reduce_dtype = "auto";  // auto | fp32 | bf16
+  int64_t ddp_bucket_size = 40'000'000;    // elements per gradient bucket
   // --- model parallelism (docs/dist.md): world = DP × TP × PP ---
   int tensor_parallel = 1;    // --tensor-model-parallel-size
   int pipeline_parallel = 1;  // --pipeline-model-parallel-size

@@ -192,7 +192,16 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   const std::unique_ptr<PipelineSchedule> pipeline =
       groups.pp_size > 1 ? std::make_unique<PipelineSchedule>(model) : nullptr;
   // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
-  const std::unique_ptr<Optimizer> optim_owner = make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer);
+  GradReduceOptions reduce;
+  reduce.bucket_elements = static_cast<size_t>(cfg.ddp_bucket_size);
+  reduce.overlap = cfg.overlap_grad_reduce;
+  reduce.wire = cfg.grad_reduce_dtype == "bf16" ||
+                        (cfg.grad_reduce_dtype == "auto" && backend.activation_dtype() == DType::BF16 &&
+                         cfg.distributed_optimizer)
+                    ? DType::BF16
+                    : DType::F32;
+  const std::unique_ptr<Optimizer> optim_owner =
+      make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer, reduce);
   Optimizer& optim = *optim_owner;
   TrainerState state;
   std::string start_note = "from scratch";
@@ -229,6 +238,11 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                groups.tp_size, groups.pp_size, comm.name(),
                groups.dp_size > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
                                                                   : "AdamW (replicated)");
+    if (const auto* zero = dynamic_cast<const ZeroAdamW*>(&optim))
+      fmt::print("gradient reduce-scatter: {} bucket(s) of ≤ {} parameters, {} on the wire, {}\n",
+                 zero->num_buckets(), cfg.ddp_bucket_size, reduce.wire == DType::BF16 ? "bf16" : "fp32",
+                 zero->num_buckets() > 1 && reduce.overlap && !pipeline ? "overlapped with the backward"
+                                                                       : "after the backward");
     if (pipeline) {  // [pp]
       std::string split;
       for (int st = 0; st < groups.pp_size; ++st) {
@@ -304,7 +318,12 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     if (pipeline) {
       loss_acc = pipeline->train_step(batch.micro, grad_scale).loss_sum;  // [pp] 1F1B; loss on every stage
     } else {
-      for (const auto& mb : batch.micro) loss_acc += model.forward_backward(mb, grad_scale).loss_sum;
+      // [dist] The last micro-batch's backward starts the gradient reduction as buckets finish.
+      for (size_t i = 0; i < batch.micro.size(); ++i) {
+        if (i + 1 == batch.micro.size()) model.set_grad_ready_hook(optim.grad_ready_hook());
+        loss_acc += model.forward_backward(batch.micro[i], grad_scale).loss_sum;
+      }
+      model.set_grad_ready_hook(nullptr);
     }
     // Test-only fault, injected before the reduction so that it reaches what the optimizer reads
     // (ZeRO-1 reads its reduced shard, not the model's gradient buffer).

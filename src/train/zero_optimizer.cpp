@@ -8,45 +8,88 @@
 
 namespace esm2 {
 
-ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm)
-    : model_(model), backend_(model.backend()), cfg_(cfg), comm_(comm) {
-  const size_t w = static_cast<size_t>(comm_.world_size());
+ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm,
+                     const GradReduceOptions& reduce)
+    : model_(model), backend_(model.backend()), cfg_(cfg), comm_(comm), reduce_(reduce) {
+  ESM2_CHECK(reduce_.wire == DType::F32 || reduce_.wire == DType::BF16,
+             "ZeRO-1: gradients can travel as F32 or BF16, not {}", dtype_name(reduce_.wire));
+  const size_t w = static_cast<size_t>(comm_.world_size()), r = static_cast<size_t>(comm_.rank());
   n_ = model_.num_params();
-  shard_ = (n_ + w - 1) / w;
-  begin_ = std::min(n_, shard_ * static_cast<size_t>(comm_.rank()));
-  end_ = std::min(n_, begin_ + shard_);
-  for (const auto& p : model_.params_info()) {
-    const size_t b = std::max(begin_, p.offset), e = std::min(end_, p.offset + p.numel);
-    if (b < e) {
-      ranges_.push_back({b, e, decays(p, cfg_), p.owner});
-      shard_ranges_.push_back({b - begin_, e - b, decays(p, cfg_)});
-    }
+  // Buckets counted from the end, each a multiple of W long so that it reduce-scatters straight from
+  // the gradient buffer; only the first (the embedding's, reduced last anyway) may need padding.
+  const size_t len = std::max<size_t>(w, (std::max<size_t>(reduce_.bucket_elements, 1) + w - 1) / w * w);
+  std::vector<std::pair<size_t, size_t>> spans;
+  for (size_t e = n_; e > 0;) {
+    const size_t b = e > len ? e - len : 0;
+    spans.push_back({b, e});
+    e = b;
   }
-  // alloc() zero-initialises: moments start at zero, the staging padding stays zero.
+  std::reverse(spans.begin(), spans.end());
+  size_t stage = 0;
+  for (const auto& [b, e] : spans) {
+    Bucket k;
+    k.begin = b;
+    k.end = e;
+    k.s = (e - b + w - 1) / w;
+    k.shard_off = shard_;
+    k.stage_off = stage;
+    k.own_begin = std::min(e, b + r * k.s);
+    k.own_end = std::min(e, k.own_begin + k.s);
+    shard_ += k.s;
+    stage += w * k.s;
+    // This rank's pieces of each tensor, as offsets into the shard buffers.
+    for (const auto& p : model_.params_info()) {
+      const size_t lo = std::max(k.own_begin, p.offset), hi = std::min(k.own_end, p.offset + p.numel);
+      if (lo >= hi) continue;
+      const size_t at = k.shard_off + (lo - k.own_begin);
+      shard_ranges_.push_back({at, hi - lo, decays(p, cfg_)});
+      if (p.owner) owned_ranges_.push_back({at, hi - lo, false});
+    }
+    buckets_.push_back(k);
+  }
+  next_launch_ = buckets_.size();
+  // alloc() zero-initialises: moments start at zero, the padding stays zero.
   m_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
   v_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
   grad_shard_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
-  staging_ = static_cast<float*>(backend_.alloc(shard_ * w * sizeof(float)));
+  param_shard_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
+  staging_ = static_cast<float*>(backend_.alloc(stage * sizeof(float)));
 }
 
 ZeroAdamW::~ZeroAdamW() {
   backend_.free(m_);
   backend_.free(v_);
   backend_.free(grad_shard_);
+  backend_.free(param_shard_);
   backend_.free(staging_);
 }
 
+void ZeroAdamW::launch(const Bucket& b) {
+  const size_t w = static_cast<size_t>(comm_.world_size());
+  const float* in = model_.grad_data() + b.begin;
+  if (b.end - b.begin != w * b.s) {  // padded: the copy leaves staging's zero tail in place
+    backend_.copy(staging_ + b.stage_off, in, (b.end - b.begin) * sizeof(float));
+    in = staging_ + b.stage_off;
+  }
+  comm_.reduce_scatter_sum_async(in, grad_shard_ + b.shard_off, b.s, reduce_.wire, "gradient reduce-scatter (ZeRO-1)");
+}
+
+std::function<void(size_t)> ZeroAdamW::grad_ready_hook() {
+  if (!reduce_.overlap || buckets_.size() < 2) return nullptr;
+  // Buckets finish from the back; every rank runs the same backward, so all issue the same order.
+  return [this](size_t ready_from) {
+    while (next_launch_ > 0 && buckets_[next_launch_ - 1].begin >= ready_from) launch(buckets_[--next_launch_]);
+  };
+}
+
 void ZeroAdamW::reduce_gradients() {
-  backend_.copy(staging_, model_.grad_data(), n_ * sizeof(float));
-  comm_.reduce_scatter_sum(staging_, grad_shard_, shard_, "gradient reduce-scatter (ZeRO-1)");
+  while (next_launch_ > 0) launch(buckets_[--next_launch_]);
+  comm_.wait_async();
+  next_launch_ = buckets_.size();
 }
 
 double ZeroAdamW::grad_norm() {
-  // Per-tensor pieces in flat order, as AdamW::grad_norm sums per tensor.
-  std::vector<TensorRange> owned;
-  for (const auto& r : ranges_)
-    if (r.owner) owned.push_back({r.begin - begin_, r.end - r.begin, false});
-  double ss = backend_.sum_squares_ranges(grad_shard_, owned.data(), owned.size());
+  double ss = backend_.sum_squares_ranges(grad_shard_, owned_ranges_.data(), owned_ranges_.size());
   comm_.allreduce_sum(&ss, 1, "gradient norm all-reduce (ZeRO-1)");
   if (Communicator* mp = model_.parallel().mp; mp && mp->world_size() > 1)
     mp->allreduce_sum(&ss, 1, "gradient norm all-reduce (model parallel)");
@@ -57,30 +100,33 @@ OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
   const OptimizerStepStats st = clip_stats(cfg_, norm);
   ++t_;
   float* p = model_.param_data();
-  backend_.adamw_update_ranges(p + begin_, grad_shard_, m_, v_, shard_ranges_.data(), shard_ranges_.size(),
+  for (const auto& b : buckets_)
+    backend_.copy(param_shard_ + b.shard_off, p + b.own_begin, (b.own_end - b.own_begin) * sizeof(float));
+  backend_.adamw_update_ranges(param_shard_, grad_shard_, m_, v_, shard_ranges_.data(), shard_ranges_.size(),
                                adamw_step_args(cfg_, lr, st.clip_coef, t_));
-  // Own updated shard → everyone's full parameter buffer. The gather lands in staging_ and reaches the
+  // Updated pieces → everyone's full parameter buffer. The gather lands in staging_ and reaches the
   // parameters through Backend::copy, so a backend that caches converted weights (CUDA's bf16 copies)
   // sees the write; a collective writing into the parameters directly would bypass it.
-  float* own = staging_ + shard_ * size_t(comm_.rank());
-  backend_.copy(own, p + begin_, (end_ - begin_) * sizeof(float));
-  comm_.allgather(own, staging_, shard_, "parameter all-gather (ZeRO-1)");
-  backend_.copy(p, staging_, n_ * sizeof(float));
+  for (const auto& b : buckets_) {
+    comm_.allgather(param_shard_ + b.shard_off, staging_ + b.stage_off, b.s, "parameter all-gather (ZeRO-1)");
+    backend_.copy(p + b.begin, staging_ + b.stage_off, (b.end - b.begin) * sizeof(float));
+  }
   return st;
 }
 
 void ZeroAdamW::gather_for_checkpoint() {
-  // staging_ is free between steps: it receives the gathered shards on rank 0.
+  // staging_ is free between steps: it receives the gathered pieces on rank 0.
   const bool root = comm_.is_root();
-  comm_.gather(m_, root ? staging_ : nullptr, shard_, 0, "optimizer state gather (checkpoint, exp_avg)");
-  if (root) {
-    full_m_.resize(n_);
-    backend_.copy_to_host(full_m_.data(), staging_, n_ * sizeof(float));
-  }
-  comm_.gather(v_, root ? staging_ : nullptr, shard_, 0, "optimizer state gather (checkpoint, exp_avg_sq)");
-  if (root) {
-    full_v_.resize(n_);
-    backend_.copy_to_host(full_v_.data(), staging_, n_ * sizeof(float));
+  for (int which = 0; which < 2; ++which) {
+    const float* src = which == 0 ? m_ : v_;
+    std::vector<float>& full = which == 0 ? full_m_ : full_v_;
+    if (root) full.resize(n_);
+    for (const auto& b : buckets_) {
+      comm_.gather(src + b.shard_off, root ? staging_ + b.stage_off : nullptr, b.s, 0,
+                   which == 0 ? "optimizer state gather (checkpoint, exp_avg)"
+                              : "optimizer state gather (checkpoint, exp_avg_sq)");
+      if (root) backend_.copy_to_host(full.data() + b.begin, staging_ + b.stage_off, (b.end - b.begin) * sizeof(float));
+    }
   }
 }
 
@@ -96,8 +142,11 @@ void ZeroAdamW::set_moments(std::span<const float> exp_avg, std::span<const floa
   ESM2_ASSERT(exp_avg.size() == n_ && exp_avg_sq.size() == n_);
   backend_.memset_zero(m_, shard_ * sizeof(float));
   backend_.memset_zero(v_, shard_ * sizeof(float));
-  backend_.copy_to_device(m_, exp_avg.data() + begin_, (end_ - begin_) * sizeof(float));
-  backend_.copy_to_device(v_, exp_avg_sq.data() + begin_, (end_ - begin_) * sizeof(float));
+  for (const auto& b : buckets_) {
+    const size_t bytes = (b.own_end - b.own_begin) * sizeof(float);
+    backend_.copy_to_device(m_ + b.shard_off, exp_avg.data() + b.own_begin, bytes);
+    backend_.copy_to_device(v_ + b.shard_off, exp_avg_sq.data() + b.own_begin, bytes);
+  }
 }
 
 void ZeroAdamW::reset() {
@@ -107,10 +156,13 @@ void ZeroAdamW::reset() {
 }
 
 std::unique_ptr<Optimizer> make_optimizer(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm,
-                                          bool distributed) {
+                                          bool distributed, const GradReduceOptions& reduce) {
   // Both optimizers pass backend buffers to the communicator; make_communicator pairs MPI with the
   // cpu backend and NCCL with the cuda backend.
-  if (distributed && comm.world_size() > 1) return std::make_unique<ZeroAdamW>(model, cfg, comm);
+  if (distributed && comm.world_size() > 1) return std::make_unique<ZeroAdamW>(model, cfg, comm, reduce);
+  ESM2_CHECK(reduce.wire == DType::F32 || comm.world_size() == 1,
+             "train: bf16 gradient reduction needs the distributed optimizer (drop --no-distributed-optimizer, "
+             "or reduce in fp32 with --grad-reduce-dtype fp32)");
   return std::make_unique<AdamW>(model, cfg, &comm);
 }
 

@@ -1,17 +1,29 @@
 // ZeRO-1 AdamW: the fp32 Adam moments, and the update of the fp32 master weights, are sharded over
-// the data-parallel ranks. The flat parameter buffer [N] is padded to Np = W·S (W ranks, S = ⌈N/W⌉);
-// rank r owns elements [r·S, min((r+1)·S, N)). Per step: gradients are reduce-scattered (each rank
-// receives the rank-ordered sum of its shard), the global norm is √(allreduce of the shards' Σg²),
-// AdamW updates the own shard only (weight decay per element, by the tensor each element belongs
-// to), and the updated shards are all-gathered into every rank's full parameter buffer.
-// Moments per rank: 2·S floats instead of 2·N.
+// the data-parallel ranks, bucket by bucket (Megatron's distributed optimizer). The local flat buffer
+// [N] is cut into buckets counted from its end (the LM head's gradients are final first, the
+// embedding's last); bucket k = [b, e) is padded to W·s (W ranks, s = ⌈(e−b)/W⌉) and rank r owns its
+// piece [b + r·s, min(b + (r+1)·s, e)). A rank's shard buffers (moments, reduced gradients, its
+// master-weight piece) are its pieces of every bucket, concatenated.
+//
+// Per step: each bucket's gradients are reduce-scattered (rank-ordered sums) — with overlap, as soon as
+// the backward of the step's last micro-batch has finished them (Esm2Model::set_grad_ready_hook), on
+// the communicator's side stream while the backward goes on; the rest at reduce_gradients(). The
+// global norm is √(allreduce of the shards' Σg²); AdamW updates the own pieces (weight decay per
+// element, by the tensor each belongs to); each bucket's updated pieces are all-gathered into every
+// rank's full parameter buffer. Moments per rank: 2·N/W floats instead of 2·N.
+//
+// Gradients travel as fp32 or bf16 (GradReduceOptions::wire): bf16 halves the traffic; each rank's
+// gradient is rounded once and the sum is taken in fp32 (Communicator::reduce_scatter_sum_async).
+// Bucketing never changes a sum: with fp32 on the wire, every bucket size and overlap setting gives
+// bitwise the same step.
 //
 // Checkpoints hold FULL moments (gathered to rank 0), the same format as the replicated AdamW, so a
-// checkpoint written at any DP size loads at any other: set_moments takes this rank's slice.
+// checkpoint written at any DP size loads at any other: set_moments takes this rank's pieces.
 //
 // Every buffer is backend memory and every collective takes backend pointers: the same code runs
 // with MPI on the cpu backend (host memory) and NCCL on the cuda backend (device memory).
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -19,14 +31,22 @@
 
 namespace esm2 {
 
+struct GradReduceOptions {
+  // Elements per bucket (rounded up to a multiple of the DP size); Megatron's --ddp-bucket-size default.
+  size_t bucket_elements = 40'000'000;
+  DType wire = DType::F32;  // F32 or BF16
+  bool overlap = true;      // reduce buckets during the backward (grad_ready_hook)
+};
+
 class ZeroAdamW final : public Optimizer {
  public:
   // `comm` must move buffers of the model's backend (MPI: cpu, NCCL: cuda).
-  ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm);
+  ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm, const GradReduceOptions& reduce = {});
   ~ZeroAdamW() override;
   ZeroAdamW(const ZeroAdamW&) = delete;
   ZeroAdamW& operator=(const ZeroAdamW&) = delete;
 
+  std::function<void(size_t)> grad_ready_hook() override;
   void reduce_gradients() override;
   double grad_norm() override;
   using Optimizer::step;
@@ -38,38 +58,44 @@ class ZeroAdamW final : public Optimizer {
   void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) override;
   void reset() override;
 
-  size_t shard_begin() const { return begin_; }
-  size_t shard_end() const { return end_; }   // exclusive; begin_ == end_ for a rank past the end
-  size_t shard_size() const { return shard_; }  // S (padded)
+  size_t num_buckets() const { return buckets_.size(); }
+  size_t shard_size() const { return shard_; }  // Σ over buckets of s (padded): this rank's shard buffers
 
  private:
-  // A piece of one parameter tensor inside this rank's shard.
-  struct Range {
-    size_t begin, end;  // flat-buffer offsets, [begin, end) ⊂ [begin_, end_)
-    bool decay;
-    bool owner;  // counts in the gradient norm (ParamInfo::owner)
+  struct Bucket {
+    size_t begin, end;          // [begin, end) of the local flat buffer
+    size_t s;                   // each rank's piece, padded: ⌈(end − begin) / W⌉
+    size_t shard_off;           // where this rank's piece sits in the shard buffers
+    size_t stage_off;           // its [W·s] region of staging_
+    size_t own_begin, own_end;  // this rank's piece in the flat buffer (empty for a rank past the end)
   };
+  void launch(const Bucket& b);
 
   Esm2Model& model_;
   Backend& backend_;
   OptimizerConfig cfg_;
   Communicator& comm_;
-  size_t n_ = 0, shard_ = 0, begin_ = 0, end_ = 0;
-  std::vector<Range> ranges_;              // this shard's tensor pieces, in flat order
-  std::vector<TensorRange> shard_ranges_;  // the same pieces as offsets into the shard (the AdamW launch)
-  // Backend memory. The padding tail [N, W·S) of staging_ is zero from allocation on: only the first
-  // N elements are ever written from the model, and gathers copy zero padding back into it.
-  float* m_ = nullptr;           // [S] this rank's moments (padding stays zero)
+  GradReduceOptions reduce_;
+  size_t n_ = 0, shard_ = 0;
+  std::vector<Bucket> buckets_;            // in flat order; launched from the back
+  size_t next_launch_ = 0;                 // buckets_[next_launch_, end) are launched (next_launch_ counts down)
+  std::vector<TensorRange> shard_ranges_;  // this rank's tensor pieces as shard offsets (the AdamW launch)
+  std::vector<TensorRange> owned_ranges_;  // the pieces that count in the gradient norm
+  // Backend memory. The padding of every shard buffer stays zero (only own pieces are ever written),
+  // and so does staging_'s padding (gathers copy that zero padding back into it).
+  float* m_ = nullptr;           // [S] this rank's moments
   float* v_ = nullptr;           // [S]
-  float* grad_shard_ = nullptr;  // [S] reduced gradients of this shard
-  float* staging_ = nullptr;     // [W·S] padded gradients / gathered parameters / gathered moments
+  float* grad_shard_ = nullptr;  // [S] reduced gradients of this rank's pieces
+  float* param_shard_ = nullptr; // [S] this rank's master-weight pieces, updated in place, then gathered
+  float* staging_ = nullptr;     // [Σ W·s] padded gradients (buckets not a multiple of W) / gathers
   std::vector<float> full_m_, full_v_;  // host [N] on rank 0 after gather_for_checkpoint, else empty
   int64_t t_ = 0;
 };
 
 // The optimizer `esm2 train` uses: ZeRO-1 when the communicator has several ranks and
-// `distributed` is set, else the replicated AdamW (all-reducing gradients when world > 1).
+// `distributed` is set, else the replicated AdamW (all-reducing gradients in fp32 when world > 1).
+// Throws esm2::Error when `reduce` asks for bf16 gradients without ZeRO-1.
 std::unique_ptr<Optimizer> make_optimizer(Esm2Model& model, const OptimizerConfig& cfg, Communicator& comm,
-                                          bool distributed);
+                                          bool distributed, const GradReduceOptions& reduce = {});
 
 }  // namespace esm2

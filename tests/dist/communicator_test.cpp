@@ -107,6 +107,32 @@ TEST(MpiCommunicator, GridAndPointToPointOnFourRanks) {
     world->sendrecv(nullptr, 0, 0, &got, sizeof got, 0, "one-sided recv");
     EXPECT_EQ(got, 0);
   }
+
+  // Gradient reduce-scatter (ZeRO-1 buckets). Rank p contributes value(p, j) to element j; with bf16
+  // on the wire every copy (the own one too) is rounded to bf16, and the copies are added in rank order
+  // in fp32. The values carry more mantissa than bf16 keeps, so the rounding is visible.
+  const size_t shard = 1000;
+  auto value = [](int p, size_t j) { return 1.0f + 0.001f * float(p) + 1e-5f * float(j) - 0.37f * float(j % 3); };
+  std::vector<float> grads(4 * shard), rs16(shard), rs32(shard), plain(shard);
+  for (size_t j = 0; j < grads.size(); ++j) grads[j] = value(r, j);
+  world->reduce_scatter_sum_async(grads.data(), rs16.data(), shard, DType::BF16, "bf16 reduce-scatter");
+  world->reduce_scatter_sum_async(grads.data(), rs32.data(), shard, DType::F32, "fp32 reduce-scatter");
+  world->wait_async();
+  world->reduce_scatter_sum(grads.data(), plain.data(), shard, "reduce-scatter");
+  size_t rounded = 0;
+  for (size_t i = 0; i < shard; ++i) {
+    const size_t j = size_t(r) * shard + i;
+    float want16 = 0, want32 = 0;
+    for (int p = 0; p < 4; ++p) {
+      want16 += bf16_to_f32(f32_to_bf16(value(p, j)));
+      want32 += value(p, j);
+    }
+    ASSERT_EQ(rs16[i], want16) << "bf16 wire, element " << j;
+    ASSERT_EQ(rs32[i], want32) << "fp32 wire, element " << j;
+    ASSERT_EQ(plain[i], want32) << "reduce_scatter_sum, element " << j;
+    rounded += rs16[i] != rs32[i];
+  }
+  EXPECT_GT(rounded, shard / 2) << "bf16 rounding should change most sums";
   world->barrier("end");
 }
 

@@ -92,6 +92,36 @@ TEST_F(DataParallel, TwoRanksEqualOneRankWithAccumulationAndZeroEqualsReplicated
         << f << " differs between ZeRO-1 and the replicated optimizer";
   EXPECT_EQ(train_losses(root / "dp2-zero"), train_losses(root / "dp2-repl"));
 
+  // Gradient buckets (777 → 778 parameters: many buckets, the first padded), reduced as the backward
+  // finishes them: every sum is the same rank-ordered sum, so bitwise the same run.
+  const auto buckets = train(2, common + " --accumulate-grad-batches 1 --ddp-bucket-size 777 --experiment-name dp2-buckets");
+  ASSERT_EQ(buckets.exit_code, 0) << buckets.output;
+  const std::smatch nb = [&] {
+    std::smatch m;
+    std::regex_search(buckets.output, m, std::regex(R"(gradient reduce-scatter: (\d+) bucket\(s\) of ≤ 777 parameters, fp32 on the wire, overlapped with the backward)"));
+    return m;
+  }();
+  ASSERT_FALSE(nb.empty()) << buckets.output;
+  EXPECT_GT(std::stoi(nb[1]), 5);
+  for (const char* f : {"model.safetensors", "trainer_state/optimizer.safetensors"})
+    EXPECT_TRUE(esm2::read_file(root / "dp2-zero" / ck / f) == esm2::read_file(root / "dp2-buckets" / ck / f))
+        << f << " differs between one gradient bucket and many";
+  EXPECT_EQ(train_losses(root / "dp2-zero"), train_losses(root / "dp2-buckets"));
+
+  // bf16 on the wire: each rank's gradient rounded once (relative error ≤ 2^-9), so close to the fp32
+  // run but not equal to it (the rounding really happened).
+  const auto bf16 = train(2, common + " --accumulate-grad-batches 1 --ddp-bucket-size 777 --grad-reduce-dtype bf16 --experiment-name dp2-bf16");
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.output;
+  EXPECT_NE(bf16.output.find("bf16 on the wire"), std::string::npos) << bf16.output;
+  expect_losses_close(root / "dp2-zero", root / "dp2-bf16", 4, 1e-3);
+  const double dw16 = max_abs_diff(root / "dp2-zero" / ck / "model.safetensors", root / "dp2-bf16" / ck / "model.safetensors");
+  EXPECT_GT(dw16, 0.0);
+  EXPECT_LE(dw16, 2e-3);
+  std::printf("DP=2 bf16 vs fp32 gradient reduce-scatter: max |Δweight| after 4 steps = %.3g\n", dw16);
+  const auto bad = train(2, common + " --no-distributed-optimizer --grad-reduce-dtype bf16 --experiment-name dp2-bad");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("bf16 gradient reduction needs the distributed optimizer"), std::string::npos) << bad.output;
+
   // DP=2 vs DP=1 × accumulation 2.
   expect_losses_close(root / "dp1", root / "dp2-zero", 4, kLossRelTol);
   const double dw = max_abs_diff(root / "dp1" / ck / "model.safetensors", root / "dp2-zero" / ck / "model.safetensors");
