@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
@@ -128,6 +129,7 @@ NcclCommunicator::NcclCommunicator(ncclComm* comm, int world_rank, int device, C
 
 NcclCommunicator::~NcclCommunicator() {
   if (comm_) cudaStreamSynchronize(as_stream(stream_));
+  if (side_) cudaStreamSynchronize(as_stream(side_));
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
@@ -140,6 +142,11 @@ NcclCommunicator::~NcclCommunicator() {
   if (comm_) ncclCommDestroy(comm_);
   cudaFree(recv_);
   cudaFree(stage_);
+  cudaFree(recv_async_);
+  cudaFree(wire_);
+  if (fork_) cudaEventDestroy(fork_);
+  if (join_) cudaEventDestroy(join_);
+  if (side_) cudaStreamDestroy(as_stream(side_));
   bootstrap_.reset();  // MPI_Finalize (if MPI carried the id) after NCCL is gone
 }
 
@@ -180,7 +187,8 @@ class NcclCommunicator::OpScope {
     active_ = true;
   }
   // Everything is enqueued on the stream: the watchdog now waits for an event after it.
-  void enqueued() {
+  void enqueued() { enqueued(c_.stream_); }
+  void enqueued(CUstream_st* stream) {
     if (!active_) return;
     std::lock_guard<std::mutex> lk(c_.mu_);
     CUevent_st* e = nullptr;
@@ -192,7 +200,7 @@ class NcclCommunicator::OpScope {
       ESM2_CHECK(ce == cudaSuccess, "rank {}: cudaEventCreate failed in {}: {}", c_.world_rank_, what_,
                  cudaGetErrorString(ce));
     }
-    const cudaError_t ce = cudaEventRecord(e, as_stream(c_.stream_));
+    const cudaError_t ce = cudaEventRecord(e, as_stream(stream));
     ESM2_CHECK(ce == cudaSuccess, "rank {}: cudaEventRecord failed in {}: {}", c_.world_rank_, what_,
                cudaGetErrorString(ce));
     c_.pending_.back().event = e;  // the main thread is the only producer: back() is this operation
@@ -252,10 +260,12 @@ void NcclCommunicator::watchdog_loop() {
   }
 }
 
-void* NcclCommunicator::grow(void*& buf, size_t& have, size_t bytes) {
+void* NcclCommunicator::grow(void*& buf, size_t& have, size_t bytes, CUstream_st* stream) {
   if (have >= bytes) return buf;
   if (buf) {
-    wait("scratch reallocation");  // queued operations may still use the old buffer
+    // Queued operations may still use the old buffer.
+    const cudaError_t se = cudaStreamSynchronize(as_stream(stream));
+    ESM2_CHECK(se == cudaSuccess, "rank {}: CUDA error in scratch reallocation: {}", world_rank_, cudaGetErrorString(se));
     cudaFree(buf);
     buf = nullptr;
     have = 0;
@@ -271,15 +281,16 @@ void* NcclCommunicator::grow(void*& buf, size_t& have, size_t bytes) {
 // chunk of every shard: rank r sends in[bounds[p] + c0, …) to each peer p and receives the peers'
 // copies of its own chunk into recv_, then adds them. Every rank derives the same rounds and lengths
 // from `bounds`, so the sends and receives always match (zero-length ones are skipped on both sides).
-template <class T>
-void NcclCommunicator::reduce_shards(const T* in, T* out, const std::vector<size_t>& bounds, const char* what) {
+template <class T, class Out>
+void NcclCommunicator::reduce_shards(const T* in, Out* out, const std::vector<size_t>& bounds, const char* what,
+                                     CUstream_st* stream, void*& recv_buf, size_t& recv_bytes) {
   const size_t r = size_t(rank_), w = size_t(world_);
   auto len_of = [&](size_t p) { return bounds[p + 1] - bounds[p]; };
   size_t longest = 0;
   for (size_t p = 0; p < w; ++p) longest = std::max(longest, len_of(p));
   if (longest == 0) return;
   const size_t chunk = std::min(longest, std::max(kMinChunkElems, kRecvBudgetBytes / (w * sizeof(T))));
-  T* recv = static_cast<T*>(grow(recv_, recv_bytes_, w * chunk * sizeof(T)));
+  T* recv = static_cast<T*>(grow(recv_buf, recv_bytes, w * chunk * sizeof(T), stream));
   const ncclDataType_t type = nccl_type<T>();
   OpScope op(*this, what);
   for (size_t c0 = 0; c0 < longest; c0 += chunk) {
@@ -288,14 +299,17 @@ void NcclCommunicator::reduce_shards(const T* in, T* out, const std::vector<size
     check(ncclGroupStart(), what);
     for (size_t p = 0; p < w; ++p) {
       if (p == r) continue;
-      if (const size_t n = piece(p)) check(ncclSend(in + bounds[p] + c0, n, type, int(p), comm_, as_stream(stream_)), what);
-      if (mine) check(ncclRecv(recv + p * chunk, mine, type, int(p), comm_, as_stream(stream_)), what);
+      if (const size_t n = piece(p)) check(ncclSend(in + bounds[p] + c0, n, type, int(p), comm_, as_stream(stream)), what);
+      if (mine) check(ncclRecv(recv + p * chunk, mine, type, int(p), comm_, as_stream(stream)), what);
     }
     check(ncclGroupEnd(), what);
-    nccl_detail::launch_rank_sum<T>(out + c0, recv, chunk, in + bounds[r] + c0, rank_, world_, mine,
-                                    as_stream(stream_));
+    if constexpr (std::is_same_v<T, Out>)
+      nccl_detail::launch_rank_sum<T>(out + c0, recv, chunk, in + bounds[r] + c0, rank_, world_, mine, as_stream(stream));
+    else
+      nccl_detail::launch_rank_sum_widen(out + c0, recv, chunk, in + bounds[r] + c0, rank_, world_, mine,
+                                         as_stream(stream));
   }
-  op.enqueued();
+  op.enqueued(stream);
 }
 
 // data[bounds[p], bounds[p+1]) of every rank p → everyone (shards of unequal length allowed).
@@ -322,7 +336,7 @@ void NcclCommunicator::allreduce_impl(T* data, size_t n, const char* what) {
   const std::vector<size_t> bounds = even_bounds(n, world_);
   // In place: rank r's shard is overwritten only by its own sum kernel, after the peers' copies of it
   // arrived; the regions it sends belong to other shards.
-  reduce_shards(data, data + bounds[size_t(rank_)], bounds, what);
+  reduce_shards(data, data + bounds[size_t(rank_)], bounds, what, stream_, recv_, recv_bytes_);
   allgather_shards(data, bounds, what);
 }
 
@@ -344,7 +358,66 @@ void NcclCommunicator::reduce_scatter_sum(const float* in, float* out, size_t sh
   }
   std::vector<size_t> bounds(size_t(world_) + 1);
   for (size_t p = 0; p <= size_t(world_); ++p) bounds[p] = p * shard_n;
-  reduce_shards(in, out, bounds, what);
+  reduce_shards(in, out, bounds, what, stream_, recv_, recv_bytes_);
+}
+
+// Safe to overlap: every rank issues the same sequence of operations on this communicator (the
+// trainer's bucket order is the same everywhere), and the backend's stream issues nothing on it
+// between the first async operation and wait_async() — it joins the side stream before its next
+// collective here — so this communicator never has operations in flight on both streams. NCCL does
+// not promise that two communicators' kernels progress concurrently; the tensor-parallel group's
+// all-reduces in the backward run beside these on another communicator, issued in the same order on
+// every rank, as Megatron overlaps them.
+CUstream_st* NcclCommunicator::side_stream() {
+  if (side_) return side_;
+  auto ok = [&](cudaError_t e, const char* call) {
+    ESM2_CHECK(e == cudaSuccess, "rank {}: {} failed (overlapped gradient reduction): {}", world_rank_, call,
+               cudaGetErrorString(e));
+  };
+  cudaStream_t s = nullptr;
+  ok(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  ok(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate");
+  ok(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming), "cudaEventCreate");
+  side_ = s;
+  return side_;
+}
+
+void NcclCommunicator::reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire,
+                                                const char* what) {
+  ESM2_CHECK(wire == DType::F32 || wire == DType::BF16, "rank {}: nccl communicator cannot send gradients as {} (in {})",
+             world_rank_, dtype_name(wire), what);
+  CUstream_st* side = side_stream();
+  // Start after the work already enqueued on the backend's stream: the gradients of this bucket.
+  auto ok = [&](cudaError_t e) {
+    ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error in {}: {}", world_rank_, what, cudaGetErrorString(e));
+  };
+  ok(cudaEventRecord(fork_, as_stream(stream_)));
+  ok(cudaStreamWaitEvent(as_stream(side), fork_, 0));
+  side_busy_ = true;
+  const size_t n = size_t(world_) * shard_n;
+  std::vector<size_t> bounds(size_t(world_) + 1);
+  for (size_t p = 0; p <= size_t(world_); ++p) bounds[p] = p * shard_n;
+  if (wire == DType::F32) {
+    if (world_ == 1) {
+      if (in != out && shard_n) ok(cudaMemcpyAsync(out, in, shard_n * sizeof(float), cudaMemcpyDeviceToDevice, as_stream(side)));
+      return;
+    }
+    return reduce_shards(in, out, bounds, what, side, recv_async_, recv_async_bytes_);
+  }
+  // bf16 wire: every copy rounded once (the own one too, so every rank's sum is the MPI path's).
+  auto* w = static_cast<__nv_bfloat16*>(grow(wire_, wire_bytes_, n * sizeof(__nv_bfloat16), side));
+  nccl_detail::launch_round_to_bf16(w, in, n, as_stream(side));
+  if (world_ == 1) return nccl_detail::launch_rank_sum_widen(out, nullptr, 0, w, 0, 1, shard_n, as_stream(side));
+  reduce_shards(static_cast<const __nv_bfloat16*>(w), out, bounds, what, side, recv_async_, recv_async_bytes_);
+}
+
+void NcclCommunicator::wait_async() {
+  if (!side_busy_) return;
+  cudaError_t e = cudaEventRecord(join_, as_stream(side_));
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(as_stream(stream_), join_, 0);
+  ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error joining the gradient reduction stream: {}", world_rank_,
+             cudaGetErrorString(e));
+  side_busy_ = false;
 }
 
 void NcclCommunicator::allgather(const float* in, float* out, size_t shard_n, const char* what) {
@@ -403,7 +476,7 @@ void NcclCommunicator::sendrecv(const void* send_data, size_t send_bytes, int ds
 
 void NcclCommunicator::allreduce_sum(double* data, size_t n, const char* what) {
   if (world_ == 1 || n == 0) return;
-  auto* d = static_cast<double*>(grow(stage_, stage_bytes_, n * sizeof(double)));
+  auto* d = static_cast<double*>(grow(stage_, stage_bytes_, n * sizeof(double), stream_));
   auto cuda_ok = [&](cudaError_t e) {
     ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error in {}: {}", world_rank_, what, cudaGetErrorString(e));
   };
@@ -416,7 +489,7 @@ void NcclCommunicator::allreduce_sum(double* data, size_t n, const char* what) {
 void NcclCommunicator::broadcast(void* data, size_t bytes, int root, const char* what) {
   if (world_ == 1 || bytes == 0) return;
   auto* host = static_cast<char*>(data);
-  auto* d = static_cast<char*>(grow(stage_, stage_bytes_, std::min(bytes, kStageBytes)));
+  auto* d = static_cast<char*>(grow(stage_, stage_bytes_, std::min(bytes, kStageBytes), stream_));
   auto cuda_ok = [&](cudaError_t e) {
     ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error in {}: {}", world_rank_, what, cudaGetErrorString(e));
   };
@@ -433,7 +506,7 @@ void NcclCommunicator::broadcast(void* data, size_t bytes, int root, const char*
 
 void NcclCommunicator::barrier(const char* what) {
   if (world_ == 1) return;
-  auto* d = static_cast<float*>(grow(stage_, stage_bytes_, sizeof(float)));
+  auto* d = static_cast<float*>(grow(stage_, stage_bytes_, sizeof(float), stream_));
   OpScope op(*this, what);
   check(ncclAllReduce(d, d, 1, ncclFloat32, ncclSum, comm_, as_stream(stream_)), what);
   op.enqueued();

@@ -63,6 +63,10 @@ class NcclCommunicator final : public Communicator {
   void allreduce_sum(float* data, size_t n, const char* what) override;
   void allreduce_sum_typed(void* data, size_t n, DType dtype, const char* what) override;  // F32, BF16
   void reduce_scatter_sum(const float* in, float* out, size_t shard_n, const char* what) override;
+  // On a side stream that first waits for the work enqueued so far on the backend's stream; F32 and
+  // BF16 wire (a kernel rounds the input into a wire buffer; the copies are summed in fp32).
+  void reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire, const char* what) override;
+  void wait_async() override;
   void allgather(const float* in, float* out, size_t shard_n, const char* what) override;
   void gather(const float* in, float* out, size_t shard_n, int root, const char* what) override;
   // Stream-ordered, like every device operation here: later work on the backend's stream sees the
@@ -96,9 +100,14 @@ class NcclCommunicator final : public Communicator {
   class OpScope;
   void wait(const char* what);      // host waits for the stream (the watchdog covers hangs)
   // Device buffers grown on demand (never shrunk): received shard copies / host staging.
-  void* grow(void*& buf, size_t& have, size_t bytes);
-  template <class T>
-  void reduce_shards(const T* in, T* out, const std::vector<size_t>& bounds, const char* what);
+  // `stream`: the one whose queued work may still read the old buffer (synchronised before freeing it).
+  void* grow(void*& buf, size_t& have, size_t bytes, CUstream_st* stream);
+  // Out = T, or float for bf16 wire elements (the copies widened and summed in fp32). On `stream` with
+  // the receive scratch `recv`/`recv_bytes` (one per stream: operations on both may be in flight).
+  template <class T, class Out>
+  void reduce_shards(const T* in, Out* out, const std::vector<size_t>& bounds, const char* what, CUstream_st* stream,
+                     void*& recv, size_t& recv_bytes);
+  CUstream_st* side_stream();
   template <class T>
   void allgather_shards(T* data, const std::vector<size_t>& bounds, const char* what);
   template <class T>
@@ -115,6 +124,15 @@ class NcclCommunicator final : public Communicator {
   size_t recv_bytes_ = 0;
   void* stage_ = nullptr;  // device: host buffers of the double/broadcast/barrier operations
   size_t stage_bytes_ = 0;
+  // Async (overlapped) operations: their own stream, events and scratch.
+  CUstream_st* side_ = nullptr;
+  CUevent_st* fork_ = nullptr;  // recorded on stream_, waited for by side_ before each async operation
+  CUevent_st* join_ = nullptr;  // recorded on side_, waited for by stream_ in wait_async()
+  bool side_busy_ = false;      // async operations issued since the last wait_async()
+  void* recv_async_ = nullptr;  // device: as recv_, for the side stream
+  size_t recv_async_bytes_ = 0;
+  void* wire_ = nullptr;  // device: [world × shard] bf16 copy of an async operation's input
+  size_t wire_bytes_ = 0;
 
   // Watchdog state: operations enqueued and not yet seen complete, oldest first.
   std::mutex mu_;

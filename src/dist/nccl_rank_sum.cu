@@ -1,5 +1,7 @@
 #include <cuda_bf16.h>
 
+#include <type_traits>
+
 #include "backend/cuda/cuda_types.cuh"
 #include "dist/nccl_rank_sum.cuh"
 
@@ -20,16 +22,25 @@ struct Acc<double> {
   __device__ static double store(double x) { return x; }
 };
 
-template <class T>
-__global__ void rank_sum_kernel(T* out, const T* recv, size_t stride, const T* own, int own_rank, int world,
+template <class T, class Out = T>
+__global__ void rank_sum_kernel(Out* out, const T* recv, size_t stride, const T* own, int own_rank, int world,
                                 size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     // Plain adds in a fixed order (no FMA can form): the same result as the MPI path's host loop.
     typename Acc<T>::type acc = Acc<T>::load(own_rank == 0 ? own[i] : recv[i]);
     for (int p = 1; p < world; ++p) acc += Acc<T>::load(p == own_rank ? own[i] : recv[p * stride + i]);
-    out[i] = Acc<T>::store(acc);
+    if constexpr (std::is_same_v<Out, T>)
+      out[i] = Acc<T>::store(acc);
+    else
+      out[i] = acc;
   }
+}
+
+__global__ void round_to_bf16_kernel(__nv_bfloat16* out, const float* in, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(in[i]);
 }
 
 }  // namespace
@@ -39,6 +50,20 @@ void launch_rank_sum(T* out, const T* recv, size_t stride, const T* own, int own
                      cudaStream_t stream) {
   if (n == 0) return;
   rank_sum_kernel<T><<<cuda::grid_for(n, 256), 256, 0, stream>>>(out, recv, stride, own, own_rank, world, n);
+  ESM2_CUDA_CHECK_LAUNCH();
+}
+
+void launch_rank_sum_widen(float* out, const __nv_bfloat16* recv, size_t stride, const __nv_bfloat16* own, int own_rank,
+                           int world, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  rank_sum_kernel<__nv_bfloat16, float>
+      <<<cuda::grid_for(n, 256), 256, 0, stream>>>(out, recv, stride, own, own_rank, world, n);
+  ESM2_CUDA_CHECK_LAUNCH();
+}
+
+void launch_round_to_bf16(__nv_bfloat16* out, const float* in, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  round_to_bf16_kernel<<<cuda::grid_for(n, 256), 256, 0, stream>>>(out, in, n);
   ESM2_CUDA_CHECK_LAUNCH();
 }
 

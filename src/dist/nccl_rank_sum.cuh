@@ -1,6 +1,7 @@
 // The arithmetic half of NcclCommunicator's deterministic reductions: after the exchange, the copies of
 // this rank's shard are added in rank order on the GPU.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -14,5 +15,11 @@ namespace esm2::nccl_detail {
 template <class T>
 void launch_rank_sum(T* out, const T* recv, size_t stride, const T* own, int own_rank, int world, size_t n,
                      cudaStream_t stream);
+
+// The same sum of bf16 copies, widened and accumulated in fp32, written as fp32 (the bf16 gradient wire).
+void launch_rank_sum_widen(float* out, const __nv_bfloat16* recv, size_t stride, const __nv_bfloat16* own, int own_rank,
+                           int world, size_t n, cudaStream_t stream);
+// out[n] = in[n] rounded to bf16 (nearest, ties to even; NaN stays NaN).
+void launch_round_to_bf16(__nv_bfloat16* out, const float* in, size_t n, cudaStream_t stream);
 
 }  // namespace esm2::nccl_detail
