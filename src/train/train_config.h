@@ -68,6 +68,7 @@ struct TrainConfig {
   // (--no-overlap-grad-reduce: after it), as fp32 or bf16 (auto: bf16 under bf16-mixed precision, the
   // default of the reference's --grad-reduce-in-fp32 being off).
   bool overlap_grad_reduce = true;
+  bool overlap_param_gather = true;  // updated parameters gathered during the next forward
   std::string grad_reduce_dtype = "auto";  // auto | fp32 | bf16
   int64_t ddp_bucket_size = 40'000'000;    // elements per gradient bucket
   // --- model parallelism (docs/dist.md): world = DP × TP × PP ---

@@ -10,12 +10,15 @@
 // the communicator's side stream while the backward goes on; the rest at reduce_gradients(). The
 // global norm is √(allreduce of the shards' Σg²); AdamW updates the own pieces (weight decay per
 // element, by the tensor each belongs to); each bucket's updated pieces are all-gathered into every
-// rank's full parameter buffer. Moments per rank: 2·N/W floats instead of 2·N.
+// rank's full parameter buffer — with overlap, on the side stream, each bucket landing in the model
+// just before the next forward first reads it (Esm2Model::set_param_ready_hook); whoever else reads
+// the parameters first calls finish_param_gather(). Moments per rank: 2·N/W floats instead of 2·N.
 //
 // Gradients travel as fp32 or bf16 (GradReduceOptions::wire): bf16 halves the traffic; each rank's
 // gradient is rounded once and the sum is taken in fp32 (Communicator::reduce_scatter_sum_async).
-// Bucketing never changes a sum: with fp32 on the wire, every bucket size and overlap setting gives
-// bitwise the same step.
+// Overlap never changes a result: with or without it, the same buckets give bitwise the same step.
+// Bucketing changes no gradient sum (with fp32 on the wire) and no update, only how the gradient
+// norm's Σg² is grouped over ranks (its last bits; they matter where clipping is active).
 //
 // Checkpoints hold FULL moments (gathered to rank 0), the same format as the replicated AdamW, so a
 // checkpoint written at any DP size loads at any other: set_moments takes this rank's pieces.
@@ -36,6 +39,9 @@ struct GradReduceOptions {
   size_t bucket_elements = 40'000'000;
   DType wire = DType::F32;  // F32 or BF16
   bool overlap = true;      // reduce buckets during the backward (grad_ready_hook)
+  // Gather the updated parameters bucket by bucket during the next forward (param_ready_hook) instead
+  // of at the end of the step.
+  bool overlap_param_gather = true;
 };
 
 class ZeroAdamW final : public Optimizer {
@@ -47,6 +53,8 @@ class ZeroAdamW final : public Optimizer {
   ZeroAdamW& operator=(const ZeroAdamW&) = delete;
 
   std::function<void(size_t)> grad_ready_hook() override;
+  std::function<void(size_t)> param_ready_hook() override;
+  void finish_param_gather() override;
   void reduce_gradients() override;
   double grad_norm() override;
   using Optimizer::step;
@@ -70,6 +78,9 @@ class ZeroAdamW final : public Optimizer {
     size_t own_begin, own_end;  // this rank's piece in the flat buffer (empty for a rank past the end)
   };
   void launch(const Bucket& b);
+  // Parameters of buckets [next_land_, gathers_.size()) are still being gathered: wait for them up to
+  // `upto` (flat) and copy them into the model's buffer.
+  void land_params(size_t upto);
 
   Esm2Model& model_;
   Backend& backend_;
@@ -79,6 +90,8 @@ class ZeroAdamW final : public Optimizer {
   size_t n_ = 0, shard_ = 0;
   std::vector<Bucket> buckets_;            // in flat order; launched from the back
   size_t next_launch_ = 0;                 // buckets_[next_launch_, end) are launched (next_launch_ counts down)
+  std::vector<uint64_t> gathers_;           // per bucket: the async gather's ticket (empty: none pending)
+  size_t next_land_ = 0;
   std::vector<TensorRange> shard_ranges_;  // this rank's tensor pieces as shard offsets (the AdamW launch)
   std::vector<TensorRange> owned_ranges_;  // the pieces that count in the gradient norm
   // Backend memory. The padding of every shard buffer stays zero (only own pieces are ever written),
