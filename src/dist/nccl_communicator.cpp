@@ -361,13 +361,19 @@ void NcclCommunicator::reduce_scatter_sum(const float* in, float* out, size_t sh
   reduce_shards(in, out, bounds, what, stream_, recv_, recv_bytes_);
 }
 
-// Safe to overlap: every rank issues the same sequence of operations on this communicator (the
-// trainer's bucket order is the same everywhere), and the backend's stream issues nothing on it
-// between the first async operation and wait_async() — it joins the side stream before its next
-// collective here — so this communicator never has operations in flight on both streams. NCCL does
-// not promise that two communicators' kernels progress concurrently; the tensor-parallel group's
-// all-reduces in the backward run beside these on another communicator, issued in the same order on
-// every rank, as Megatron overlaps them.
+// One communicator on two streams is safe because NCCL serialises a communicator's kernels itself:
+// each launch first makes its stream wait for the communicator's internal "strong" deviceStream (the
+// previous NCCL kernel of this communicator, whatever stream it ran on), and afterwards advances
+// deviceStream past the new kernel (NCCL 2.28 src/enqueue.cc: ncclLaunchPrepare, ncclLaunchFinish;
+// 2.14 already did the same). So this communicator's kernels run in the order the host issued them.
+// Every rank issues the same sequence (the trainer's bucket order and its synchronous collectives are
+// the same program everywhere), so peers' kernels always match and none waits for one queued behind it. Consequence: a synchronous collective here
+// issued before wait_async() waits on the GPU for the async exchanges issued before it.
+// Not ordered by default are kernels of *different* communicators (split() ones, e.g. the
+// tensor-parallel all-reduces on the backend's stream beside a data-parallel bucket on the side
+// stream): they rely on the GPU fitting both at once (an NCCL kernel takes one block per channel), as
+// NCCL's documentation warns, and as Megatron overlaps them. NCCL_LAUNCH_ORDER_IMPLICIT=1 (NCCL >=
+// 2.26) extends the host-issue-order rule to every communicator of a device should that ever hang.
 CUstream_st* NcclCommunicator::side_stream() {
   if (side_) return side_;
   auto ok = [&](cudaError_t e, const char* call) {
