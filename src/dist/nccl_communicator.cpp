@@ -363,14 +363,19 @@ void NcclCommunicator::reduce_scatter_sum(const float* in, float* out, size_t sh
   reduce_shards(in, out, bounds, what, stream_, recv_, recv_bytes_);
 }
 
-// Safe to overlap: every rank issues the same sequence of operations on this communicator (the
-// optimizer's bucket order is the same everywhere), and the caller issues nothing on the backend's
-// stream here while async operations are pending — ZeRO-1 joins them (wait_async) before its next
-// collective on this communicator — so it never has operations in flight on both streams. Other
-// communicators (the world's stop-decision all-reduce, the tensor-parallel group's all-reduces in the
-// backward) run beside them on the backend's stream; NCCL requires that concurrent operations on
-// different communicators be issued in the same order on every rank, which the trainer's fixed
-// program order gives (Megatron overlaps its data-parallel and tensor-parallel groups the same way).
+// One communicator on two streams is safe because NCCL serialises a communicator's kernels itself:
+// each launch first makes its stream wait for the communicator's internal "strong" deviceStream (the
+// previous NCCL kernel of this communicator, whatever stream it ran on), and afterwards advances it
+// past the new kernel (NCCL 2.28 src/enqueue.cc: ncclLaunchPrepare, ncclLaunchFinish; 2.14 already
+// did the same). So this communicator's kernels run in the order the host issued them, and every
+// rank issues the same sequence (the optimizer's bucket order and the trainer's synchronous
+// collectives are the same program everywhere); ZeRO-1 also joins the side stream (wait_async) before
+// its next synchronous collective here. Not ordered by default are kernels of *different*
+// communicators (the world's stop-decision all-reduce, the tensor-parallel all-reduces on the
+// backend's stream beside a data-parallel bucket on the side stream): they rely on the GPU fitting
+// both at once (an NCCL kernel takes one block per channel), as NCCL's documentation warns and as
+// Megatron overlaps them. NCCL_LAUNCH_ORDER_IMPLICIT=1 (NCCL >= 2.26) extends the host-issue-order
+// rule to every communicator of a device should that ever hang.
 CUstream_st* NcclCommunicator::side_stream() {
   if (side_) return side_;
   auto ok = [&](cudaError_t e, const char* call) {

@@ -1,13 +1,16 @@
 // NcclCommunicator on the device machine. World size 1 (one GPU): every collective is the identity,
 // split and send/recv to self work, and ZeRO-1 over NCCL trains bitwise like the replicated AdamW on
 // the CUDA backend (the gathered parameters reach the bf16 weight cache). With two or more GPUs, two
-// ranks in threads of this process: every reduction equals the rank-ordered host sum bitwise.
+// ranks in threads of this process: every reduction equals the rank-ordered host sum bitwise; the
+// overlapped reduce-scatter (up to 4 ranks) equals the synchronous one (fp32 wire) and the host's
+// bf16-rounded rank-ordered fp32 sum (bf16 wire), with several operations in flight at once.
 // `esm2 train --gpus 1` equals the plain run bitwise. Every test skips (GTEST_SKIP) without a GPU or
 // without NCCL in the build.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <thread>
 
@@ -77,6 +80,56 @@ std::vector<T> download(Backend& be, const T* d, size_t n) {
   std::vector<T> h(n);
   be.copy_to_host(h.data(), d, n * sizeof(T));
   return h;
+}
+
+// Host bf16 round to nearest even (finite inputs) and back: the oracle of the bf16 wire.
+float bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fff + ((u >> 16) & 1);
+  u &= 0xffff0000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Element idx of rank p's gradient buffer: 24 random mantissa bits (so bf16 rounding changes most of
+// them) over 23 binades (so the summation order shows in the low bits).
+float grad_value(size_t idx, int p) {
+  uint32_t h = static_cast<uint32_t>(idx) * 2654435761u ^ (static_cast<uint32_t>(p) * 0x9e3779b9u + 0x7f4a7c15u);
+  h ^= h >> 15;
+  h *= 0x2c1b3c6du;
+  h ^= h >> 12;
+  h *= 0x297a2d39u;
+  h ^= h >> 15;
+  const float mant = float(int32_t(h & 0xffffffu) - 0x800000) / float(0x800000);
+  return std::ldexp(mant, int(idx % 23) - 11);
+}
+
+// "" when equal bitwise, else where and how they first differ.
+std::string first_difference(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return "size " + std::to_string(got.size()) + " != " + std::to_string(want.size());
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], 4) != 0)
+      return "element " + std::to_string(i) + ": " + std::to_string(got[i]) + " != " + std::to_string(want[i]);
+  return "";
+}
+
+// Runs fn(rank, failures) for `world` ranks, one thread each; reports every rank's failures.
+template <class Fn>
+void run_ranks(int world, Fn fn) {
+  std::vector<std::vector<std::string>> failures(static_cast<size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        fn(r, failures[size_t(r)]);
+      } catch (const std::exception& e) {
+        failures[size_t(r)].push_back(e.what());
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r)
+    for (const auto& f : failures[size_t(r)]) ADD_FAILURE() << "rank " << r << ": " << f;
 }
 
 ModelConfig tiny_config() {
@@ -159,6 +212,44 @@ TEST(NcclCommunicator, WorldOfOneIsTheIdentity) {
   EXPECT_THROW(c.allreduce_sum_typed(d, n, DType::I32, "typed i32"), Error);
   be->free(d);
   be->free(out);
+#endif
+}
+
+// The overlapped reduce-scatter of one rank: fp32 wire copies, bf16 wire rounds to nearest even (ties
+// to the even mantissa, handmade values) and widens back, also in place; wait_async before any async
+// operation is a no-op; other wire dtypes are refused.
+TEST(NcclCommunicator, WorldOfOneAsyncRoundsToBf16) {
+  REQUIRE_GPUS(1);
+#if defined(ESM2_HAVE_CUDA) && defined(ESM2_HAVE_NCCL)
+  auto be = make_cuda_backend(DType::BF16, 0);
+  NcclCommunicator c(nccl_unique_id_hex(), 0, 1, *be, 60);
+  c.wait_async();
+  const size_t n = 100000;
+  std::vector<float> x = values(n, 0);
+  // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties go to the even mantissa (1); 1 + 3·2^-8 is
+  // halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even); 1 + 1.5·2^-8 is nearer to 1 + 2^-7.
+  const float ties[] = {1.00390625f, 1.01171875f, -1.00390625f, 1.005859375f, 3.0f, -0.0f};
+  const float rounded[] = {1.0f, 1.015625f, -1.0f, 1.0078125f, 3.0f, -0.0f};
+  std::copy(std::begin(ties), std::end(ties), x.begin());
+  float* in = upload(*be, x);
+  float* out_f = static_cast<float*>(be->alloc(n * 4));
+  float* out_b = static_cast<float*>(be->alloc(n * 4));
+  c.reduce_scatter_sum_async(in, out_f, n, DType::F32, "async f32");
+  c.reduce_scatter_sum_async(in, out_b, n, DType::BF16, "async bf16");
+  float* inplace = upload(*be, x);
+  c.reduce_scatter_sum_async(inplace, inplace, n, DType::BF16, "async bf16 in place");
+  c.wait_async();
+  EXPECT_EQ(first_difference(download(*be, out_f, n), x), "");
+  std::vector<float> want(n);
+  for (size_t i = 0; i < n; ++i) want[i] = bf16_round(x[i]);
+  for (size_t i = 0; i < std::size(rounded); ++i) EXPECT_EQ(want[i], rounded[i]) << "host oracle, element " << i;
+  const std::vector<float> got = download(*be, out_b, n);
+  for (size_t i = 0; i < std::size(rounded); ++i) EXPECT_EQ(got[i], rounded[i]) << "element " << i;
+  EXPECT_TRUE(std::signbit(got[5]));
+  EXPECT_EQ(first_difference(got, want), "");
+  EXPECT_EQ(first_difference(download(*be, inplace, n), want), "");
+  EXPECT_THROW(c.reduce_scatter_sum_async(in, out_f, n, DType::I32, "async i32"), Error);
+  for (float* p : {in, out_f, out_b, inplace}) be->free(p);
 #endif
 }
 
@@ -307,6 +398,97 @@ TEST(NcclCommunicator, TwoRanksReduceInRankOrder) {
   t1.join();
   for (int r = 0; r < 2; ++r)
     for (const auto& f : failures[r]) ADD_FAILURE() << "rank " << r << ": " << f;
+#endif
+}
+
+// Overlapped reduce-scatter on min(GPUs, 4) ranks. Inputs are written on the backend's stream behind
+// a large memset just before the async calls (the side stream must wait for them); six operations (both
+// wires; a shard of 2^25 + 12345 elements, more than one fp32 exchange round and not a multiple of one; 5001;
+// 1) are in flight with a large memset enqueued after them, then one wait_async, after which copies on
+// the backend's stream must see the results. fp32 wire: bitwise the synchronous reduce_scatter_sum;
+// bf16 wire: bitwise Σ_p float(bf16(x_p)) added in rank order in fp32 on the host. Then an async
+// operation in flight while a synchronous all-reduce (its own scratch) runs.
+TEST(NcclCommunicator, AsyncReduceScatterMatchesSyncAndBf16Oracle) {
+  REQUIRE_GPUS(2);
+#if defined(ESM2_HAVE_CUDA) && defined(ESM2_HAVE_NCCL)
+  const int world = std::min(gpus(), 4);
+  const std::string id = nccl_unique_id_hex();
+  const std::vector<size_t> shards = {(size_t{1} << 25) + 12345, 5001, 1};
+  run_ranks(world, [&](int r, std::vector<std::string>& fails) {
+    auto expect_same = [&](const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+      const std::string d = first_difference(got, want);
+      if (!d.empty()) fails.push_back(what + ": " + d);
+    };
+    auto be = make_cuda_backend(DType::BF16, r);
+    NcclCommunicator c(id, r, world, *be, 120);
+    const size_t w = size_t(world), k_count = shards.size();
+    const size_t busy_bytes = size_t{1} << 30;
+    void* busy = be->alloc(busy_bytes);
+    std::vector<float*> in(k_count), staging(k_count), out_f(k_count), out_b(k_count);
+    for (size_t k = 0; k < k_count; ++k) {
+      std::vector<float> h(w * shards[k]);
+      for (size_t i = 0; i < h.size(); ++i) h[i] = grad_value(i, r);
+      staging[k] = upload(*be, h);
+      in[k] = static_cast<float*>(be->alloc(h.size() * 4));
+      out_f[k] = static_cast<float*>(be->alloc(shards[k] * 4));
+      out_b[k] = static_cast<float*>(be->alloc(shards[k] * 4));
+    }
+    be->synchronize();
+    be->memset_zero(busy, busy_bytes);
+    for (size_t k = 0; k < k_count; ++k) be->copy(in[k], staging[k], w * shards[k] * 4);
+    for (size_t k = 0; k < k_count; ++k) {
+      c.reduce_scatter_sum_async(in[k], out_f[k], shards[k], DType::F32, "async f32");
+      c.reduce_scatter_sum_async(in[k], out_b[k], shards[k], DType::BF16, "async bf16");
+    }
+    be->memset_zero(busy, busy_bytes);
+    c.wait_async();
+    std::vector<float*> seen_f(k_count), seen_b(k_count), ref(k_count);
+    for (size_t k = 0; k < k_count; ++k) {
+      seen_f[k] = static_cast<float*>(be->alloc(shards[k] * 4));
+      seen_b[k] = static_cast<float*>(be->alloc(shards[k] * 4));
+      be->copy(seen_f[k], out_f[k], shards[k] * 4);
+      be->copy(seen_b[k], out_b[k], shards[k] * 4);
+    }
+    for (size_t k = 0; k < k_count; ++k) {
+      ref[k] = static_cast<float*>(be->alloc(shards[k] * 4));
+      c.reduce_scatter_sum(in[k], ref[k], shards[k], "reduce-scatter");
+    }
+    for (size_t k = 0; k < k_count; ++k) {
+      const size_t n = shards[k];
+      const std::string tag = " (shard " + std::to_string(n) + ")";
+      const std::vector<float> want_f = download(*be, ref[k], n);
+      expect_same(download(*be, seen_f[k], n), want_f, "async f32 vs reduce_scatter_sum" + tag);
+      expect_same(download(*be, out_f[k], n), want_f, "async f32 output" + tag);
+      std::vector<float> want_b(n);
+      for (size_t i = 0; i < n; ++i) {
+        const size_t idx = size_t(r) * n + i;
+        float acc = bf16_round(grad_value(idx, 0));
+        for (int p = 1; p < world; ++p) acc += bf16_round(grad_value(idx, p));
+        want_b[i] = acc;
+      }
+      expect_same(download(*be, seen_b[k], n), want_b, "async bf16 vs host oracle" + tag);
+    }
+    // Async and synchronous operations in flight together, issued in the same order on every rank.
+    const size_t n_all = 300007;
+    std::vector<float> mine(n_all);
+    for (size_t i = 0; i < n_all; ++i) mine[i] = grad_value(i + 7, r);
+    float* all = upload(*be, mine);
+    c.reduce_scatter_sum_async(in[0], out_b[0], shards[0], DType::BF16, "async bf16 beside allreduce");
+    c.allreduce_sum(all, n_all, "allreduce beside async");
+    c.wait_async();
+    std::vector<float> want_all(n_all);
+    for (size_t i = 0; i < n_all; ++i) {
+      float acc = grad_value(i + 7, 0);
+      for (int p = 1; p < world; ++p) acc += grad_value(i + 7, p);
+      want_all[i] = acc;
+    }
+    expect_same(download(*be, all, n_all), want_all, "allreduce beside async");
+    expect_same(download(*be, out_b[0], shards[0]), download(*be, seen_b[0], shards[0]), "async bf16 repeated");
+    be->free(all);
+    be->free(busy);
+    for (size_t k = 0; k < k_count; ++k)
+      for (float* p : {in[k], staging[k], out_f[k], out_b[k], seen_f[k], seen_b[k], ref[k]}) be->free(p);
+  });
 #endif
 }
 
