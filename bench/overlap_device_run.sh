@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call on 2+ GPUs for the ZeRO-1 gradient reduction (src/train/zero_optimizer.h):
 #  (0) build (carried SQLite/snappy .debs as bench/multi_gpu_run.sh) and the NCCL tests;
-#  (a) exactness: 8M, bf16-mixed, `esm2 train --gpus N`, 30 steps with fp32 on the wire: one bucket
-#      reduced after the backward vs many buckets overlapped (and, where built, the parameter gather
-#      overlapped) must give bitwise the same checkpoint and losses; bf16 on the wire must stay close;
+#  (a) exactness: 8M, bf16-mixed, `esm2 train --gpus N`, 30 steps, 500k-parameter buckets, fp32 on the
+#      wire: reduced after the backward and gathered at the end of the step vs both overlapped must give
+#      bitwise the same checkpoint and losses (also with accumulation 3); bf16 on the wire stays close;
 #  (b) 650M weak scaling (16,384 tokens per GPU per step): 1 GPU, then N GPUs with
 #      (i) no overlap + fp32 (last session's configuration), (ii) overlap + fp32, (iii) overlap + bf16
 #      (the default) → $OUT/overlap.json.
@@ -45,22 +45,30 @@ NOPG=""
 $E train --help 2>/dev/null | grep -q -- "--no-overlap-param-gather" && NOPG="--no-overlap-param-gather"
 
 # ---- (a) exactness ----
-A8="--preset 8M --num-steps 30 --warmup-steps 5 --lr 4e-4 --val-check-interval 30 --gpus $N $COMMON"
-say "(a) one bucket, after the backward, fp32"
+A8="--preset 8M --num-steps 30 --warmup-steps 5 --lr 4e-4 --val-check-interval 30 --gpus $N --ddp-bucket-size 500000 $COMMON"
+say "(a) 500k-parameter buckets, reduced after the backward, gathered at the end of the step, fp32"
 timeout 100 $E train $A8 --no-overlap-grad-reduce $NOPG --grad-reduce-dtype fp32 --experiment-name a_plain > /tmp/ov/a1.log 2>&1
-say "  exit $?"; grep -E "gradient reduce-scatter|error" /tmp/ov/a1.log | head -3 | tee -a "$LOG"
-say "(a) 500k-parameter buckets, overlapped, fp32"
-timeout 100 $E train $A8 --ddp-bucket-size 500000 --grad-reduce-dtype fp32 --experiment-name a_overlap > /tmp/ov/a2.log 2>&1
-say "  exit $?"; grep -E "gradient reduce-scatter|error" /tmp/ov/a2.log | head -3 | tee -a "$LOG"
-say "(a) 500k-parameter buckets, overlapped, bf16"
-timeout 100 $E train $A8 --ddp-bucket-size 500000 --grad-reduce-dtype bf16 --experiment-name a_bf16 > /tmp/ov/a3.log 2>&1
+say "  exit $?"; grep -E "gradient reduce-scatter|parameter all-gather|error" /tmp/ov/a1.log | head -3 | tee -a "$LOG"
+say "(a) the same buckets, both overlapped, fp32"
+timeout 100 $E train $A8 --grad-reduce-dtype fp32 --experiment-name a_overlap > /tmp/ov/a2.log 2>&1
+say "  exit $?"; grep -E "gradient reduce-scatter|parameter all-gather|error" /tmp/ov/a2.log | head -3 | tee -a "$LOG"
+say "(a) the same, accumulation 3 (three forwards per step; the gather lands in the first)"
+timeout 100 $E train $A8 --grad-reduce-dtype fp32 --accumulate-grad-batches 3 --no-overlap-grad-reduce $NOPG --experiment-name a_acc_plain > /tmp/ov/a4.log 2>&1
+say "  exit $?"
+timeout 100 $E train $A8 --grad-reduce-dtype fp32 --accumulate-grad-batches 3 --experiment-name a_acc_overlap > /tmp/ov/a5.log 2>&1
+say "  exit $?"
+say "(a) the same buckets, overlapped, bf16 on the wire"
+timeout 100 $E train $A8 --grad-reduce-dtype bf16 --experiment-name a_bf16 > /tmp/ov/a3.log 2>&1
 say "  exit $?"; grep -E "gradient reduce-scatter|error" /tmp/ov/a3.log | head -3 | tee -a "$LOG"
-for f in model.safetensors trainer_state/optimizer.safetensors; do
-  if cmp -s $RUNS/a_plain/checkpoints/step-00000030/$f $RUNS/a_overlap/checkpoints/step-00000030/$f; then
-    say "  $f: bitwise equal (one bucket after the backward vs overlapped buckets)"
-  else
-    say "  $f: DIFFERS"
-  fi
+for pair in "a_plain a_overlap" "a_acc_plain a_acc_overlap"; do
+  set -- $pair
+  for f in model.safetensors trainer_state/optimizer.safetensors; do
+    if cmp -s $RUNS/$1/checkpoints/step-00000030/$f $RUNS/$2/checkpoints/step-00000030/$f; then
+      say "  $1 vs $2, $f: bitwise equal"
+    else
+      say "  $1 vs $2, $f: DIFFERS"
+    fi
+  done
 done
 
 # ---- (b) 650M weak scaling ----
@@ -92,8 +100,11 @@ for k in ("s_plain", "s_overlap", "s_bf16"):
     _, t = metrics(k)
     res[k] = {"real_tokens_per_s_total": t, "weak_scaling_efficiency": (t / n / t1) if (t and t1) else None}
 lp, _ = metrics("a_plain"); lo, _ = metrics("a_overlap"); lb, _ = metrics("a_bf16")
+ap, _ = metrics("a_acc_plain"); ao, _ = metrics("a_acc_overlap")
 c = [s for s in lp if s in lo]
+ca = [s for s in ap if s in ao]
 res["exact_8M"] = {"steps": len(c), "losses_bitwise_equal_plain_vs_overlap": all(lp[s] == lo[s] for s in c) if c else None,
+                   "losses_bitwise_equal_plain_vs_overlap_accumulation3": all(ap[s] == ao[s] for s in ca) if ca else None,
                    "max_abs_dloss_bf16_vs_fp32": max(abs(lp[s] - lb[s]) for s in c if s in lb) if c and lb else None}
 json.dump(res, open(out, "w"), indent=1)
 print(res)
