@@ -39,9 +39,10 @@ struct GradReduceOptions {
   size_t bucket_elements = 40'000'000;
   DType wire = DType::F32;  // F32 or BF16
   bool overlap = true;      // reduce buckets during the backward (grad_ready_hook)
-  // Gather the updated parameters bucket by bucket during the next forward (param_ready_hook) instead
-  // of at the end of the step.
-  bool overlap_param_gather = true;
+  // Gather the updated parameters bucket by bucket during the next forward instead of at the end of
+  // the step. Opt-in: the caller must then install param_ready_hook() on the model for its forwards
+  // (or call finish_param_gather() before reading the parameters); the trainer does.
+  bool overlap_param_gather = false;
 };
 
 class ZeroAdamW final : public Optimizer {
