@@ -23,7 +23,7 @@ declare -A V=(
 )
 run() {  # name gpus-args extra
   say "$1"
-  timeout 120 $E train $B $2 $3 --experiment-name $1 > /tmp/ov/ab_$1.log 2>&1
+  timeout 120 $E train $B ${2:-} ${3:-} --experiment-name $1 > /tmp/ov/ab_$1.log 2>&1
   say "  exit $? $(grep -o 'real tokens/s [0-9]*' /tmp/ov/ab_$1.log | tail -1)"
 }
 run one ""
