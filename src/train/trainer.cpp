@@ -52,6 +52,9 @@ DataConfig make_data_config(const TrainConfig& c) {
 
 void validate_config(const TrainConfig& c, const Communicator& comm) {
   c.model.validate();
+  ESM2_CHECK(c.grad_reduce_dtype == "fp32" || c.grad_reduce_dtype == "bf16",
+             "train: --grad-reduce-dtype must be fp32 or bf16 (got '{}')", c.grad_reduce_dtype);
+  ESM2_CHECK(c.ddp_bucket_size >= 1, "train: --ddp-bucket-size must be >= 1 (got {})", c.ddp_bucket_size);
   ESM2_CHECK(!c.train_corpus.empty(), "train: --train-data (a corpus made by `esm2 prepare`) is required");
   ESM2_CHECK(c.num_steps >= 1, "train: --num-steps must be >= 1 (got {})", c.num_steps);
   ESM2_CHECK(c.val_check_interval >= 1, "train: --val-check-interval must be >= 1 (got {})", c.val_check_interval);
@@ -196,11 +199,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   reduce.bucket_elements = static_cast<size_t>(cfg.ddp_bucket_size);
   reduce.overlap = cfg.overlap_grad_reduce;
   reduce.overlap_param_gather = cfg.overlap_param_gather && !pipeline;  // [pp] stages run no hooked forward
-  reduce.wire = cfg.grad_reduce_dtype == "bf16" ||
-                        (cfg.grad_reduce_dtype == "auto" && backend.activation_dtype() == DType::BF16 &&
-                         cfg.distributed_optimizer)
-                    ? DType::BF16
-                    : DType::F32;
+  reduce.wire = cfg.grad_reduce_dtype == "bf16" ? DType::BF16 : DType::F32;
   const std::unique_ptr<Optimizer> optim_owner =
       make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer, reduce);
   Optimizer& optim = *optim_owner;

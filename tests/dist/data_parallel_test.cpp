@@ -98,7 +98,7 @@ TEST_F(DataParallel, TwoRanksEqualOneRankWithAccumulationAndZeroEqualsReplicated
   // so bitwise the same run. A bucket reduced before its gradients were final, or a layer run before
   // its parameters landed, would change it.
   const std::string b777 = common + " --accumulate-grad-batches 1 --ddp-bucket-size 777";
-  const auto buckets = train(2, b777 + " --experiment-name dp2-buckets");
+  const auto buckets = train(2, b777 + " --overlap-param-gather --experiment-name dp2-buckets");
   ASSERT_EQ(buckets.exit_code, 0) << buckets.output;
   std::smatch nb;
   ASSERT_TRUE(std::regex_search(buckets.output, nb, std::regex(R"(gradient reduce-scatter: (\d+) bucket\(s\) of ≤ 777 parameters, fp32 on the wire, overlapped with the backward)")))
