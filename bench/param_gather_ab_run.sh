@@ -14,7 +14,7 @@ timeout 100 $E train $A8 --overlap-param-gather --experiment-name e_pg > /tmp/ov
 grep -h "parameter all-gather" /tmp/ov/e2.log
 for f in model.safetensors trainer_state/optimizer.safetensors; do cmp -s /tmp/ov/r/e_plain/checkpoints/step-00000030/$f /tmp/ov/r/e_pg/checkpoints/step-00000030/$f && echo "$f bitwise equal" || echo "$f DIFFERS"; done
 B="--preset 650M --num-steps 60 --warmup-steps 5 --lr 1e-4 --val-check-interval 1000 --disable-checkpointing $C"
-for rep in 1 2; do
+for rep in 1 2; do  # d: default (gradient overlap, end-of-step gather); g: per-layer gather overlap
   timeout 120 $E train $B --experiment-name d_$rep > /tmp/ov/d_$rep.log 2>&1; echo "d_$rep $?"
   timeout 120 $E train $B --overlap-param-gather --experiment-name g_$rep > /tmp/ov/g_$rep.log 2>&1; echo "g_$rep $?"
 done
