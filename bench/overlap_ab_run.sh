@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A/B of the ZeRO-1 communication options on 2+ GPUs, 650M, bf16-mixed, 16,384 tokens per GPU per
+# A/B of the ZeRO-1 communication options on 2+ GPUs (the recorded run, summary.json, also had the
+# parameter-gather overlap variants, since removed: overlap/param-gather-experiments/), 650M, bf16-mixed, 16,384 tokens per GPU per
 # step, 60 steps each (the first 5 not timed), run twice in interleaved order to expose machine noise.
 # Metric: the trainer's real tokens/s (tokens of the timed steps / their wall time) → $OUT/overlap_ab.json.
 # Assumes ./build/esm2 and /tmp/ov/corpus (bench/overlap_device_run.sh makes both).
@@ -15,11 +16,9 @@ B="--preset 650M --num-steps 60 --warmup-steps 5 --lr 1e-4 --val-check-interval 
   --train-data /tmp/ov/corpus --backend cuda --precision bf16-mixed --micro-batch-tokens 16384 --max-seq-length 1024
   --seed 7 --log-every-n-steps 1 --no-report --no-tensorboard --result-dir $RUNS"
 declare -A V=(
-  [plain]="--no-overlap-grad-reduce --no-overlap-param-gather --grad-reduce-dtype fp32"
-  [grad]="--no-overlap-param-gather --grad-reduce-dtype fp32"
-  [both]="--grad-reduce-dtype fp32"
-  [grad_bf16]="--no-overlap-param-gather --grad-reduce-dtype bf16"
-  [default]=""
+  [plain]="--no-overlap-grad-reduce --grad-reduce-dtype fp32"
+  [grad]="--grad-reduce-dtype fp32"
+  [grad_bf16]="--grad-reduce-dtype bf16"
 )
 run() {  # name gpus-args extra
   say "$1"
@@ -28,7 +27,7 @@ run() {  # name gpus-args extra
 }
 run one ""
 for rep in 1 2; do
-  for v in plain grad both grad_bf16 default; do run ${v}_$rep "--gpus $N" "${V[$v]}"; done
+  for v in plain grad grad_bf16; do run ${v}_$rep "--gpus $N" "${V[$v]}"; done
 done
 run one_2 ""
 python3 - "$RUNS" "$N" "$OUT/overlap_ab.json" <<'EOF' 2>&1 | tee -a "$LOG"
@@ -45,7 +44,7 @@ def median(name):
 one = [x for x in (real("one"), real("one_2")) if x]
 base = sum(one) / len(one) if one else None
 res = {"gpus": n, "preset": "650M", "micro_batch_tokens_per_gpu": 16384, "steps": 60, "real_tokens_per_s_1gpu": one}
-for v in ("plain", "grad", "both", "grad_bf16", "default"):
+for v in ("plain", "grad", "grad_bf16"):
     r = [real(f"{v}_{k}") for k in (1, 2)]
     res[v] = {"real_tokens_per_s": r, "median_step_tokens_per_s": [median(f"{v}_{k}") for k in (1, 2)],
               "weak_scaling_efficiency": [x / n / base if (x and base) else None for x in r]}

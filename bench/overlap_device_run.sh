@@ -41,19 +41,17 @@ $E prepare --fasta data/swissprot-sample/train.fasta.gz --clusters data/swisspro
 RUNS=/tmp/ov/runs
 COMMON="--train-data /tmp/ov/corpus --backend cuda --precision bf16-mixed --micro-batch-tokens 16384
   --max-seq-length 1024 --seed 7 --log-every-n-steps 1 --no-report --no-tensorboard --result-dir $RUNS"
-NOPG=""
-$E train --help 2>/dev/null | grep -q -- "--no-overlap-param-gather" && NOPG="--no-overlap-param-gather"
 
 # ---- (a) exactness ----
 A8="--preset 8M --num-steps 30 --warmup-steps 5 --lr 4e-4 --val-check-interval 30 --gpus $N --ddp-bucket-size 500000 $COMMON"
 say "(a) 500k-parameter buckets, reduced after the backward, gathered at the end of the step, fp32"
-timeout 100 $E train $A8 --no-overlap-grad-reduce $NOPG --grad-reduce-dtype fp32 --experiment-name a_plain > /tmp/ov/a1.log 2>&1
+timeout 100 $E train $A8 --no-overlap-grad-reduce --grad-reduce-dtype fp32 --experiment-name a_plain > /tmp/ov/a1.log 2>&1
 say "  exit $?"; grep -E "gradient reduce-scatter|parameter all-gather|error" /tmp/ov/a1.log | head -3 | tee -a "$LOG"
 say "(a) the same buckets, both overlapped, fp32"
 timeout 100 $E train $A8 --grad-reduce-dtype fp32 --experiment-name a_overlap > /tmp/ov/a2.log 2>&1
 say "  exit $?"; grep -E "gradient reduce-scatter|parameter all-gather|error" /tmp/ov/a2.log | head -3 | tee -a "$LOG"
 say "(a) the same, accumulation 3 (three forwards per step; the gather lands in the first)"
-timeout 100 $E train $A8 --grad-reduce-dtype fp32 --accumulate-grad-batches 3 --no-overlap-grad-reduce $NOPG --experiment-name a_acc_plain > /tmp/ov/a4.log 2>&1
+timeout 100 $E train $A8 --grad-reduce-dtype fp32 --accumulate-grad-batches 3 --no-overlap-grad-reduce --experiment-name a_acc_plain > /tmp/ov/a4.log 2>&1
 say "  exit $?"
 timeout 100 $E train $A8 --grad-reduce-dtype fp32 --accumulate-grad-batches 3 --experiment-name a_acc_overlap > /tmp/ov/a5.log 2>&1
 say "  exit $?"
@@ -76,7 +74,7 @@ B650="--preset 650M --num-steps 25 --warmup-steps 5 --lr 1e-4 --val-check-interv
 say "(b) 650M on 1 GPU"
 timeout 120 $E train $B650 --experiment-name s1 > /tmp/ov/b1.log 2>&1; say "  exit $?"
 say "(b) 650M on $N GPUs, no overlap, fp32"
-timeout 120 $E train $B650 --gpus $N --no-overlap-grad-reduce $NOPG --grad-reduce-dtype fp32 --experiment-name s_plain > /tmp/ov/b2.log 2>&1; say "  exit $?"
+timeout 120 $E train $B650 --gpus $N --no-overlap-grad-reduce --grad-reduce-dtype fp32 --experiment-name s_plain > /tmp/ov/b2.log 2>&1; say "  exit $?"
 say "(b) 650M on $N GPUs, overlap, fp32"
 timeout 120 $E train $B650 --gpus $N --grad-reduce-dtype fp32 --experiment-name s_overlap > /tmp/ov/b3.log 2>&1; say "  exit $?"
 say "(b) 650M on $N GPUs, overlap, bf16 (default)"

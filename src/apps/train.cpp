@@ -227,10 +227,6 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                "ZeRO-1: reduce-scatter all gradient buckets after the backward instead of overlapping each "
                "with the rest of the backward (GPUs; MPI on CPUs is synchronous either way)")
       ->group("Execution");
-  app.add_flag("--overlap-param-gather,!--no-overlap-param-gather", c.overlap_param_gather,
-               "ZeRO-1: all-gather the updated parameters bucket by bucket during the next forward instead of "
-               "at the end of the step (off by default: 2.5% slower on 2×H100 NVLink, docs/dist.md)")
-      ->group("Execution");
   app.add_option("--grad-reduce-dtype", c.grad_reduce_dtype,
                  "ZeRO-1 gradient reduce-scatter on the wire: fp32 (exact rank-ordered sums), or bf16 (half the "
                  "traffic, for slow interconnects; each rank's gradient rounded once, summed in fp32)")

@@ -71,11 +71,6 @@ void Communicator::reduce_scatter_sum_async(const float* in, float* out, size_t 
   reduce_scatter_sum(in, out, shard_n, what);
 }
 
-uint64_t Communicator::allgather_async(const float* in, float* out, size_t shard_n, const char* what) {
-  allgather(in, out, shard_n, what);
-  return 0;
-}
-
 void LocalCommunicator::no_peer(int peer, const char* what) {
   fail("rank 0: point-to-point to rank {} in {}, but this communicator has a single rank", peer, what);
 }

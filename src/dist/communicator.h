@@ -55,14 +55,9 @@ class Communicator {
   // wait_async(), `in` must not change and `out` must not be read. Synchronous implementations (MPI,
   // local) finish before returning. The default: F32 through reduce_scatter_sum; BF16 is an error.
   virtual void reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire, const char* what);
-  // Overlapped parameter gather: allgather on the same side stream, after the work enqueued so far on
-  // the backend's stream. Returns a ticket for wait_async(ticket); until then `out` must not be read
-  // and `in` must not change. Synchronous implementations finish it before returning (ticket 0).
-  virtual uint64_t allgather_async(const float* in, float* out, size_t shard_n, const char* what);
   // Work enqueued after this on the backend's stream (the host, for host memory) sees the results of
-  // every async operation issued before it / of the operation with this ticket and all issued before it.
+  // every async operation issued before it.
   virtual void wait_async() {}
-  virtual void wait_async(uint64_t /*ticket*/) {}
 
   // The ranks that pass the same `color` form a new communicator, ranked by (key, old rank) as
   // MPI_Comm_split does. Collective: every rank of this communicator must call it.

@@ -144,8 +144,6 @@ NcclCommunicator::~NcclCommunicator() {
   cudaFree(stage_);
   cudaFree(recv_async_);
   cudaFree(wire_);
-  for (const auto& m : marks_) cudaEventDestroy(m.second);
-  for (CUevent_st* m : free_marks_) cudaEventDestroy(m);
   if (fork_) cudaEventDestroy(fork_);
   if (join_) cudaEventDestroy(join_);
   if (side_) cudaStreamDestroy(as_stream(side_));
@@ -382,12 +380,8 @@ CUstream_st* NcclCommunicator::side_stream() {
     ESM2_CHECK(e == cudaSuccess, "rank {}: {} failed (overlapped gradient reduction): {}", world_rank_, call,
                cudaGetErrorString(e));
   };
-  // Highest priority: the block scheduler then starts NCCL's few blocks ahead of queued GEMM blocks,
-  // so a bucket's exchange is not starved by the compute it overlaps.
-  int least = 0, greatest = 0;
-  ok(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
   cudaStream_t s = nullptr;
-  ok(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, greatest), "cudaStreamCreateWithPriority");
+  ok(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
   ok(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate");
   ok(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming), "cudaEventCreate");
   side_ = s;
@@ -423,48 +417,6 @@ void NcclCommunicator::reduce_scatter_sum_async(const float* in, float* out, siz
   reduce_shards(static_cast<const __nv_bfloat16*>(w), out, bounds, what, side, recv_async_, recv_async_bytes_);
 }
 
-uint64_t NcclCommunicator::allgather_async(const float* in, float* out, size_t shard_n, const char* what) {
-  CUstream_st* side = side_stream();
-  auto ok = [&](cudaError_t e) {
-    ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error in {}: {}", world_rank_, what, cudaGetErrorString(e));
-  };
-  // After the work already enqueued on the backend's stream: the optimizer's update of `in`.
-  ok(cudaEventRecord(fork_, as_stream(stream_)));
-  ok(cudaStreamWaitEvent(as_stream(side), fork_, 0));
-  side_busy_ = true;
-  if (shard_n) {
-    OpScope op(*this, what);
-    check(ncclAllGather(in, out, shard_n, ncclFloat32, comm_, as_stream(side)), what);
-    op.enqueued(side);
-  }
-  CUevent_st* mark = nullptr;
-  if (!free_marks_.empty()) {
-    mark = free_marks_.back();
-    free_marks_.pop_back();
-  } else {
-    ok(cudaEventCreateWithFlags(&mark, cudaEventDisableTiming));
-  }
-  ok(cudaEventRecord(mark, as_stream(side)));
-  marks_.push_back({next_ticket_, mark});
-  return next_ticket_++;
-}
-
-void NcclCommunicator::wait_async(uint64_t ticket) {
-  // The side stream runs in issue order: waiting for this ticket's event covers every earlier one.
-  CUevent_st* last = nullptr;
-  while (!marks_.empty() && marks_.front().first <= ticket) {
-    if (last) free_marks_.push_back(last);
-    last = marks_.front().second;
-    marks_.pop_front();
-  }
-  if (!last) return;
-  // cudaStreamWaitEvent captures the event's current record, so the event may be reused right after.
-  const cudaError_t e = cudaStreamWaitEvent(as_stream(stream_), last, 0);
-  free_marks_.push_back(last);
-  ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error waiting for the parameter gather: {}", world_rank_,
-             cudaGetErrorString(e));
-}
-
 void NcclCommunicator::wait_async() {
   if (!side_busy_) return;
   cudaError_t e = cudaEventRecord(join_, as_stream(side_));
@@ -472,8 +424,6 @@ void NcclCommunicator::wait_async() {
   ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error joining the gradient reduction stream: {}", world_rank_,
              cudaGetErrorString(e));
   side_busy_ = false;
-  for (const auto& m : marks_) free_marks_.push_back(m.second);
-  marks_.clear();
 }
 
 void NcclCommunicator::allgather(const float* in, float* out, size_t shard_n, const char* what) {

@@ -66,9 +66,7 @@ class NcclCommunicator final : public Communicator {
   // On a side stream that first waits for the work enqueued so far on the backend's stream; F32 and
   // BF16 wire (a kernel rounds the input into a wire buffer; the copies are summed in fp32).
   void reduce_scatter_sum_async(const float* in, float* out, size_t shard_n, DType wire, const char* what) override;
-  uint64_t allgather_async(const float* in, float* out, size_t shard_n, const char* what) override;
   void wait_async() override;
-  void wait_async(uint64_t ticket) override;
   void allgather(const float* in, float* out, size_t shard_n, const char* what) override;
   void gather(const float* in, float* out, size_t shard_n, int root, const char* what) override;
   // Stream-ordered, like every device operation here: later work on the backend's stream sees the
@@ -131,10 +129,6 @@ class NcclCommunicator final : public Communicator {
   CUevent_st* fork_ = nullptr;  // recorded on stream_, waited for by side_ before each async operation
   CUevent_st* join_ = nullptr;  // recorded on side_, waited for by stream_ in wait_async()
   bool side_busy_ = false;      // async operations issued since the last wait_async()
-  // Tickets of the async gathers not yet waited for, with the event recorded after each on side_.
-  uint64_t next_ticket_ = 1;
-  std::deque<std::pair<uint64_t, CUevent_st*>> marks_;
-  std::vector<CUevent_st*> free_marks_;
   void* recv_async_ = nullptr;  // device: as recv_, for the side stream
   size_t recv_async_bytes_ = 0;
   void* wire_ = nullptr;  // device: [world × shard] bf16 copy of an async operation's input

@@ -207,15 +207,6 @@ struct Esm2Model::Impl : SlotState {
 
   Recompute recompute = Recompute::None;  // set_recompute()
   std::function<void(size_t)> grad_ready;  // set_grad_ready_hook()
-  std::function<void(size_t)> param_ready;  // set_param_ready_hook()
-  void need_params(size_t upto) {
-    if (param_ready) param_ready(upto);
-  }
-  // Where layer l's tensors start; past the last layer, the tail (or the end of a stage without one).
-  size_t layer_start(int l) const {
-    if (l < num_local_layers()) return table.layers[size_t(l)].w_qkv;
-    return table.has_head ? table.lnf_w : table.total;
-  }
 
   Impl(const ModelConfig& c, Backend& b, const ModelParallel& p)
       : cfg(c),
@@ -498,15 +489,10 @@ struct Esm2Model::Impl : SlotState {
     const float* P = params;
     // A later pipeline stage finds the previous stage's output in res(0) instead.
     if (table.has_embedding) {
-      need_params(layer_start(0));
       be.embedding_forward(res(0), ids, P + table.wte, T, C);
       be.token_dropout_forward(res(0), ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
     }
-    for (int l = 0; l < num_local_layers(); ++l) {
-      need_params(layer_start(l + 1));
-      layer_forward(l, layer(l), /*recompute_pass=*/false);
-    }
-    need_params(table.total);
+    for (int l = 0; l < num_local_layers(); ++l) layer_forward(l, layer(l), /*recompute_pass=*/false);
     if (table.has_head)
       be.layernorm_forward(a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), res(num_local_layers()), P + table.lnf_w,
                            P + table.lnf_b, T, C, cfg.layer_norm_eps);
@@ -614,7 +600,6 @@ size_t Esm2Model::activation_bytes() const { return impl_->total_arena_bytes(); 
 Recompute Esm2Model::recompute() const { return impl_->recompute; }
 void Esm2Model::set_recompute(Recompute r) { impl_->set_recompute(r); }
 void Esm2Model::set_grad_ready_hook(std::function<void(size_t)> hook) { impl_->grad_ready = std::move(hook); }
-void Esm2Model::set_param_ready_hook(std::function<void(size_t)> hook) { impl_->param_ready = std::move(hook); }
 
 size_t activation_arena_bytes(const ModelConfig& cfg, int64_t tokens, int64_t head_rows, Recompute recompute,
                               DType activation_dtype) {

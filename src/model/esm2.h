@@ -123,11 +123,6 @@ class Esm2Model {
   // decreasing ready_from). The embedding's gradient (offset 0) is complete only when the backward
   // returns. Null (the default): no calls.
   void set_grad_ready_hook(std::function<void(size_t ready_from)> hook);
-  // Overlapped parameter gather: during every forward until reset, hook(need_upto) is called on the
-  // host before the forward first enqueues work that reads parameters in [0, need_upto) of the local
-  // flat buffer (before the embedding, before each layer, before the final LayerNorm and head), with
-  // increasing need_upto; the last call is num_params(). Null (the default): no calls.
-  void set_param_ready_hook(std::function<void(size_t need_upto)> hook);
 
   // ---- pipeline stage (driven by src/train/pipeline_schedule.h) ----
   // With ModelParallel::pp of P ranks this rank holds layers [first_layer, end_layer) (param_table.h:

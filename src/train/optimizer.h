@@ -38,12 +38,6 @@ class Optimizer {
   // Overlapped gradient reduction: what to install with Esm2Model::set_grad_ready_hook for the
   // backward of a step's last micro-batch (null: reduce everything in reduce_gradients()).
   virtual std::function<void(size_t)> grad_ready_hook() { return nullptr; }
-  // Overlapped parameter gather: what to install with Esm2Model::set_param_ready_hook for the forward
-  // of a step's first micro-batch (null: the parameters are complete when step() returns).
-  virtual std::function<void(size_t)> param_ready_hook() { return nullptr; }
-  // Completes the parameter gather of the last step: call before anything but that hooked forward
-  // reads the parameters (validation, checkpoints, a pipeline step). Cheap when nothing is pending.
-  virtual void finish_param_gather() {}
   // Collective: sums the ranks' gradients into what step() reads (the full buffer, or this rank's shard).
   virtual void reduce_gradients() = 0;
   // Global gradient norm (collective under ZeRO-1).

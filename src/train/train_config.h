@@ -65,12 +65,9 @@ struct TrainConfig {
   bool distributed_optimizer = true;  // ZeRO-1 when world > 1; false: replicated AdamW + all-reduce
   double collective_timeout_s = 600;  // a collective unfinished after this aborts every rank
   // ZeRO-1 communication (src/train/zero_optimizer.h, docs/dist.md): gradient buckets reduce-scattered
-  // during the backward (--no-overlap-grad-reduce: after it), fp32 or bf16 on the wire; parameters
-  // gathered at the end of the step or, with --overlap-param-gather, during the next forward. Defaults
-  // from the 2×H100 A/B (bench/results/multi-gpu-2xH100/overlap/): the reference's bf16 reduction and
-  // gather overlap brought nothing there (bf16) or cost 2.5% (gather overlap).
+  // during the backward (--no-overlap-grad-reduce: after it), fp32 or bf16 on the wire (fp32 by
+  // default: the reference's bf16 reduction gained nothing on 2×H100, bench/results/multi-gpu-2xH100/overlap/).
   bool overlap_grad_reduce = true;
-  bool overlap_param_gather = false;
   std::string grad_reduce_dtype = "fp32";  // fp32 | bf16
   int64_t ddp_bucket_size = 40'000'000;    // elements per gradient bucket
   // --- model parallelism (docs/dist.md): world = DP × TP × PP ---

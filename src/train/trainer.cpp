@@ -198,7 +198,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   GradReduceOptions reduce;
   reduce.bucket_elements = static_cast<size_t>(cfg.ddp_bucket_size);
   reduce.overlap = cfg.overlap_grad_reduce;
-  reduce.overlap_param_gather = cfg.overlap_param_gather && !pipeline;  // [pp] stages run no hooked forward
   reduce.wire = cfg.grad_reduce_dtype == "bf16" ? DType::BF16 : DType::F32;
   const std::unique_ptr<Optimizer> optim_owner =
       make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer, reduce);
@@ -243,10 +242,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                  zero->num_buckets(), cfg.ddp_bucket_size, reduce.wire == DType::BF16 ? "bf16" : "fp32",
                  zero->num_buckets() > 1 && reduce.overlap && !pipeline ? "overlapped with the backward"
                                                                        : "after the backward");
-    if (dynamic_cast<const ZeroAdamW*>(&optim))
-      fmt::print("parameter all-gather: {}\n", reduce.overlap_param_gather && !pipeline
-                                                   ? "overlapped with the next forward"
-                                                   : "at the end of the step");
     if (pipeline) {  // [pp]
       std::string split;
       for (int st = 0; st < groups.pp_size; ++st) {
@@ -283,7 +278,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   const FaultInjection faults = fault_injection_from_env();  // test-only: empty unless ESM2_FAULT_INJECT is set
 
   auto validate_and_checkpoint = [&](bool do_validation, bool final_save) {
-    optim.finish_param_gather();  // [dist] the last step's parameters, before validation reads them
     double val_loss = std::nan("");
     if (do_validation && valid_corpus) {
       const auto t0 = Clock::now();
@@ -321,18 +315,13 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     const float grad_scale = 1.0f / static_cast<float>(batch.global_num_labels);
     double loss_acc = 0;
     if (pipeline) {
-      optim.finish_param_gather();
       loss_acc = pipeline->train_step(batch.micro, grad_scale).loss_sum;  // [pp] 1F1B; loss on every stage
     } else {
-      // [dist] The first forward lands the last step's parameters bucket by bucket as it reaches them
-      // (later ones find them landed; a micro-batch without labels runs no forward); the last
-      // micro-batch's backward reduces gradient buckets as they finish.
-      model.set_param_ready_hook(optim.param_ready_hook());
+      // [dist] The last micro-batch's backward starts the gradient reduction as buckets finish.
       for (size_t i = 0; i < batch.micro.size(); ++i) {
         if (i + 1 == batch.micro.size()) model.set_grad_ready_hook(optim.grad_ready_hook());
         loss_acc += model.forward_backward(batch.micro[i], grad_scale).loss_sum;
       }
-      model.set_param_ready_hook(nullptr);
       model.set_grad_ready_hook(nullptr);
     }
     // Test-only fault, injected before the reduction so that it reaches what the optimizer reads

@@ -82,29 +82,7 @@ std::function<void(size_t)> ZeroAdamW::grad_ready_hook() {
   };
 }
 
-std::function<void(size_t)> ZeroAdamW::param_ready_hook() {
-  if (!reduce_.overlap_param_gather) return nullptr;
-  return [this](size_t need_upto) { land_params(need_upto); };
-}
-
-void ZeroAdamW::land_params(size_t upto) {
-  float* p = model_.param_data();
-  for (; next_land_ < gathers_.size() && buckets_[next_land_].begin < upto; ++next_land_) {
-    const Bucket& b = buckets_[next_land_];
-    comm_.wait_async(gathers_[next_land_]);
-    backend_.copy(p + b.begin, staging_ + b.stage_off, (b.end - b.begin) * sizeof(float));
-  }
-  if (next_land_ == gathers_.size()) {
-    gathers_.clear();
-    next_land_ = 0;
-  }
-}
-
-void ZeroAdamW::finish_param_gather() { land_params(n_); }
-
 void ZeroAdamW::reduce_gradients() {
-  // A micro-batch without labelled positions skips the forward (and its hook): land what is left.
-  finish_param_gather();
   while (next_launch_ > 0) launch(buckets_[--next_launch_]);
   comm_.wait_async();
   next_launch_ = buckets_.size();
@@ -119,7 +97,6 @@ double ZeroAdamW::grad_norm() {
 }
 
 OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
-  finish_param_gather();
   const OptimizerStepStats st = clip_stats(cfg_, norm);
   ++t_;
   float* p = model_.param_data();
@@ -130,14 +107,6 @@ OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
   // Updated pieces → everyone's full parameter buffer. The gather lands in staging_ and reaches the
   // parameters through Backend::copy, so a backend that caches converted weights (CUDA's bf16 copies)
   // sees the write; a collective writing into the parameters directly would bypass it.
-  if (reduce_.overlap_param_gather) {
-    // In flat order, the order the next forward reads them; they land in land_params.
-    for (const auto& b : buckets_)
-      gathers_.push_back(
-          comm_.allgather_async(param_shard_ + b.shard_off, staging_ + b.stage_off, b.s, "parameter all-gather (ZeRO-1)"));
-    next_land_ = 0;
-    return st;
-  }
   for (const auto& b : buckets_) {
     comm_.allgather(param_shard_ + b.shard_off, staging_ + b.stage_off, b.s, "parameter all-gather (ZeRO-1)");
     backend_.copy(p + b.begin, staging_ + b.stage_off, (b.end - b.begin) * sizeof(float));
@@ -146,8 +115,7 @@ OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
 }
 
 void ZeroAdamW::gather_for_checkpoint() {
-  // staging_ is free between steps once the parameters have landed: it receives the gathered pieces.
-  finish_param_gather();
+  // staging_ is free between steps: it receives the gathered pieces on rank 0.
   const bool root = comm_.is_root();
   for (int which = 0; which < 2; ++which) {
     const float* src = which == 0 ? m_ : v_;

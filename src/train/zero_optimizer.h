@@ -10,9 +10,8 @@
 // the communicator's side stream while the backward goes on; the rest at reduce_gradients(). The
 // global norm is √(allreduce of the shards' Σg²); AdamW updates the own pieces (weight decay per
 // element, by the tensor each belongs to); each bucket's updated pieces are all-gathered into every
-// rank's full parameter buffer — with overlap, on the side stream, each bucket landing in the model
-// just before the next forward first reads it (Esm2Model::set_param_ready_hook); whoever else reads
-// the parameters first calls finish_param_gather(). Moments per rank: 2·N/W floats instead of 2·N.
+// rank's full parameter buffer at the end of the step (overlapping it with the next forward was
+// measured slower, docs/dist.md). Moments per rank: 2·N/W floats instead of 2·N.
 //
 // Gradients travel as fp32 or bf16 (GradReduceOptions::wire): bf16 halves the traffic; each rank's
 // gradient is rounded once and the sum is taken in fp32 (Communicator::reduce_scatter_sum_async).
@@ -39,10 +38,6 @@ struct GradReduceOptions {
   size_t bucket_elements = 40'000'000;
   DType wire = DType::F32;  // F32 or BF16
   bool overlap = true;      // reduce buckets during the backward (grad_ready_hook)
-  // Gather the updated parameters bucket by bucket during the next forward instead of at the end of
-  // the step. Opt-in: the caller must then install param_ready_hook() on the model for its forwards
-  // (or call finish_param_gather() before reading the parameters); the trainer does.
-  bool overlap_param_gather = false;
 };
 
 class ZeroAdamW final : public Optimizer {
@@ -54,8 +49,6 @@ class ZeroAdamW final : public Optimizer {
   ZeroAdamW& operator=(const ZeroAdamW&) = delete;
 
   std::function<void(size_t)> grad_ready_hook() override;
-  std::function<void(size_t)> param_ready_hook() override;
-  void finish_param_gather() override;
   void reduce_gradients() override;
   double grad_norm() override;
   using Optimizer::step;
@@ -79,9 +72,6 @@ class ZeroAdamW final : public Optimizer {
     size_t own_begin, own_end;  // this rank's piece in the flat buffer (empty for a rank past the end)
   };
   void launch(const Bucket& b);
-  // Parameters of buckets [next_land_, gathers_.size()) are still being gathered: wait for them up to
-  // `upto` (flat) and copy them into the model's buffer.
-  void land_params(size_t upto);
 
   Esm2Model& model_;
   Backend& backend_;
@@ -91,8 +81,6 @@ class ZeroAdamW final : public Optimizer {
   size_t n_ = 0, shard_ = 0;
   std::vector<Bucket> buckets_;            // in flat order; launched from the back
   size_t next_launch_ = 0;                 // buckets_[next_launch_, end) are launched (next_launch_ counts down)
-  std::vector<uint64_t> gathers_;           // per bucket: the async gather's ticket (empty: none pending)
-  size_t next_land_ = 0;
   std::vector<TensorRange> shard_ranges_;  // this rank's tensor pieces as shard offsets (the AdamW launch)
   std::vector<TensorRange> owned_ranges_;  // the pieces that count in the gradient norm
   // Backend memory. The padding of every shard buffer stays zero (only own pieces are ever written),
