@@ -239,7 +239,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                                                                   : "AdamW (replicated)");
     if (const auto* zero = dynamic_cast<const ZeroAdamW*>(&optim))
       fmt::print("gradient reduce-scatter: {} bucket(s) of ≤ {} parameters, {} on the wire, {}\n",
-                 zero->num_buckets(), cfg.ddp_bucket_size, reduce.wire == DType::BF16 ? "bf16" : "fp32",
+                 zero->num_buckets(), zero->bucket_length(), reduce.wire == DType::BF16 ? "bf16" : "fp32",
                  zero->num_buckets() > 1 && reduce.overlap && !pipeline ? "overlapped with the backward"
                                                                        : "after the backward");
     if (pipeline) {  // [pp]

@@ -18,6 +18,7 @@ ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator&
   // Buckets counted from the end, each a multiple of W long so that it reduce-scatters straight from
   // the gradient buffer; only the first (the embedding's, reduced last anyway) may need padding.
   const size_t len = std::max<size_t>(w, (std::max<size_t>(reduce_.bucket_elements, 1) + w - 1) / w * w);
+  bucket_len_ = len;
   std::vector<std::pair<size_t, size_t>> spans;
   for (size_t e = n_; e > 0;) {
     const size_t b = e > len ? e - len : 0;
@@ -37,13 +38,13 @@ ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator&
     k.own_end = std::min(e, k.own_begin + k.s);
     shard_ += k.s;
     stage += w * k.s;
-    // This rank's pieces of each tensor, as offsets into the shard buffers.
+    // This rank's pieces of each tensor: from the start of its piece (the AdamW launch of this bucket)
+    // and as offsets into the shard buffers (the gradient norm).
     for (const auto& p : model_.params_info()) {
       const size_t lo = std::max(k.own_begin, p.offset), hi = std::min(k.own_end, p.offset + p.numel);
       if (lo >= hi) continue;
-      const size_t at = k.shard_off + (lo - k.own_begin);
-      shard_ranges_.push_back({at, hi - lo, decays(p, cfg_)});
-      if (p.owner) owned_ranges_.push_back({at, hi - lo, false});
+      k.ranges.push_back({lo - k.own_begin, hi - lo, decays(p, cfg_)});
+      if (p.owner) owned_ranges_.push_back({k.shard_off + (lo - k.own_begin), hi - lo, false});
     }
     buckets_.push_back(k);
   }
@@ -52,7 +53,6 @@ ZeroAdamW::ZeroAdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator&
   m_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
   v_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
   grad_shard_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
-  param_shard_ = static_cast<float*>(backend_.alloc(shard_ * sizeof(float)));
   staging_ = static_cast<float*>(backend_.alloc(stage * sizeof(float)));
 }
 
@@ -60,7 +60,6 @@ ZeroAdamW::~ZeroAdamW() {
   backend_.free(m_);
   backend_.free(v_);
   backend_.free(grad_shard_);
-  backend_.free(param_shard_);
   backend_.free(staging_);
 }
 
@@ -100,15 +99,18 @@ OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
   const OptimizerStepStats st = clip_stats(cfg_, norm);
   ++t_;
   float* p = model_.param_data();
-  for (const auto& b : buckets_)
-    backend_.copy(param_shard_ + b.shard_off, p + b.own_begin, (b.own_end - b.own_begin) * sizeof(float));
-  backend_.adamw_update_ranges(param_shard_, grad_shard_, m_, v_, shard_ranges_.data(), shard_ranges_.size(),
-                               adamw_step_args(cfg_, lr, st.clip_coef, t_));
-  // Updated pieces → everyone's full parameter buffer. The gather lands in staging_ and reaches the
-  // parameters through Backend::copy, so a backend that caches converted weights (CUDA's bf16 copies)
-  // sees the write; a collective writing into the parameters directly would bypass it.
+  const AdamWStep args = adamw_step_args(cfg_, lr, st.clip_coef, t_);
+  const size_t r = static_cast<size_t>(comm_.rank());
   for (const auto& b : buckets_) {
-    comm_.allgather(param_shard_ + b.shard_off, staging_ + b.stage_off, b.s, "parameter all-gather (ZeRO-1)");
+    // The own piece is updated in place, then all-gathered in place in staging_ (its slot r·s is the
+    // gather's input). The gathered bucket reaches the parameters through Backend::copy, so a backend
+    // that caches converted weights (CUDA's bf16 copies) sees the write; a collective writing into the
+    // parameters directly would bypass it.
+    backend_.adamw_update_ranges(p + b.own_begin, grad_shard_ + b.shard_off, m_ + b.shard_off, v_ + b.shard_off,
+                                 b.ranges.data(), b.ranges.size(), args);
+    float* slot = staging_ + b.stage_off + r * b.s;
+    backend_.copy(slot, p + b.own_begin, (b.own_end - b.own_begin) * sizeof(float));
+    comm_.allgather(slot, staging_ + b.stage_off, b.s, "parameter all-gather (ZeRO-1)");
     backend_.copy(p + b.begin, staging_ + b.stage_off, (b.end - b.begin) * sizeof(float));
   }
   return st;

@@ -2,8 +2,8 @@
 // the data-parallel ranks, bucket by bucket (Megatron's distributed optimizer). The local flat buffer
 // [N] is cut into buckets counted from its end (the LM head's gradients are final first, the
 // embedding's last); bucket k = [b, e) is padded to W·s (W ranks, s = ⌈(e−b)/W⌉) and rank r owns its
-// piece [b + r·s, min(b + (r+1)·s, e)). A rank's shard buffers (moments, reduced gradients, its
-// master-weight piece) are its pieces of every bucket, concatenated.
+// piece [b + r·s, min(b + (r+1)·s, e)). A rank's shard buffers (moments, reduced gradients) are
+// its pieces of every bucket, concatenated.
 //
 // Per step: each bucket's gradients are reduce-scattered (rank-ordered sums) — with overlap, as soon as
 // the backward of the step's last micro-batch has finished them (Esm2Model::set_grad_ready_hook), on
@@ -61,6 +61,7 @@ class ZeroAdamW final : public Optimizer {
   void reset() override;
 
   size_t num_buckets() const { return buckets_.size(); }
+  size_t bucket_length() const { return bucket_len_; }  // --ddp-bucket-size rounded up to a multiple of W
   size_t shard_size() const { return shard_; }  // Σ over buckets of s (padded): this rank's shard buffers
 
  private:
@@ -70,6 +71,7 @@ class ZeroAdamW final : public Optimizer {
     size_t shard_off;           // where this rank's piece sits in the shard buffers
     size_t stage_off;           // its [W·s] region of staging_
     size_t own_begin, own_end;  // this rank's piece in the flat buffer (empty for a rank past the end)
+    std::vector<TensorRange> ranges;  // the tensors' parts in the piece, from own_begin (AdamW, decay)
   };
   void launch(const Bucket& b);
 
@@ -78,17 +80,15 @@ class ZeroAdamW final : public Optimizer {
   OptimizerConfig cfg_;
   Communicator& comm_;
   GradReduceOptions reduce_;
-  size_t n_ = 0, shard_ = 0;
+  size_t n_ = 0, shard_ = 0, bucket_len_ = 0;
   std::vector<Bucket> buckets_;            // in flat order; launched from the back
   size_t next_launch_ = 0;                 // buckets_[next_launch_, end) are launched (next_launch_ counts down)
-  std::vector<TensorRange> shard_ranges_;  // this rank's tensor pieces as shard offsets (the AdamW launch)
-  std::vector<TensorRange> owned_ranges_;  // the pieces that count in the gradient norm
+  std::vector<TensorRange> owned_ranges_;  // shard offsets of the pieces that count in the gradient norm
   // Backend memory. The padding of every shard buffer stays zero (only own pieces are ever written),
   // and so does staging_'s padding (gathers copy that zero padding back into it).
   float* m_ = nullptr;           // [S] this rank's moments
   float* v_ = nullptr;           // [S]
   float* grad_shard_ = nullptr;  // [S] reduced gradients of this rank's pieces
-  float* param_shard_ = nullptr; // [S] this rank's master-weight pieces, updated in place, then gathered
   float* staging_ = nullptr;     // [Σ W·s] padded gradients (buckets not a multiple of W) / gathers
   std::vector<float> full_m_, full_v_;  // host [N] on rank 0 after gather_for_checkpoint, else empty
   int64_t t_ = 0;

@@ -15,6 +15,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "../integration/cli_runner.h"
 #include "mpi_runner.h"
@@ -99,7 +100,7 @@ TEST_F(DataParallel, TwoRanksEqualOneRankWithAccumulationAndZeroEqualsReplicated
   const auto buckets = train(2, b777 + " --experiment-name dp2-buckets");
   ASSERT_EQ(buckets.exit_code, 0) << buckets.output;
   std::smatch nb;
-  ASSERT_TRUE(std::regex_search(buckets.output, nb, std::regex(R"(gradient reduce-scatter: (\d+) bucket\(s\) of ≤ 777 parameters, fp32 on the wire, overlapped with the backward)")))
+  ASSERT_TRUE(std::regex_search(buckets.output, nb, std::regex(R"(gradient reduce-scatter: (\d+) bucket\(s\) of ≤ 778 parameters, fp32 on the wire, overlapped with the backward)")))
       << buckets.output;
   EXPECT_GT(std::stoi(nb[1]), 5);
   const auto after = train(2, b777 + " --no-overlap-grad-reduce --experiment-name dp2-after");
@@ -109,6 +110,21 @@ TEST_F(DataParallel, TwoRanksEqualOneRankWithAccumulationAndZeroEqualsReplicated
     EXPECT_TRUE(esm2::read_file(root / "dp2-after" / ck / f) == esm2::read_file(root / "dp2-buckets" / ck / f))
         << f << " differs between gradient buckets reduced during and after the backward";
   EXPECT_EQ(train_losses(root / "dp2-after"), train_losses(root / "dp2-buckets"));
+  // The same with accumulation 2 (only the last micro-batch's backward may start the reduction: an
+  // earlier one would send partial sums) and with DP 2 × TP 2 (tensor-parallel all-reduces in the
+  // backward between the bucket reduce-scatters).
+  for (const auto& [label, ranks, extra] : {std::tuple<std::string, int, std::string>{"acc2", 2, " --accumulate-grad-batches 2"},
+                                            {"tp2", 4, " --accumulate-grad-batches 1 --tensor-model-parallel-size 2"}}) {
+    const std::string base = common + extra + " --ddp-bucket-size 777";
+    const auto during = train(ranks, base + " --experiment-name " + label + "-during");
+    ASSERT_EQ(during.exit_code, 0) << during.output;
+    EXPECT_NE(during.output.find("overlapped with the backward"), std::string::npos) << during.output;
+    const auto after_bw = train(ranks, base + " --no-overlap-grad-reduce --experiment-name " + label + "-after");
+    ASSERT_EQ(after_bw.exit_code, 0) << after_bw.output;
+    for (const char* f : {"model.safetensors", "trainer_state/optimizer.safetensors"})
+      EXPECT_TRUE(esm2::read_file(root / (label + "-during") / ck / f) == esm2::read_file(root / (label + "-after") / ck / f))
+          << label << ": " << f << " differs between gradient buckets reduced during and after the backward";
+  }
   // One bucket vs many: the same gradient sums; only the gradient norm's Σg² is grouped differently.
   expect_losses_close(root / "dp2-zero", root / "dp2-buckets", 4, kLossRelTol);
 
