@@ -14,9 +14,9 @@ namespace esm2 {
 
 class Communicator;
 
-// Elements per piece that checkpoint save and load move at once (16 MiB of fp32): the bound on their
+// Elements per piece that checkpoint save and load move at once (4 MiB of fp32): the bound on their
 // staging buffers, whatever the model size.
-constexpr size_t kStatePieceElems = size_t{1} << 22;
+constexpr size_t kStatePieceElems = size_t{1} << 20;
 
 // Reads this rank's local flat elements [local_begin, local_begin + dst.size()) of some state (the
 // parameters in backend memory, moments in a host vector) into host memory.
