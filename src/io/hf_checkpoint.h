@@ -14,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -45,6 +46,33 @@ struct HfCheckpoint {
   std::map<std::string, RawTensor> extra;               // unknown tensors, verbatim
 };
 
+// A checkpoint directory opened without reading its parameters: the files are memory-mapped and every
+// check of load_hf_checkpoint runs at open (names, shapes, dtypes, inv_freq, the tied decoder); the
+// parameters are then read on demand, whole or as element ranges, so a rank of a model-parallel run
+// reads (and pages in) only its own pieces.
+class HfCheckpointReader {
+ public:
+  explicit HfCheckpointReader(const std::filesystem::path& dir);
+  const ModelConfig& config() const { return config_; }
+  const std::string& source() const { return set_.source(); }  // the file or index, for messages
+  // Canonical name → shape, every tensor of hf_parameter_table(config()).
+  const std::map<std::string, std::vector<int64_t>>& shapes() const { return shapes_; }
+  const std::vector<float>& inv_freq() const { return inv_freq_; }  // [head_dim/2]; empty if none stored
+  // Elements [begin, begin + out.size()) of canonical tensor `name` (row-major), converted to fp32.
+  void read_f32(const std::string& name, size_t begin, std::span<float> out) const;
+  std::vector<float> to_f32(const std::string& name) const;
+  // The tensors outside the parameter table (esm.contact_head.*, …), verbatim copies.
+  std::map<std::string, RawTensor> extra() const;
+
+ private:
+  ModelConfig config_;
+  SafetensorsSet set_;
+  std::map<std::string, std::string> stored_as_;  // canonical → name in the file
+  std::map<std::string, std::vector<int64_t>> shapes_;
+  std::vector<float> inv_freq_;
+  std::vector<std::string> extra_names_;
+};
+
 // Throws esm2::Error naming the file and tensor: missing tensor, wrong shape (both shapes given),
 // a per-layer inv_freq that differs between layers, a decoder that is not the embedding, a
 // tensor of a layer index beyond num_hidden_layers, a `.gamma` next to its `.weight`.
@@ -66,6 +94,16 @@ using HfWeightViews = std::map<std::string, std::span<const float>>;
 void write_hf_checkpoint_files(const std::filesystem::path& dir, const ModelConfig& cfg, const HfWeightViews& weights,
                                std::span<const float> inv_freq, const std::map<std::string, RawTensor>& extra,
                                const HfSaveOptions& opt = {});
+// The same with the parameters produced on demand, in hf_parameter_table order: `source(p, put)` must
+// call put with p's values in row-major order, in pieces of any size (numel in all). The files are
+// written while the values arrive (SafetensorsStreamWriter), so no parameter is ever held whole: the
+// trainer gathers each piece from the model-parallel ranks that own it. Byte-identical to the
+// HfWeightViews overload for the same values.
+using HfPut = std::function<void(std::span<const float>)>;
+using HfTensorSource = std::function<void(const HfParam& p, const HfPut& put)>;
+void stream_hf_checkpoint_files(const std::filesystem::path& dir, const ModelConfig& cfg, const HfTensorSource& source,
+                                std::span<const float> inv_freq, const std::map<std::string, RawTensor>& extra,
+                                const HfSaveOptions& opt = {});
 void write_hf_checkpoint_files(const std::filesystem::path& dir, const HfCheckpoint& ckpt,
                                const HfSaveOptions& opt = {});
 // The same through an AtomicDir: `dir` appears complete or not at all (an existing one is replaced).

@@ -242,8 +242,18 @@ void SafetensorsFile::read_f32(std::string_view tensor, std::span<float> out) co
   const size_t n = static_cast<size_t>(t.numel());
   ESM2_CHECK(out.size() == n, "{}: tensor '{}' has {} elements, destination holds {}", impl_->name, tensor, n,
              out.size());
+  read_f32(tensor, 0, out);
+}
+
+void SafetensorsFile::read_f32(std::string_view tensor, size_t begin, std::span<float> out) const {
+  const TensorInfo& t = info(tensor);
+  const size_t numel = static_cast<size_t>(t.numel());
+  ESM2_CHECK(begin <= numel && out.size() <= numel - begin,
+             "{}: tensor '{}' has {} elements, cannot read [{}, {})", impl_->name, tensor, numel, begin,
+             begin + out.size());
+  const size_t n = out.size();
   if (n == 0) return;  // empty tensors may have null data pointers; memcpy must not see them
-  const std::byte* src = bytes(tensor).data();
+  const std::byte* src = bytes(tensor).data() + begin * dtype_size(t.dtype);
   // memcpy per element: the data region is only as aligned as the header length makes it.
   switch (t.dtype) {
     case DType::F32:
@@ -504,7 +514,7 @@ void SafetensorsWriter::write(const fs::path& path) const {
   write_file_of(path, all);
 }
 
-std::vector<std::string> SafetensorsWriter::write_sharded(const fs::path& dir, uint64_t max_shard_bytes) const {
+std::vector<std::vector<size_t>> SafetensorsWriter::shard_groups(uint64_t max_shard_bytes) const {
   std::vector<std::vector<size_t>> shards(1);
   uint64_t in_shard = 0;
   for (size_t i = 0; i < entries_.size(); ++i) {
@@ -515,6 +525,11 @@ std::vector<std::string> SafetensorsWriter::write_sharded(const fs::path& dir, u
     shards.back().push_back(i);
     in_shard += entries_[i].nbytes;
   }
+  return shards;
+}
+
+std::vector<std::string> SafetensorsWriter::write_sharded(const fs::path& dir, uint64_t max_shard_bytes) const {
+  const std::vector<std::vector<size_t>> shards = shard_groups(max_shard_bytes);
   if (shards.size() == 1) {
     write_file_of(dir / kSingleName, shards[0]);
     std::error_code ec;  // a stale index would describe other files than the ones just written
@@ -537,6 +552,161 @@ std::vector<std::string> SafetensorsWriter::write_sharded(const fs::path& dir, u
   write_file(tmp, index.dump(2) + "\n");
   fsync_path(tmp);
   rename_into_place(tmp, dir / kIndexName);
+  names.push_back(kIndexName);
+  return names;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming writer
+
+struct SafetensorsStreamWriter::Impl {
+  SafetensorsWriter plan;  // the entries without data: header text, shard grouping and index come from it
+  fs::path dir;            // to_dir: where the files go; to_file: the file's directory
+  bool to_dir = false;
+  std::vector<std::vector<size_t>> shards;  // entry indices per file
+  std::vector<std::string> names;           // file name per shard
+  std::vector<fs::path> paths;
+  size_t shard = 0, pos = 0;  // current file, and index into shards[shard] of the current tensor
+  uint64_t done = 0;          // bytes of the current tensor written
+  std::unique_ptr<FileOut> out;
+  fs::path tmp;
+  bool finished = false;
+
+  bool complete() const { return shard >= shards.size(); }
+  const SafetensorsWriter::Entry& entry() const { return plan.entries_[shards[shard][pos]]; }
+  void open_shard() {
+    tmp = paths[shard];
+    tmp += ".tmp";
+    out = std::make_unique<FileOut>(tmp);
+    const std::string header = plan.header_for(shards[shard]);
+    out->put(header.data(), header.size());
+  }
+  // Past complete (and empty) tensors; closes each file after its last tensor and opens the next.
+  void advance() {
+    while (!complete()) {
+      while (pos < shards[shard].size() && done == entry().nbytes) {
+        ++pos;
+        done = 0;
+      }
+      if (pos < shards[shard].size()) return;
+      out->sync_close();
+      out.reset();
+      rename_into_place(tmp, paths[shard]);
+      ++shard;
+      pos = 0;
+      if (!complete()) open_shard();
+    }
+  }
+  void check_room(uint64_t bytes) const {
+    ESM2_CHECK(!complete(), "{}: safetensors stream: {} bytes after the last tensor", paths.back().string(), bytes);
+    ESM2_CHECK(bytes <= entry().nbytes - done, "{}: safetensors stream: {} bytes for tensor '{}', which has {} left",
+               paths[shard].string(), bytes, entry().name, entry().nbytes - done);
+  }
+};
+
+std::unique_ptr<SafetensorsStreamWriter::Impl> SafetensorsStreamWriter::plan(
+    std::vector<SafetensorsEntry> entries, const std::map<std::string, std::string>& metadata) {
+  auto impl = std::make_unique<Impl>();
+  SafetensorsWriter& w = impl->plan;
+  for (const auto& [k, v] : metadata) w.set_metadata(k, v);
+  for (SafetensorsEntry& e : entries) {
+    const uint64_t nbytes = static_cast<uint64_t>(shape_numel(e.shape, e.name)) * dtype_size(e.dtype);
+    ESM2_CHECK(!e.name.empty() && e.name != "__metadata__", "safetensors writer: invalid tensor name '{}'", e.name);
+    ESM2_CHECK(w.by_name_.emplace(e.name, w.entries_.size()).second, "safetensors writer: duplicate tensor '{}'", e.name);
+    w.entries_.push_back({std::move(e.name), e.dtype, std::move(e.shape), {}, {}, false, nbytes});
+  }
+  return impl;
+}
+
+SafetensorsStreamWriter::SafetensorsStreamWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SafetensorsStreamWriter::SafetensorsStreamWriter(SafetensorsStreamWriter&&) noexcept = default;
+
+SafetensorsStreamWriter::~SafetensorsStreamWriter() {
+  if (impl_ && impl_->out) {
+    impl_->out.reset();
+    std::error_code ec;
+    fs::remove(impl_->tmp, ec);
+  }
+}
+
+SafetensorsStreamWriter SafetensorsStreamWriter::to_file(const fs::path& path, std::vector<SafetensorsEntry> entries,
+                                                         const std::map<std::string, std::string>& metadata) {
+  auto impl = plan(std::move(entries), metadata);
+  impl->dir = path.parent_path();
+  impl->shards = impl->plan.shard_groups(0);
+  impl->names = {path.filename().string()};
+  impl->paths = {path};
+  impl->open_shard();
+  impl->advance();
+  return SafetensorsStreamWriter(std::move(impl));
+}
+
+SafetensorsStreamWriter SafetensorsStreamWriter::to_dir(const fs::path& dir, std::vector<SafetensorsEntry> entries,
+                                                        uint64_t max_shard_bytes,
+                                                        const std::map<std::string, std::string>& metadata) {
+  auto impl = plan(std::move(entries), metadata);
+  impl->dir = dir;
+  impl->to_dir = true;
+  impl->shards = impl->plan.shard_groups(max_shard_bytes);
+  const size_t k = impl->shards.size();
+  for (size_t s = 0; s < k; ++s) {
+    impl->names.push_back(k == 1 ? std::string(kSingleName) : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, k));
+    impl->paths.push_back(dir / impl->names.back());
+  }
+  if (k > 1) {
+    std::error_code ec;  // a stale single file would be read instead of the new shards
+    fs::remove(dir / kSingleName, ec);
+  }
+  impl->open_shard();
+  impl->advance();
+  return SafetensorsStreamWriter(std::move(impl));
+}
+
+void SafetensorsStreamWriter::put_f32(std::span<const float> values) {
+  Impl& m = *impl_;
+  if (values.empty()) return;
+  m.check_room(0);
+  const DType dt = m.entry().dtype;
+  ESM2_CHECK(dt == DType::F32 || dt == DType::BF16 || dt == DType::F16,
+             "safetensors writer: tensor '{}': cannot store fp32 data as {}", m.entry().name, dtype_name(dt));
+  m.check_room(values.size() * dtype_size(dt));
+  emit_f32_as(values, dt, [&](const void* p, size_t n) { m.out->put(p, n); });
+  m.done += values.size() * dtype_size(dt);
+  m.advance();
+}
+
+void SafetensorsStreamWriter::put_raw(std::span<const char> bytes) {
+  Impl& m = *impl_;
+  if (bytes.empty()) return;
+  m.check_room(bytes.size());
+  m.out->put(bytes.data(), bytes.size());
+  m.done += bytes.size();
+  m.advance();
+}
+
+std::vector<std::string> SafetensorsStreamWriter::finish() {
+  Impl& m = *impl_;
+  ESM2_CHECK(!m.finished, "safetensors stream: finish() called twice");
+  ESM2_CHECK(m.complete(), "{}: safetensors stream ended with tensor '{}' at {} of {} bytes", m.paths[m.shard].string(),
+             m.entry().name, m.done, m.entry().nbytes);
+  m.finished = true;
+  std::vector<std::string> names = m.names;
+  if (!m.to_dir) return names;
+  std::error_code ec;
+  if (m.shards.size() == 1) {
+    fs::remove(m.dir / kIndexName, ec);  // a stale index would describe other files than the one just written
+    return names;
+  }
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (size_t s = 0; s < m.shards.size(); ++s)
+    for (size_t i : m.shards[s]) weight_map[m.plan.entries_[i].name] = m.names[s];
+  nlohmann::ordered_json index;
+  index["metadata"] = {{"total_size", m.plan.data_bytes()}};
+  index["weight_map"] = std::move(weight_map);
+  const fs::path tmp = m.dir / (std::string(kIndexName) + ".tmp");
+  write_file(tmp, index.dump(2) + "\n");
+  fsync_path(tmp);
+  rename_into_place(tmp, m.dir / kIndexName);
   names.push_back(kIndexName);
   return names;
 }

@@ -71,6 +71,9 @@ class SafetensorsFile {
   std::vector<float> to_f32(std::string_view tensor) const;
   // Same into caller memory (out.size() must equal numel): avoids a copy for large state tensors.
   void read_f32(std::string_view tensor, std::span<float> out) const;
+  // Elements [begin, begin + out.size()) of the row-major tensor, converted: a rank of a model-parallel
+  // run touches only the pages of its own pieces.
+  void read_f32(std::string_view tensor, size_t begin, std::span<float> out) const;
 
  private:
   struct Impl;
@@ -93,6 +96,9 @@ class SafetensorsSet {
   const SafetensorsFile& file_of(std::string_view tensor) const;  // throws naming the tensor
   const TensorInfo& info(std::string_view tensor) const { return file_of(tensor).info(tensor); }
   std::vector<float> to_f32(std::string_view tensor) const { return file_of(tensor).to_f32(tensor); }
+  void read_f32(std::string_view tensor, size_t begin, std::span<float> out) const {
+    file_of(tensor).read_f32(tensor, begin, out);
+  }
   RawTensor raw(std::string_view tensor) const { return file_of(tensor).raw(tensor); }
   const std::vector<SafetensorsFile>& files() const { return files_; }
   const std::string& source() const { return source_; }
@@ -141,10 +147,53 @@ class SafetensorsWriter {
   };
   std::string header_for(std::span<const size_t> idx) const;
   void write_file_of(const std::filesystem::path& path, std::span<const size_t> idx) const;
+  // Entries per file as write_sharded groups them (one group when max_shard_bytes is 0 or all fit).
+  std::vector<std::vector<size_t>> shard_groups(uint64_t max_shard_bytes) const;
+  friend class SafetensorsStreamWriter;
 
   std::vector<Entry> entries_;
   std::map<std::string, size_t, std::less<>> by_name_;
   std::map<std::string, std::string> metadata_{{"format", "pt"}};
+};
+
+// One tensor of a SafetensorsStreamWriter's plan.
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+};
+
+// Writes the same file(s) as SafetensorsWriter, byte for byte, without holding any tensor: the tensor
+// list is known up front (so is the header), then the data arrive in order, in pieces of any size.
+// Memory: one conversion chunk. Each file is written as `<file>.tmp`, fsynced and renamed when its last
+// byte arrives; a writer destroyed before finish() removes its open temp file (files already renamed
+// stay: callers write into an AtomicDir).
+class SafetensorsStreamWriter {
+ public:
+  // As SafetensorsWriter::write(path).
+  static SafetensorsStreamWriter to_file(const std::filesystem::path& path, std::vector<SafetensorsEntry> entries,
+                                         const std::map<std::string, std::string>& metadata = {});
+  // As SafetensorsWriter::write_sharded(dir, max_shard_bytes): same shard boundaries, names and index.
+  static SafetensorsStreamWriter to_dir(const std::filesystem::path& dir, std::vector<SafetensorsEntry> entries,
+                                        uint64_t max_shard_bytes,
+                                        const std::map<std::string, std::string>& metadata = {});
+  SafetensorsStreamWriter(SafetensorsStreamWriter&&) noexcept;
+  SafetensorsStreamWriter& operator=(SafetensorsStreamWriter&&) = delete;
+  ~SafetensorsStreamWriter();
+
+  // The next values of the current tensor (F32, BF16 or F16; converted as SafetensorsWriter::add_f32).
+  void put_f32(std::span<const float> values);
+  // The next bytes of the current tensor, verbatim (any dtype).
+  void put_raw(std::span<const char> bytes);
+  // Checks every tensor is complete, writes the index of a sharded set; returns the file names written.
+  std::vector<std::string> finish();
+
+ private:
+  struct Impl;
+  static std::unique_ptr<Impl> plan(std::vector<SafetensorsEntry> entries,
+                                    const std::map<std::string, std::string>& metadata);
+  explicit SafetensorsStreamWriter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace esm2

@@ -12,7 +12,7 @@
 #include "io/hf_checkpoint.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
-#include "dist/communicator.h"
+#include "backend/backend.h"
 #include "train/model_state.h"
 #include "train/optimizer.h"
 
@@ -56,60 +56,66 @@ namespace {
 const char* kStateFile = "trainer_state/state.json";
 const char* kOptimFile = "trainer_state/optimizer.safetensors";
 
-// Views of the whole model's flat fp32 master weights under their HF names (no copies).
-HfWeightViews weight_views(const Esm2Model& model, const std::vector<float>& flat) {
-  HfWeightViews views;
-  for (const auto& p : model.full_params_info())
-    views[p.name] = std::span<const float>(flat).subspan(p.offset, p.numel);
-  return views;
+// The moment tensors of the optimizer file, in file order.
+std::vector<SafetensorsEntry> optimizer_entries(const Esm2Model& model) {
+  std::vector<SafetensorsEntry> out;
+  for (const auto& p : model.full_params_info()) {
+    out.push_back({"exp_avg." + p.name, DType::F32, p.shape});
+    out.push_back({"exp_avg_sq." + p.name, DType::F32, p.shape});
+  }
+  return out;
+}
+
+LocalStateReader host_reader(const std::vector<float>& v) {
+  return [&v](size_t begin, std::span<float> dst) { std::copy_n(v.data() + begin, dst.size(), dst.data()); };
 }
 
 }  // namespace
 
-FullModelState collect_full_state(Esm2Model& model, Optimizer& optim, bool dp_root) {
-  optim.gather_for_checkpoint();  // collective over dp: ZeRO-1 moments to dp rank 0
-  FullModelState full;
-  full.optimizer_steps = optim.steps_taken();
-  if (!dp_root) return full;
-  const size_t n = model.num_params();
-  std::vector<float> p(n), m(n), v(n);
-  model.get_params(p);
-  optim.get_moments(m, v);
-  Communicator* mp = model.parallel().mp;
-  LocalCommunicator single;
-  Communicator& group = mp ? *mp : single;
-  full.params = gather_full_flat(group, model, p);
-  full.exp_avg = gather_full_flat(group, model, m);
-  full.exp_avg_sq = gather_full_flat(group, model, v);
-  return full;
-}
-
-void save_checkpoint(const fs::path& ckpt_root, const std::string& name, const Esm2Model& model,
-                     const FullModelState& full, const TrainerState& state, const TrainConfig& cfg,
+void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Model& model, Optimizer& optim,
+                     bool dp_root, const TrainerState& state, const TrainConfig& cfg,
                      const std::map<std::string, RawTensor>& extra) {
-  const size_t n = model.full_num_params();
-  ESM2_CHECK(full.params.size() == n && full.exp_avg.size() == n && full.exp_avg_sq.size() == n,
-             "save_checkpoint: full state has {}/{}/{} values, the model {}", full.params.size(), full.exp_avg.size(),
-             full.exp_avg_sq.size(), n);
-  const std::vector<float>& flat = full.params;
-  const std::vector<float>& m = full.exp_avg;
-  const std::vector<float>& v = full.exp_avg_sq;
-
+  optim.gather_for_checkpoint();  // collective over dp: ZeRO-1 moments to dp rank 0
+  if (!dp_root) return;
+  // Local size (this rank's part of the model): what Optimizer::get_moments hands out.
+  std::vector<float> m(model.num_params()), v(model.num_params());
+  optim.get_moments(m, v);
+  FullStateGather gather(model.parallel().mp, model);
+  Backend& be = model.backend();
+  const LocalStateReader params = [&](size_t begin, std::span<float> dst) {
+    be.copy_to_host(dst.data(), model.param_data() + begin, dst.size() * 4);
+  };
+  std::map<std::string, const ParamInfo*> info_of;
+  for (const auto& p : model.full_params_info()) info_of.emplace(p.name, &p);
+  // Every model-parallel rank runs the same sequence of gathers as rank 0's writers below: the
+  // parameters in file (hf_parameter_table) order, then the moments per tensor, exp_avg first.
+  if (!gather.is_root()) {
+    for (const HfParam& p : hf_parameter_table(model.config())) gather.gather_tensor(*info_of.at(p.name), params, {});
+    for (const auto& p : model.full_params_info()) {
+      gather.gather_tensor(p, host_reader(m), {});
+      gather.gather_tensor(p, host_reader(v), {});
+    }
+    return;
+  }
   AtomicDir dir(ckpt_root / name);
   const std::vector<float> inv_freq = model.inv_freq();
-  write_hf_checkpoint_files(dir.path(), model.config(), weight_views(model, flat), inv_freq, extra, HfSaveOptions{});
+  stream_hf_checkpoint_files(
+      dir.path(), model.config(),
+      [&](const HfParam& p, const HfPut& put) { gather.gather_tensor(*info_of.at(p.name), params, put); }, inv_freq,
+      extra, HfSaveOptions{});
   fs::create_directories(dir.path() / "trainer_state");
-  SafetensorsWriter w;
+  SafetensorsStreamWriter w =
+      SafetensorsStreamWriter::to_file(dir.path() / kOptimFile, optimizer_entries(model), {{"optimizer", "adamw"}});
+  const auto put = [&](std::span<const float> values) { w.put_f32(values); };
   for (const auto& p : model.full_params_info()) {
-    w.add_f32("exp_avg." + p.name, p.shape, std::span<const float>(m).subspan(p.offset, p.numel));
-    w.add_f32("exp_avg_sq." + p.name, p.shape, std::span<const float>(v).subspan(p.offset, p.numel));
+    gather.gather_tensor(p, host_reader(m), put);
+    gather.gather_tensor(p, host_reader(v), put);
   }
-  w.set_metadata("optimizer", "adamw");
-  w.write(dir.path() / kOptimFile);
+  w.finish();
   nlohmann::json st = state.to_json();
   st["format"] = "esm2cpp-trainer-state";
   st["version"] = kTrainerStateVersion;
-  st["optimizer_steps"] = full.optimizer_steps;
+  st["optimizer_steps"] = optim.steps_taken();
   st["model_shape"] = {{"num_layers", model.config().num_layers},
                        {"hidden_size", model.config().hidden_size},
                        {"num_attention_heads", model.config().num_attention_heads},
@@ -195,29 +201,26 @@ std::optional<fs::path> find_latest_checkpoint(const fs::path& ckpt_root) {
 void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, TrainerState* state,
                      std::map<std::string, RawTensor>* extra) {
   ESM2_CHECK(fs::is_directory(dir), "{}: checkpoint directory not found", dir.string());
-  HfCheckpoint ck = load_hf_checkpoint(dir);
+  const HfCheckpointReader ck(dir);
   const ModelConfig& have = model.config();
-  const ModelConfig& got = ck.config;
+  const ModelConfig& got = ck.config();
   ESM2_CHECK(got.num_layers == have.num_layers && got.hidden_size == have.hidden_size &&
                  got.num_attention_heads == have.num_attention_heads && got.ffn_hidden_size == have.ffn_hidden_size,
              "{}: checkpoint model shape (layers {}, hidden {}, heads {}, ffn {}) differs from the configured shape "
              "(layers {}, hidden {}, heads {}, ffn {})",
              dir.string(), got.num_layers, got.hidden_size, got.num_attention_heads, got.ffn_hidden_size,
              have.num_layers, have.hidden_size, have.num_attention_heads, have.ffn_hidden_size);
-  // Read in the whole model's layout, then keep this rank's part (any TP/PP split loads any checkpoint).
-  std::vector<float> flat(model.full_num_params());
   for (const auto& p : model.full_params_info()) {
-    auto it = ck.tensors.find(p.name);
-    ESM2_CHECK(it != ck.tensors.end(), "{}: missing tensor {}", dir.string(), p.name);
-    ESM2_CHECK(it->second.size() == p.numel, "{}: tensor {} has {} elements, expected {}", dir.string(), p.name,
-               it->second.size(), p.numel);
-    std::copy(it->second.begin(), it->second.end(), flat.begin() + static_cast<std::ptrdiff_t>(p.offset));
+    auto it = ck.shapes().find(p.name);
+    ESM2_CHECK(it != ck.shapes().end(), "{}: missing tensor {}", dir.string(), p.name);
+    const size_t numel = static_cast<size_t>(shape_numel(it->second, p.name));
+    ESM2_CHECK(numel == p.numel, "{}: tensor {} has {} elements, expected {}", dir.string(), p.name, numel, p.numel);
   }
-  std::vector<float> local(model.num_params());
-  slice_local_flat(model, flat, local);
-  model.set_params(local);
-  if (!ck.inv_freq.empty()) model.set_inv_freq(ck.inv_freq);
-  if (extra) *extra = std::move(ck.extra);
+  // Only this rank's pieces, straight from the mapped files into the parameters (any TP/PP split
+  // loads any checkpoint).
+  read_local_params(model, [&](const ParamInfo& p, size_t begin, std::span<float> dst) { ck.read_f32(p.name, begin, dst); });
+  if (!ck.inv_freq().empty()) model.set_inv_freq(ck.inv_freq());
+  if (extra) *extra = ck.extra();
   if (!optim || !state || !is_training_checkpoint(dir)) {
     if (optim) optim->reset();
     return;
@@ -234,14 +237,17 @@ void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, Tr
              state_path, st.value("version", -1), kTrainerStateVersion);
   *state = TrainerState::from_json(st, state_path);
   const SafetensorsFile opt = SafetensorsFile::open(dir / kOptimFile);
-  std::vector<float> m(model.full_num_params()), v(model.full_num_params());
-  for (const auto& p : model.full_params_info()) {
-    opt.read_f32("exp_avg." + p.name, std::span<float>(m).subspan(p.offset, p.numel));
-    opt.read_f32("exp_avg_sq." + p.name, std::span<float>(v).subspan(p.offset, p.numel));
-  }
+  for (const auto& p : model.full_params_info())
+    for (const std::string& t : {"exp_avg." + p.name, "exp_avg_sq." + p.name}) {
+      const size_t n = static_cast<size_t>(opt.info(t).numel());
+      ESM2_CHECK(n == p.numel, "{}: tensor '{}' has {} elements, destination holds {}", opt.name(), t, n, p.numel);
+    }
+  // Local size: what Optimizer::set_moments takes (each rank keeps its ZeRO-1 shard of it).
   std::vector<float> m_local(model.num_params()), v_local(model.num_params());
-  slice_local_flat(model, m, m_local);
-  slice_local_flat(model, v, v_local);
+  read_local_state(model, [&](const ParamInfo& p, size_t begin, std::span<float> dst) { opt.read_f32("exp_avg." + p.name, begin, dst); },
+                   m_local);
+  read_local_state(model, [&](const ParamInfo& p, size_t begin, std::span<float> dst) { opt.read_f32("exp_avg_sq." + p.name, begin, dst); },
+                   v_local);
   optim->set_moments(m_local, v_local);
   optim->set_steps_taken(st.value("optimizer_steps", state->step));
 }

@@ -40,22 +40,16 @@ struct TrainerState {
 
 std::string checkpoint_dir_name(int64_t step);  // "step-00001234"
 
-// The whole model's training state in the whole model's flat layout (Esm2Model::full_params_info()),
-// whatever the tensor/pipeline split of the ranks that held it (src/train/model_state.h gathers it).
-struct FullModelState {
-  std::vector<float> params, exp_avg, exp_avg_sq;
-  int64_t optimizer_steps = 0;
-};
-
-// Collective over the model's data-parallel (`dp`) and model-parallel groups: the full state on world
-// rank 0 (dp rank 0, mp rank 0); other ranks get an empty state. `dp_root`: this rank is dp rank 0.
-FullModelState collect_full_state(Esm2Model& model, Optimizer& optim, bool dp_root);
-
-// Writes checkpoints/<name> atomically and then points checkpoints/latest at it.
-// `extra`: tensors the model does not train but the checkpoint carries (the contact head of a
-// published model we fine-tune), written verbatim; a missing contact head is written as zeros.
-void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& name, const Esm2Model& model,
-                     const FullModelState& full, const TrainerState& state, const TrainConfig& cfg,
+// Writes checkpoints/<name> atomically and then points checkpoints/latest at it. Collective: every rank
+// calls it. The ZeRO-1 moments go to data-parallel rank 0 (Optimizer::gather_for_checkpoint, local size);
+// the ranks with `dp_root` (dp rank 0) then stream their model-parallel pieces to world rank 0, a bounded
+// piece at a time, while it writes the files in the whole model's layout (its extra host memory: the
+// local moments plus a few pieces, never the whole model). Only world rank 0 writes, and only its
+// `state`, `cfg` and `extra` are used. `extra`: tensors the model does not train but the checkpoint
+// carries (the contact head of a published model we fine-tune), written verbatim; a missing contact
+// head is written as zeros.
+void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& name, Esm2Model& model,
+                     Optimizer& optim, bool dp_root, const TrainerState& state, const TrainConfig& cfg,
                      const std::map<std::string, RawTensor>& extra = {});
 
 // The checkpoint `latest` points to; if the pointer is missing or names a missing directory, the
@@ -74,6 +68,8 @@ bool is_training_checkpoint(const std::filesystem::path& dir);
 
 // Loads weights (and, for training checkpoints and when optim/state are given, the optimizer and
 // trainer state). The checkpoint's model shape must equal the model's: otherwise an error naming both.
+// Each rank reads only its own part from the memory-mapped files (any TP/PP split loads any checkpoint):
+// extra host memory is a piece of the parameters plus, with an optimizer, the local moments.
 // `extra` (optional) receives the checkpoint's tensors outside the parameter table (esm.contact_head.*).
 void load_checkpoint(const std::filesystem::path& dir, Esm2Model& model, Optimizer* optim, TrainerState* state,
                      std::map<std::string, RawTensor>* extra = nullptr);

@@ -292,16 +292,18 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     }
     if (!checkpointing) return;
     if (!(cfg.save_last_checkpoint || cfg.save_best_checkpoint) && !final_save) return;
-    // [dist] collective: ZeRO-1 moments to dp rank 0, then the model-parallel pieces to world rank 0.
-    const FullModelState full = collect_full_state(model, optim, dp_root);
-    if (!root) return;
     const std::string name = checkpoint_dir_name(state.step);
-    // Recorded before saving so that the checkpoint's own state lists it (a resumed run prunes it later).
-    state.checkpoints.erase(std::remove_if(state.checkpoints.begin(), state.checkpoints.end(),
-                                           [&](const CheckpointRecord& r) { return r.name == name; }),
-                            state.checkpoints.end());
-    state.checkpoints.push_back({name, state.step, std::isnan(val_loss) ? val_loss : monitored(cfg, val_loss)});
-    save_checkpoint(ckpt_root, name, model, full, state, cfg, extra_tensors);
+    if (root) {
+      // Recorded before saving so that the checkpoint's own state lists it (a resumed run prunes it later).
+      state.checkpoints.erase(std::remove_if(state.checkpoints.begin(), state.checkpoints.end(),
+                                             [&](const CheckpointRecord& r) { return r.name == name; }),
+                              state.checkpoints.end());
+      state.checkpoints.push_back({name, state.step, std::isnan(val_loss) ? val_loss : monitored(cfg, val_loss)});
+    }
+    // [dist] collective: ZeRO-1 moments to dp rank 0, then the model-parallel pieces to world rank 0
+    // while it writes.
+    save_checkpoint(ckpt_root, name, model, optim, dp_root, state, cfg, extra_tensors);
+    if (!root) return;
     prune_checkpoints(ckpt_root, state, cfg.save_best_checkpoint ? cfg.save_top_k : 0,
                       cfg.save_last_checkpoint || final_save);
   };
@@ -340,9 +342,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
       if (cfg.on_nonfinite == "stop") {
         state.data = data_before;
         if (checkpointing) {
-          const FullModelState full = collect_full_state(model, optim, dp_root);  // [dist] collective
           // The weights are still those of the last good step: save them for inspection/resume.
-          if (root) save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, full, state, cfg, extra_tensors);
+          save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, optim, dp_root, state, cfg,
+                          extra_tensors);  // [dist] collective
           // [dist] The error below ends the job on every rank (abort_job): the other ranks must not get
           // there while rank 0 is still writing.
           comm.barrier("non-finite stop checkpoint");

@@ -1,0 +1,294 @@
+// Checkpoint save and load never hold the whole model: the heap bytes a rank allocates inside
+// save_checkpoint / load_checkpoint are counted (every operator new of this binary, per thread) and
+// bounded by its LOCAL state (the moments Optimizer::get_moments/set_moments exchange) plus a few
+// pieces of kStatePieceElems, on a ~63 MB model, one rank and TP=2 × PP=2 (one thread per rank). The
+// split ranks load the one-rank checkpoint (sliced reads) and save it again: the files must come out
+// byte for byte the same.
+#include <gtest/gtest.h>
+#include <malloc.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <new>
+#include <thread>
+
+#include "backend/backend.h"
+#include "core/atomic_dir.h"
+#include "core/error.h"
+#include "core/philox.h"
+#include "dist/communicator.h"
+#include "model/esm2.h"
+#include "train/checkpoint.h"
+#include "train/model_state.h"
+#include "train/optimizer.h"
+
+// ---- per-thread heap accounting (replaces the global allocation functions of this binary) ----
+namespace {
+thread_local int64_t t_live = 0, t_peak = 0;
+void* counted(void* p) {
+  if (!p) throw std::bad_alloc();
+  t_live += static_cast<int64_t>(malloc_usable_size(p));
+  t_peak = std::max(t_peak, t_live);
+  return p;
+}
+void uncount(void* p) {
+  if (!p) return;
+  t_live -= static_cast<int64_t>(malloc_usable_size(p));
+  std::free(p);
+}
+size_t round_up(size_t n, size_t a) { return (std::max<size_t>(n, 1) + a - 1) / a * a; }
+}  // namespace
+
+void* operator new(size_t n) { return counted(std::malloc(std::max<size_t>(n, 1))); }
+void* operator new[](size_t n) { return counted(std::malloc(std::max<size_t>(n, 1))); }
+void* operator new(size_t n, std::align_val_t a) {
+  return counted(std::aligned_alloc(static_cast<size_t>(a), round_up(n, static_cast<size_t>(a))));
+}
+void* operator new[](size_t n, std::align_val_t a) {
+  return counted(std::aligned_alloc(static_cast<size_t>(a), round_up(n, static_cast<size_t>(a))));
+}
+void operator delete(void* p) noexcept { uncount(p); }
+void operator delete[](void* p) noexcept { uncount(p); }
+void operator delete(void* p, size_t) noexcept { uncount(p); }
+void operator delete[](void* p, size_t) noexcept { uncount(p); }
+void operator delete(void* p, std::align_val_t) noexcept { uncount(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { uncount(p); }
+void operator delete(void* p, size_t, std::align_val_t) noexcept { uncount(p); }
+void operator delete[](void* p, size_t, std::align_val_t) noexcept { uncount(p); }
+
+using namespace esm2;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Peak heap bytes this thread allocated on top of what it held when the meter started.
+struct HeapMeter {
+  int64_t base = t_live;
+  HeapMeter() { t_peak = t_live; }
+  double extra_mb() const { return static_cast<double>(t_peak - base) / (1 << 20); }
+};
+
+constexpr double kPieceMb = kStatePieceElems * 4.0 / (1 << 20);
+constexpr double kSlackMb = 2.0;  // names, tables, JSON, the FlatRun lists of the other ranks
+
+ModelConfig big_config() {  // 15.8 M parameters: 63 MB per fp32 copy
+  ModelConfig c;
+  c.num_layers = 5;
+  c.hidden_size = 512;
+  c.num_attention_heads = 8;
+  c.ffn_hidden_size = 2048;
+  c.max_position_embeddings = 128;
+  return c;
+}
+
+std::vector<float> philox_values(size_t n, uint64_t a) {
+  const PhiloxStream rng{7, RngStream::Init, a};
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(rng.word(i) >> 8) * 0x1p-24f;
+  return v;
+}
+
+std::string file_bytes(const fs::path& p) { return read_file(p); }
+
+// Point-to-point and barrier between the threads of one process; send waits until recv has copied
+// (no buffering, so no allocation is charged to the sender). The checkpoint gather needs nothing else.
+struct Mailboxes {
+  explicit Mailboxes(int n) : size(n) {}
+  int size;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::pair<int, int>, std::pair<const void*, size_t>> posted;  // (src, dst) → message
+  int arrived = 0;
+  int64_t generation = 0;
+};
+
+class ThreadComm final : public Communicator {
+ public:
+  ThreadComm(Mailboxes& m, int rank) : m_(m), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int world_size() const override { return m_.size; }
+  std::string name() const override { return "thread"; }
+  void send(const void* data, size_t bytes, int peer, const char*) override {
+    std::unique_lock lock(m_.mu);
+    const auto key = std::make_pair(rank_, peer);
+    m_.cv.wait(lock, [&] { return !m_.posted.contains(key); });
+    m_.posted[key] = {data, bytes};
+    m_.cv.notify_all();
+    m_.cv.wait(lock, [&] { return !m_.posted.contains(key); });  // the receiver copied it
+  }
+  void recv(void* data, size_t bytes, int peer, const char* what) override {
+    std::unique_lock lock(m_.mu);
+    const auto key = std::make_pair(peer, rank_);
+    m_.cv.wait(lock, [&] { return m_.posted.contains(key); });
+    const auto [src, n] = m_.posted.at(key);
+    ESM2_CHECK(n == bytes, "thread communicator: {}: {} bytes sent, {} expected", what, n, bytes);
+    std::memcpy(data, src, n);
+    m_.posted.erase(key);
+    m_.cv.notify_all();
+  }
+  void barrier(const char*) override {
+    std::unique_lock lock(m_.mu);
+    const int64_t gen = m_.generation;
+    if (++m_.arrived == m_.size) {
+      m_.arrived = 0;
+      ++m_.generation;
+      m_.cv.notify_all();
+    } else {
+      m_.cv.wait(lock, [&] { return m_.generation != gen; });
+    }
+  }
+  void allreduce_sum(float*, size_t, const char* what) override { forbidden(what); }
+  void allreduce_sum(double*, size_t, const char* what) override { forbidden(what); }
+  void broadcast(void*, size_t, int, const char* what) override { forbidden(what); }
+  void reduce_scatter_sum(const float*, float*, size_t, const char* what) override { forbidden(what); }
+  void allgather(const float*, float*, size_t, const char* what) override { forbidden(what); }
+  void gather(const float*, float*, size_t, int, const char* what) override { forbidden(what); }
+  std::unique_ptr<Communicator> split(int, int, const char* what) override { forbidden(what); }
+  void sendrecv(const void*, size_t, int, void*, size_t, int, const char* what) override { forbidden(what); }
+
+ private:
+  [[noreturn]] static void forbidden(const char* what) {
+    fail("thread communicator: checkpoint code used the collective '{}'", what);
+  }
+  Mailboxes& m_;
+  int rank_;
+};
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / ("esm2-ckptmem-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+const char* kFiles[] = {"model.safetensors", "trainer_state/optimizer.safetensors", "trainer_state/state.json"};
+
+}  // namespace
+
+TEST(CheckpointMemory, SaveAndLoadHoldOnlyLocalState) {
+  const ModelConfig cfg = big_config();
+  const TrainConfig tcfg;
+  const fs::path root = fresh_dir("root");
+  const std::string name = "step-00000007";
+
+  // ---- one rank: save, then load into a fresh model ----
+  auto be = make_cpu_backend(1);
+  Esm2Model a(cfg, *be);
+  a.init_weights(11);
+  AdamW opt_a(a, OptimizerConfig{});
+  const size_t n = a.num_params();
+  const double full_mb = n * 4.0 / (1 << 20);
+  ASSERT_GT(full_mb, 12 * kPieceMb) << "the model must dwarf the pieces for the bounds below to mean anything";
+  {
+    const std::vector<float> m = philox_values(n, 1), v = philox_values(n, 2);
+    opt_a.set_moments(m, v);
+  }
+  opt_a.set_steps_taken(7);
+  TrainerState state;
+  state.step = 7;
+  double save1_mb = 0;
+  {
+    HeapMeter meter;
+    save_checkpoint(root / "one", name, a, opt_a, true, state, tcfg);
+    save1_mb = meter.extra_mb();
+  }
+  const fs::path ck = root / "one" / name;
+  // One rank: the local moments are the whole model's (2 copies), the parameters go piece by piece.
+  EXPECT_LT(save1_mb, 2 * full_mb + 4 * kPieceMb + kSlackMb);
+
+  Esm2Model b(cfg, *be);
+  double load_model_mb = 0, load_train_mb = 0;
+  {
+    HeapMeter meter;
+    load_checkpoint(ck, b, nullptr, nullptr);
+    load_model_mb = meter.extra_mb();
+  }
+  EXPECT_LT(load_model_mb, kPieceMb + kSlackMb);  // weights only: one piece, whatever the model size
+  AdamW opt_b(b, OptimizerConfig{});
+  TrainerState state_b;
+  {
+    HeapMeter meter;
+    load_checkpoint(ck, b, &opt_b, &state_b);
+    load_train_mb = meter.extra_mb();
+  }
+  EXPECT_LT(load_train_mb, 2 * full_mb + kPieceMb + kSlackMb);
+  {
+    std::vector<float> pa(n), pb(n), ma(n), va(n), mb(n), vb(n);
+    a.get_params(pa);
+    b.get_params(pb);
+    opt_a.get_moments(ma, va);
+    opt_b.get_moments(mb, vb);
+    EXPECT_TRUE(pa == pb && ma == mb && va == vb) << "load did not restore the saved state bitwise";
+    EXPECT_EQ(opt_b.steps_taken(), 7);
+    EXPECT_EQ(state_b.step, 7);
+  }
+
+  // ---- TP=2 × PP=2, one thread per rank: sliced loads of that checkpoint, then a gathered save ----
+  constexpr int kTp = 2, kPp = 2, kWorld = kTp * kPp;
+  Mailboxes mp_box(kWorld), tp_box0(kTp), tp_box1(kTp), pp_box0(kPp), pp_box1(kPp);
+  Mailboxes* tp_boxes[] = {&tp_box0, &tp_box1};
+  Mailboxes* pp_boxes[] = {&pp_box0, &pp_box1};
+  std::vector<double> load_mb(kWorld), save_mb(kWorld), local_mb(kWorld);
+  std::vector<std::string> errors(kWorld);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kWorld; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        const int tp_rank = r % kTp, pp_rank = r / kTp;
+        ThreadComm tp(*tp_boxes[pp_rank], tp_rank), pp(*pp_boxes[tp_rank], pp_rank), mp(mp_box, r);
+        auto rbe = make_cpu_backend(1);
+        Esm2Model m(cfg, *rbe, ModelParallel{&tp, &pp, &mp});
+        AdamW opt(m, OptimizerConfig{});
+        local_mb[r] = m.num_params() * 4.0 / (1 << 20);
+        TrainerState st;
+        {
+          HeapMeter meter;
+          load_checkpoint(ck, m, &opt, &st);
+          load_mb[r] = meter.extra_mb();
+        }
+        // The slices are the one-rank model's elements (FlatRun: local ← full).
+        std::vector<float> full(n), part(m.num_params());
+        a.get_params(full);
+        m.get_params(part);
+        for (const FlatRun& run : m.full_runs())
+          ESM2_CHECK(std::equal(part.begin() + run.local, part.begin() + run.local + run.length,
+                                full.begin() + run.full),
+                     "rank {}: run at full offset {} differs from the checkpoint", r, run.full);
+        full = {};
+        part = {};
+        mp.barrier("loaded");
+        {
+          HeapMeter meter;
+          save_checkpoint(root / "split", name, m, opt, true, st, tcfg);
+          save_mb[r] = meter.extra_mb();
+        }
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kWorld; ++r) ASSERT_TRUE(errors[r].empty()) << "rank " << r << ": " << errors[r];
+  for (const char* f : kFiles)
+    EXPECT_TRUE(file_bytes(ck / f) == file_bytes(root / "split" / name / f))
+        << f << ": the TP=2 × PP=2 save differs from the one-rank save of the same state";
+  for (int r = 0; r < kWorld; ++r) {
+    // Training load: the local moments Optimizer::set_moments takes, plus one piece of parameters.
+    EXPECT_LT(load_mb[r], 2 * local_mb[r] + kPieceMb + kSlackMb) << "rank " << r;
+    // Save: the local moments from get_moments, the gather's pieces (and rank 0's output piece).
+    EXPECT_LT(save_mb[r], 2 * local_mb[r] + 4 * kPieceMb + kSlackMb) << "rank " << r;
+    EXPECT_LT(save_mb[r], full_mb) << "rank " << r;
+  }
+  std::printf("model %.1f MB (fp32), piece %.0f MB\n", full_mb, kPieceMb);
+  std::printf("one rank: save %.1f MB, load weights %.1f MB, load weights+moments %.1f MB\n", save1_mb,
+              load_model_mb, load_train_mb);
+  for (int r = 0; r < kWorld; ++r)
+    std::printf("TP2xPP2 rank %d (local %.1f MB): load %.1f MB, save %.1f MB\n", r, local_mb[r], load_mb[r],
+                save_mb[r]);
+  fs::remove_all(root);
+}
