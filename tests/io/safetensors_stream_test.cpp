@@ -125,7 +125,9 @@ TEST(SafetensorsStream, ShardedSetEqualsWriteSharded) {
     EXPECT_EQ(names_a, names_b);
     EXPECT_EQ(files_in(a), files_in(b));
     for (const auto& f : files_in(a)) EXPECT_TRUE(read_file(a / f) == read_file(b / f)) << f;
-    if (limit == 1) EXPECT_EQ(names_b.size(), ts.size() + 1);  // one shard per tensor + the index
+    if (limit == 1) {
+      EXPECT_EQ(names_b.size(), ts.size() + 1);
+    }  // one shard per tensor + the index
     fs::remove_all(a);
     fs::remove_all(b);
   }
@@ -184,7 +186,7 @@ TEST(SafetensorsStream, ElementRangesEqualWholeTensorReads) {
   for (const char* name : {"z.weight", "a.half", "m.bf16", "d.f64"}) {
     SCOPED_TRACE(name);
     const std::vector<float> whole = f.to_f32(name);
-    for (const auto [begin, len] : {std::pair<size_t, size_t>{0, 1}, {5, 4}, {whole.size() - 3, 3}, {0, whole.size()},
+    for (const auto& [begin, len] : {std::pair<size_t, size_t>{0, 1}, {5, 4}, {whole.size() - 3, 3}, {0, whole.size()},
                                     {whole.size(), 0}}) {
       std::vector<float> part(len);
       f.read_f32(name, begin, part);
@@ -246,7 +248,9 @@ TEST(HfCheckpointStream, StreamedFilesEqualTheViewsWriter) {
         ck.inv_freq, ck.extra, opt);
     const auto fa = files_in(a);
     EXPECT_EQ(fa, files_in(b));
-    if (opt.max_shard_bytes > 0) EXPECT_TRUE(fs::exists(b / "model-00002-of-00006.safetensors") || fs::exists(b / "model.safetensors.index.json"));
+    if (opt.max_shard_bytes > 0) {
+      EXPECT_TRUE(fs::exists(b / "model-00002-of-00006.safetensors") || fs::exists(b / "model.safetensors.index.json"));
+    }
     for (const auto& f : fa) EXPECT_TRUE(read_file(a / f) == read_file(b / f)) << f;
     // A source that gives too few values is an error naming the tensor.
     const fs::path c = temp_dir("hf-c");
