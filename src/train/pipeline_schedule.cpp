@@ -94,6 +94,7 @@ PipelineSchedule::PipelineSchedule(Esm2Model& model) : model_(model), pp_(pipeli
     embedding_group_ = pp_.split(ends ? 0 : 1, s, "pipeline embedding group split");
     if (!ends) embedding_group_.reset();
   }
+  if (P > 1) connect_links();
   for (const ParamInfo& p : model_.params_info())
     if (p.name == kWordEmbedding) {
       wte_offset_ = p.offset;
@@ -104,6 +105,28 @@ PipelineSchedule::PipelineSchedule(Esm2Model& model) : model_(model), pp_(pipeli
 }
 
 PipelineSchedule::~PipelineSchedule() = default;
+
+// NCCL connects a pair of ranks lazily, on the host, inside the first grouped call that needs the
+// link, and waits there for the peer to connect too. With one micro-batch per step, stage s first meets
+// stage s+1 in a grouped send-activation/receive-gradient while s+1 only receives (its gradient send
+// comes after a host synchronisation that waits for that receive): both hosts would wait for ever. A
+// word exchanged both ways with each neighbour here, in two phases of disjoint pairs ((0,1), (2,3), …
+// then (1,2), (3,4), …), connects every link up front; the words also check the stage order.
+void PipelineSchedule::connect_links() {
+  const int P = pp_.world_size(), s = pp_.rank();
+  Backend& be = model_.backend();
+  auto* buf = static_cast<int32_t*>(be.alloc(2 * sizeof(int32_t)));  // [send, recv], backend memory
+  be.copy_to_device(buf, &s, sizeof s);
+  for (int phase = 0; phase < 2; ++phase) {
+    const int peer = (s % 2 == 0) == (phase == 0) ? s + 1 : s - 1;
+    if (peer < 0 || peer >= P) continue;
+    pp_.sendrecv(buf, sizeof(int32_t), peer, buf + 1, sizeof(int32_t), peer, "pipeline link setup");
+    int32_t got = -1;
+    be.copy_to_host(&got, buf + 1, sizeof got);
+    ESM2_CHECK(got == peer, "pipeline: stage {} expected stage {} as its neighbour, heard from stage {}", s, peer, got);
+  }
+  be.free(buf);
+}
 
 LossSum PipelineSchedule::train_step(std::span<const MicroBatch> micro, float grad_scale) {
   const int P = pp_.world_size(), s = pp_.rank();

@@ -80,6 +80,7 @@ class PipelineSchedule {
   LossSum forward_loss(std::span<const MicroBatch> micro);
 
  private:
+  void connect_links();  // every pipeline link connected before the first step (see the definition)
   Esm2Model& model_;
   Communicator& pp_;
   std::unique_ptr<Communicator> embedding_group_;  // stage 0 and stage P − 1 (P > 1), else null

@@ -587,3 +587,25 @@ TEST(TrainGpus, OverlappedGradientBucketsAreExact) {
   EXPECT_FALSE(esm2::read_file(dir / "during1" / ck / "model.safetensors") ==
                esm2::read_file(dir / "bf16" / ck / "model.safetensors"));
 }
+
+// Pipeline parallel on two GPUs with ONE micro-batch per step: stage 0's first grouped
+// send-activation/receive-gradient meets stage 1's lone receive, a pattern that hung in NCCL's lazy
+// link setup before PipelineSchedule connected the links up front. fp32, so it must track one GPU.
+TEST(TrainGpus, PipelineWithOneMicroBatchPerStep) {
+  REQUIRE_GPUS(2);
+  const fs::path dir = esm2::testing::scratch_dir("gpus2-pp1mb");
+  const auto prep = esm2::testing::prepare_sample_corpus(dir / "corpus");
+  ASSERT_EQ(prep.exit_code, 0) << prep.output;
+  const std::string common = " --train-data " + (dir / "corpus").string() + esm2::testing::kTinyModelShape +
+                             " --backend cuda --precision 32 --num-steps 5 --lr 1e-3 --warmup-steps 2"
+                             " --log-every-n-steps 1 --val-check-interval 5 --no-report --no-tensorboard"
+                             " --accumulate-grad-batches 1 --collective-timeout 60 --result-dir " +
+                             dir.string();
+  const auto one = esm2::testing::run_cli("train" + common + " --experiment-name pp1");
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const auto two = esm2::testing::run_cli("train --gpus 2 --pipeline-model-parallel-size 2" + common + " --experiment-name pp2");
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  const auto a = esm2::testing::train_losses(dir / "pp1"), b = esm2::testing::train_losses(dir / "pp2");
+  ASSERT_EQ(b.size(), 5u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(b.at(step), loss, 1e-5 * std::abs(loss)) << "step " << step;
+}
