@@ -572,6 +572,14 @@ struct SafetensorsStreamWriter::Impl {
   fs::path tmp;
   bool finished = false;
 
+  // An unfinished file (an error, or a writer dropped early — also inside to_file/to_dir, before the
+  // writer object exists) leaves no temporary behind.
+  ~Impl() {
+    if (!out) return;
+    out.reset();
+    std::error_code ec;
+    fs::remove(tmp, ec);
+  }
   bool complete() const { return shard >= shards.size(); }
   const SafetensorsWriter::Entry& entry() const { return plan.entries_[shards[shard][pos]]; }
   void open_shard() {
@@ -621,13 +629,7 @@ std::unique_ptr<SafetensorsStreamWriter::Impl> SafetensorsStreamWriter::plan(
 SafetensorsStreamWriter::SafetensorsStreamWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 SafetensorsStreamWriter::SafetensorsStreamWriter(SafetensorsStreamWriter&&) noexcept = default;
 
-SafetensorsStreamWriter::~SafetensorsStreamWriter() {
-  if (impl_ && impl_->out) {
-    impl_->out.reset();
-    std::error_code ec;
-    fs::remove(impl_->tmp, ec);
-  }
-}
+SafetensorsStreamWriter::~SafetensorsStreamWriter() = default;  // Impl removes an unfinished temporary
 
 SafetensorsStreamWriter SafetensorsStreamWriter::to_file(const fs::path& path, std::vector<SafetensorsEntry> entries,
                                                          const std::map<std::string, std::string>& metadata) {

@@ -146,6 +146,10 @@ std::pair<std::string, long> split_writer_suffix(const std::string& n, const std
 
 bool process_alive(long pid) { return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM; }
 
+// Every rank of a resumed job recovers the same directory at start: an entry another rank has just
+// renamed or removed is done, not an error.
+bool vanished(const std::error_code& ec) { return ec == std::errc::no_such_file_or_directory; }
+
 }  // namespace
 
 int recover_checkpoint_root(const fs::path& ckpt_root) {
@@ -158,6 +162,7 @@ int recover_checkpoint_root(const fs::path& ckpt_root) {
     const auto [name, pid] = split_writer_suffix(p.filename().string(), "tmp");
     if (pid == 0 || process_alive(pid)) continue;
     fs::remove_all(p, ec);
+    if (vanished(ec)) continue;
     ESM2_CHECK(!ec, "{}: cannot remove stale temporary checkpoint: {}", p.string(), ec.message());
     ++repaired;
   }
@@ -170,6 +175,7 @@ int recover_checkpoint_root(const fs::path& ckpt_root) {
     } else {
       fs::rename(p, final_path, ec);  // killed between "move aside" and "rename into place"
     }
+    if (vanished(ec)) continue;
     ESM2_CHECK(!ec, "{}: cannot recover checkpoint: {}", p.string(), ec.message());
     ++repaired;
   }

@@ -4,9 +4,11 @@
 // F32/BF16/F16/F64 tensors against whole-tensor reads, and a sliced HF checkpoint read against
 // load_hf_checkpoint on the published-layout fixtures.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 
@@ -163,6 +165,31 @@ TEST(SafetensorsStream, RefusesMisuseAndLeavesNoTempFile) {
   }
   EXPECT_THROW(SafetensorsStreamWriter::to_file(dir / "z.safetensors", {{"a", DType::F32, {1}}, {"a", DType::F32, {1}}}),
                Error);  // duplicate name
+  fs::remove_all(dir);
+}
+
+// A write that fails inside to_file (here the header: the file-size limit is lowered so that write(2)
+// returns EFBIG) throws with the file named and leaves no temporary behind.
+TEST(SafetensorsStream, FailedStartLeavesNoTempFile) {
+  const fs::path dir = temp_dir("fail-start");
+  std::vector<SafetensorsEntry> many;
+  for (int i = 0; i < 400; ++i) many.push_back({"a_rather_long_tensor_name_number_" + std::to_string(i), DType::F32, {1}});
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old;
+  small.rlim_cur = 4096;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string message;
+  try {
+    SafetensorsStreamWriter::to_file(dir / "x.safetensors", many);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_NE(message.find("x.safetensors"), std::string::npos) << "no error naming the file: '" << message << "'";
+  EXPECT_TRUE(files_in(dir).empty()) << "a failed start left " << files_in(dir).front();
   fs::remove_all(dir);
 }
 
