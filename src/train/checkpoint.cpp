@@ -66,25 +66,26 @@ std::vector<SafetensorsEntry> optimizer_entries(const Esm2Model& model) {
   return out;
 }
 
-LocalStateReader host_reader(const std::vector<float>& v) {
-  return [&v](size_t begin, std::span<float> dst) { std::copy_n(v.data() + begin, dst.size(), dst.data()); };
-}
-
 }  // namespace
 
 void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Model& model, Optimizer& optim,
                      bool dp_root, const TrainerState& state, const TrainConfig& cfg,
                      const std::map<std::string, RawTensor>& extra) {
-  optim.gather_for_checkpoint();  // collective over dp: ZeRO-1 moments to dp rank 0
-  if (!dp_root) return;
-  // Local size (this rank's part of the model): what Optimizer::get_moments hands out.
-  std::vector<float> m(model.num_params()), v(model.num_params());
-  optim.get_moments(m, v);
+  // The other dp ranks answer the writers' moment reads (ZeRO-1: they own parts of the moments).
+  if (!dp_root) {
+    optim.end_moment_reads();
+    return;
+  }
   FullStateGather gather(model.parallel().mp, model);
   Backend& be = model.backend();
   const LocalStateReader params = [&](size_t begin, std::span<float> dst) {
     be.copy_to_host(dst.data(), model.param_data() + begin, dst.size() * 4);
   };
+  // Moments a window at a time (at most a piece: FullStateGather's reads), never at local size.
+  const auto moment = [&](Moment which) -> LocalStateReader {
+    return [&optim, which](size_t begin, std::span<float> dst) { optim.read_moments(which, begin, dst); };
+  };
+  const LocalStateReader m = moment(Moment::ExpAvg), v = moment(Moment::ExpAvgSq);
   std::map<std::string, const ParamInfo*> info_of;
   for (const auto& p : model.full_params_info()) info_of.emplace(p.name, &p);
   // Every model-parallel rank runs the same sequence of gathers as rank 0's writers below: the
@@ -92,9 +93,10 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
   if (!gather.is_root()) {
     for (const HfParam& p : hf_parameter_table(model.config())) gather.gather_tensor(*info_of.at(p.name), params, {});
     for (const auto& p : model.full_params_info()) {
-      gather.gather_tensor(p, host_reader(m), {});
-      gather.gather_tensor(p, host_reader(v), {});
+      gather.gather_tensor(p, m, {});
+      gather.gather_tensor(p, v, {});
     }
+    optim.end_moment_reads();
     return;
   }
   AtomicDir dir(ckpt_root / name);
@@ -108,9 +110,10 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
       SafetensorsStreamWriter::to_file(dir.path() / kOptimFile, optimizer_entries(model), {{"optimizer", "adamw"}});
   const auto put = [&](std::span<const float> values) { w.put_f32(values); };
   for (const auto& p : model.full_params_info()) {
-    gather.gather_tensor(p, host_reader(m), put);
-    gather.gather_tensor(p, host_reader(v), put);
+    gather.gather_tensor(p, m, put);
+    gather.gather_tensor(p, v, put);
   }
+  optim.end_moment_reads();
   w.finish();
   nlohmann::json st = state.to_json();
   st["format"] = "esm2cpp-trainer-state";
@@ -248,13 +251,14 @@ void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, Tr
       const size_t n = static_cast<size_t>(opt.info(t).numel());
       ESM2_CHECK(n == p.numel, "{}: tensor '{}' has {} elements, destination holds {}", opt.name(), t, n, p.numel);
     }
-  // Local size: what Optimizer::set_moments takes (each rank keeps its ZeRO-1 shard of it).
-  std::vector<float> m_local(model.num_params()), v_local(model.num_params());
-  read_local_state(model, [&](const ParamInfo& p, size_t begin, std::span<float> dst) { opt.read_f32("exp_avg." + p.name, begin, dst); },
-                   m_local);
-  read_local_state(model, [&](const ParamInfo& p, size_t begin, std::span<float> dst) { opt.read_f32("exp_avg_sq." + p.name, begin, dst); },
-                   v_local);
-  optim->set_moments(m_local, v_local);
+  // Each rank reads only the moments it keeps, a piece at a time (ZeRO-1: its shard).
+  const auto tensor_reader = [&opt](const char* prefix) {
+    return [&opt, prefix](const ParamInfo& p, size_t begin, std::span<float> dst) {
+      opt.read_f32(prefix + p.name, begin, dst);
+    };
+  };
+  optim->load_moments(local_reader_from_full(model, tensor_reader("exp_avg.")),
+                      local_reader_from_full(model, tensor_reader("exp_avg_sq.")));
   optim->set_steps_taken(st.value("optimizer_steps", state->step));
 }
 

@@ -141,6 +141,24 @@ void read_local_state(const Esm2Model& model, const FullTensorReader& read, std:
   }
 }
 
+LocalStateReader local_reader_from_full(const Esm2Model& model, FullTensorReader read) {
+  return [runs = runs_in_local_order(model), &infos = model.full_params_info(), read = std::move(read)](
+             size_t b, std::span<float> dst) {
+    const size_t e = b + dst.size();
+    size_t covered = 0;
+    auto it = std::partition_point(runs.begin(), runs.end(), [&](const FlatRun& r) { return r.local + r.length <= b; });
+    for (; it != runs.end() && it->local < e; ++it) {
+      const size_t lo = std::max(b, it->local), hi = std::min(e, it->local + it->length);
+      if (lo >= hi) continue;
+      const ParamInfo& p = tensor_of(infos, it->full);
+      read(p, it->full - p.offset + (lo - it->local), dst.subspan(lo - b, hi - lo));
+      covered += hi - lo;
+    }
+    ESM2_CHECK(covered == dst.size(), "local state read: runs cover {} of the {} values at local offset {}", covered,
+               dst.size(), b);
+  };
+}
+
 void read_local_params(Esm2Model& model, const FullTensorReader& read, size_t piece) {
   ESM2_CHECK(piece > 0, "read_local_params: piece size must be positive");
   const auto& infos = model.full_params_info();

@@ -63,6 +63,9 @@ class FullStateGather {
 // Into a host vector of num_params() elements:
 using FullTensorReader = std::function<void(const ParamInfo& p, size_t begin, std::span<float> dst)>;
 void read_local_state(const Esm2Model& model, const FullTensorReader& read, std::span<float> local);
+// As a reader of arbitrary local ranges (the optimizer's moment loads): each range is read run by run
+// from the whole-model tensors it covers, straight into the destination.
+LocalStateReader local_reader_from_full(const Esm2Model& model, FullTensorReader read);
 // Into the model's parameters in backend memory, through a host piece of at most `piece` elements.
 void read_local_params(Esm2Model& model, const FullTensorReader& read, size_t piece = kStatePieceElems);
 

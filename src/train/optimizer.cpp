@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -31,6 +32,27 @@ AdamWStep adamw_step_args(const OptimizerConfig& cfg, double lr, double clip_coe
   s.grad_scale = static_cast<float>(clip_coef);
   s.step = t;
   return s;
+}
+
+void Optimizer::get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) {
+  ESM2_CHECK(exp_avg.size() == exp_avg_sq.size(), "get_moments: {} exp_avg and {} exp_avg_sq values", exp_avg.size(),
+             exp_avg_sq.size());
+  if (!exp_avg.empty()) {
+    read_moments(Moment::ExpAvg, 0, exp_avg);
+    read_moments(Moment::ExpAvgSq, 0, exp_avg_sq);
+  }
+  end_moment_reads();
+}
+
+void Optimizer::set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) {
+  const auto from = [](std::span<const float> v) {
+    return [v](size_t begin, std::span<float> dst) {
+      ESM2_CHECK(begin <= v.size() && dst.size() <= v.size() - begin, "set_moments: range [{}, {}) outside {} values",
+                 begin, begin + dst.size(), v.size());
+      std::copy_n(v.data() + begin, dst.size(), dst.data());
+    };
+  };
+  load_moments(from(exp_avg), from(exp_avg_sq));
 }
 
 AdamW::AdamW(Esm2Model& model, const OptimizerConfig& cfg, Communicator* comm)
@@ -70,18 +92,26 @@ OptimizerStepStats AdamW::step_with_norm(double lr, double norm) {
   return st;
 }
 
-void AdamW::get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const {
+void AdamW::read_moments(Moment which, size_t local_begin, std::span<float> dst) {
   const size_t n = model_.num_params();
-  ESM2_ASSERT(exp_avg.size() == n && exp_avg_sq.size() == n);
-  backend_.copy_to_host(exp_avg.data(), m_, n * sizeof(float));
-  backend_.copy_to_host(exp_avg_sq.data(), v_, n * sizeof(float));
+  ESM2_CHECK(local_begin <= n && dst.size() <= n - local_begin, "AdamW: moment range [{}, {}) outside the {} local values",
+             local_begin, local_begin + dst.size(), n);
+  const float* src = which == Moment::ExpAvg ? m_ : v_;
+  backend_.copy_to_host(dst.data(), src + local_begin, dst.size() * sizeof(float));
 }
 
-void AdamW::set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) {
+void AdamW::load_moments(const LocalStateReader& exp_avg, const LocalStateReader& exp_avg_sq, size_t piece) {
+  ESM2_CHECK(piece > 0, "AdamW: moment piece size must be positive");
   const size_t n = model_.num_params();
-  ESM2_ASSERT(exp_avg.size() == n && exp_avg_sq.size() == n);
-  backend_.copy_to_device(m_, exp_avg.data(), n * sizeof(float));
-  backend_.copy_to_device(v_, exp_avg_sq.data(), n * sizeof(float));
+  std::vector<float> buf(std::min(piece, n));  // [piece] host staging
+  for (float* dst : {m_, v_}) {
+    const LocalStateReader& read = dst == m_ ? exp_avg : exp_avg_sq;
+    for (size_t at = 0; at < n; at += buf.size()) {
+      const std::span<float> part = std::span<float>(buf).first(std::min(buf.size(), n - at));
+      read(at, part);
+      backend_.copy_to_device(dst + at, part.data(), part.size() * sizeof(float));
+    }
+  }
 }
 
 void AdamW::reset() {

@@ -9,12 +9,15 @@
 
 #include "backend/backend.h"
 #include "model/esm2.h"
+#include "train/model_state.h"
 #include "train/train_config.h"
 
 namespace esm2 {
 
 class Backend;
 class Communicator;
+
+enum class Moment { ExpAvg, ExpAvgSq };  // Adam's m and v
 
 struct OptimizerStepStats {
   double grad_norm = 0;   // global L2 norm before clipping
@@ -46,12 +49,23 @@ class Optimizer {
   OptimizerStepStats step(double lr) { return step_with_norm(lr, grad_norm()); }
   virtual int64_t steps_taken() const = 0;
   virtual void set_steps_taken(int64_t t) = 0;
-  // Collective, on every rank, before rank 0 calls get_moments for a checkpoint.
-  virtual void gather_for_checkpoint() {}
-  // Full moments in the model's flat layout (ZeRO-1: on rank 0, after gather_for_checkpoint).
-  virtual void get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const = 0;
-  // Full moments in; each rank keeps what it owns (a checkpoint of any DP size loads at any other).
-  virtual void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) = 0;
+  // Checkpoints move the moments a piece at a time, in the model's local flat layout (this rank's part
+  // of the model), so no rank ever holds them at local size in host memory.
+  // Save: elements [local_begin, local_begin + dst.size()) of one moment into host memory, on the rank
+  // that writes (data-parallel rank 0). ZeRO-1 fetches them from the dp ranks that own them; those ranks
+  // must be inside end_moment_reads() meanwhile.
+  virtual void read_moments(Moment which, size_t local_begin, std::span<float> dst) = 0;
+  // Collective over the data-parallel ranks: dp rank 0 calls it after its last read_moments; every
+  // other dp rank calls it instead of reading, answers those reads, and returns with dp rank 0.
+  virtual void end_moment_reads() {}
+  // Resume: each rank reads only the moments it keeps (local flat offsets), through a host piece of at
+  // most `piece` elements, straight into its buffers (a checkpoint of any DP size loads at any other).
+  virtual void load_moments(const LocalStateReader& exp_avg, const LocalStateReader& exp_avg_sq,
+                            size_t piece = kStatePieceElems) = 0;
+  // Local-size conveniences (tests, small models). get_moments is collective like a save: dp rank 0
+  // passes spans of num_params() elements, the other dp ranks empty spans.
+  void get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq);
+  void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq);
   virtual void reset() = 0;  // zero moments, t = 0
 };
 
@@ -74,9 +88,10 @@ class AdamW final : public Optimizer {
 
   int64_t steps_taken() const override { return t_; }
   void set_steps_taken(int64_t t) override { t_ = t; }
-  // Host copies of the moments in the model's flat parameter layout (for checkpoints).
-  void get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const override;
-  void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) override;
+  // Every rank holds all moments: reads are local copies, loads read everything.
+  void read_moments(Moment which, size_t local_begin, std::span<float> dst) override;
+  void load_moments(const LocalStateReader& exp_avg, const LocalStateReader& exp_avg_sq,
+                    size_t piece = kStatePieceElems) override;
   void reset() override;
 
  private:

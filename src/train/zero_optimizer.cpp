@@ -116,38 +116,101 @@ OptimizerStepStats ZeroAdamW::step_with_norm(double lr, double norm) {
   return st;
 }
 
-void ZeroAdamW::gather_for_checkpoint() {
-  // staging_ is free between steps: it receives the gathered pieces on rank 0.
-  const bool root = comm_.is_root();
-  for (int which = 0; which < 2; ++which) {
-    const float* src = which == 0 ? m_ : v_;
-    std::vector<float>& full = which == 0 ? full_m_ : full_v_;
-    if (root) full.resize(n_);
-    for (const auto& b : buckets_) {
-      comm_.gather(src + b.shard_off, root ? staging_ + b.stage_off : nullptr, b.s, 0,
-                   which == 0 ? "optimizer state gather (checkpoint, exp_avg)"
-                              : "optimizer state gather (checkpoint, exp_avg_sq)");
-      if (root) backend_.copy_to_host(full.data() + b.begin, staging_ + b.stage_off, (b.end - b.begin) * sizeof(float));
-    }
+template <class Fn>
+void ZeroAdamW::for_each_owned(size_t r, size_t b, size_t e, Fn&& fn) const {
+  // Buckets are in flat order and tile [0, N): skip those ending before b.
+  auto it = std::partition_point(buckets_.begin(), buckets_.end(), [&](const Bucket& k) { return k.end <= b; });
+  for (; it != buckets_.end() && it->begin < e; ++it) {
+    const size_t own_lo = std::min(it->end, it->begin + r * it->s), own_hi = std::min(it->end, own_lo + it->s);
+    const size_t lo = std::max(b, own_lo), hi = std::min(e, own_hi);
+    if (lo < hi) fn(*it, lo, hi);
   }
 }
 
-void ZeroAdamW::get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const {
-  ESM2_ASSERT(exp_avg.size() == n_ && exp_avg_sq.size() == n_);
-  ESM2_CHECK(full_m_.size() == n_, "ZeRO-1 optimizer: full moments requested on rank {} without gather_for_checkpoint",
-             comm_.rank());
-  std::copy(full_m_.begin(), full_m_.end(), exp_avg.begin());
-  std::copy(full_v_.begin(), full_v_.end(), exp_avg_sq.begin());
+namespace {
+
+// What dp rank 0 broadcasts per read; kEnd releases the others from end_moment_reads().
+struct MomentRequest {
+  uint64_t which, begin, n;
+};
+constexpr uint64_t kEnd = 2;
+constexpr const char* kRequestWhat = "optimizer state request (checkpoint)";
+constexpr const char* kPartWhat = "optimizer state gather (checkpoint)";
+
+}  // namespace
+
+void ZeroAdamW::serve_read(Moment which, size_t b, size_t n, std::span<float> dst) {
+  // staging_ is free between steps and holds at least N ≥ n elements.
+  const float* src = which == Moment::ExpAvg ? m_ : v_;
+  const size_t w = static_cast<size_t>(comm_.world_size()), me = static_cast<size_t>(comm_.rank()), e = b + n;
+  const auto own = [&](const Bucket& k, size_t lo) { return src + k.shard_off + (lo - k.own_begin); };
+  if (me != 0) {
+    size_t at = 0;
+    for_each_owned(me, b, e, [&](const Bucket& k, size_t lo, size_t hi) {
+      backend_.copy(staging_ + at, own(k, lo), (hi - lo) * sizeof(float));
+      at += hi - lo;
+    });
+    if (at > 0) comm_.send(staging_, at * sizeof(float), 0, kPartWhat);
+    return;
+  }
+  for_each_owned(0, b, e, [&](const Bucket& k, size_t lo, size_t hi) {
+    backend_.copy_to_host(dst.data() + (lo - b), own(k, lo), (hi - lo) * sizeof(float));
+  });
+  for (size_t r = 1; r < w; ++r) {
+    size_t count = 0;
+    for_each_owned(r, b, e, [&](const Bucket&, size_t lo, size_t hi) { count += hi - lo; });
+    if (count == 0) continue;
+    comm_.recv(staging_, count * sizeof(float), static_cast<int>(r), kPartWhat);
+    size_t at = 0;
+    for_each_owned(r, b, e, [&](const Bucket&, size_t lo, size_t hi) {
+      backend_.copy_to_host(dst.data() + (lo - b), staging_ + at, (hi - lo) * sizeof(float));
+      at += hi - lo;
+    });
+  }
 }
 
-void ZeroAdamW::set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) {
-  ESM2_ASSERT(exp_avg.size() == n_ && exp_avg_sq.size() == n_);
+void ZeroAdamW::read_moments(Moment which, size_t local_begin, std::span<float> dst) {
+  ESM2_CHECK(comm_.is_root(), "ZeRO-1 optimizer: moments requested on dp rank {}; only dp rank 0 reads them",
+             comm_.rank());
+  ESM2_CHECK(local_begin <= n_ && dst.size() <= n_ - local_begin,
+             "ZeRO-1 optimizer: moment range [{}, {}) outside the {} local values", local_begin,
+             local_begin + dst.size(), n_);
+  if (dst.empty()) return;
+  MomentRequest req{which == Moment::ExpAvg ? 0u : 1u, local_begin, dst.size()};
+  comm_.broadcast(&req, sizeof(req), 0, kRequestWhat);
+  serve_read(which, local_begin, dst.size(), dst);
+}
+
+void ZeroAdamW::end_moment_reads() {
+  if (comm_.is_root()) {
+    MomentRequest req{kEnd, 0, 0};
+    comm_.broadcast(&req, sizeof(req), 0, kRequestWhat);
+    return;
+  }
+  for (;;) {
+    MomentRequest req{};
+    comm_.broadcast(&req, sizeof(req), 0, kRequestWhat);
+    if (req.which == kEnd) return;
+    ESM2_CHECK(req.which < kEnd && req.begin <= n_ && req.n <= n_ - req.begin,
+               "ZeRO-1 optimizer: dp rank {} got a malformed moment request ({}, {}, {})", comm_.rank(), req.which,
+               req.begin, req.n);
+    serve_read(req.which == 0 ? Moment::ExpAvg : Moment::ExpAvgSq, req.begin, req.n, {});
+  }
+}
+
+void ZeroAdamW::load_moments(const LocalStateReader& exp_avg, const LocalStateReader& exp_avg_sq, size_t piece) {
+  ESM2_CHECK(piece > 0, "ZeRO-1 optimizer: moment piece size must be positive");
   backend_.memset_zero(m_, shard_ * sizeof(float));
   backend_.memset_zero(v_, shard_ * sizeof(float));
-  for (const auto& b : buckets_) {
-    const size_t bytes = (b.own_end - b.own_begin) * sizeof(float);
-    backend_.copy_to_device(m_ + b.shard_off, exp_avg.data() + b.own_begin, bytes);
-    backend_.copy_to_device(v_ + b.shard_off, exp_avg_sq.data() + b.own_begin, bytes);
+  std::vector<float> buf(std::min(piece, n_));  // [piece] host staging
+  for (float* dst : {m_, v_}) {
+    const LocalStateReader& read = dst == m_ ? exp_avg : exp_avg_sq;
+    for (const auto& b : buckets_)
+      for (size_t at = b.own_begin; at < b.own_end; at += buf.size()) {
+        const std::span<float> part = std::span<float>(buf).first(std::min(buf.size(), b.own_end - at));
+        read(at, part);
+        backend_.copy_to_device(dst + b.shard_off + (at - b.own_begin), part.data(), part.size() * sizeof(float));
+      }
   }
 }
 

@@ -19,8 +19,11 @@
 // Bucketing changes no gradient sum (with fp32 on the wire) and no update, only how the gradient
 // norm's Σg² is grouped over ranks (its last bits; they matter where clipping is active).
 //
-// Checkpoints hold FULL moments (gathered to rank 0), the same format as the replicated AdamW, so a
-// checkpoint written at any DP size loads at any other: set_moments takes this rank's pieces.
+// Checkpoints hold FULL moments, the same format as the replicated AdamW, so a checkpoint written at
+// any DP size loads at any other. Save: dp rank 0 asks for one range of the local flat layout at a time
+// (read_moments) and receives each owner's part of it, while the other dp ranks answer inside
+// end_moment_reads(). Resume: each rank reads only its own pieces (load_moments). Neither holds more
+// than a piece of host memory.
 //
 // Every buffer is backend memory and every collective takes backend pointers: the same code runs
 // with MPI on the cpu backend (host memory) and NCCL on the cuda backend (device memory).
@@ -55,9 +58,12 @@ class ZeroAdamW final : public Optimizer {
   OptimizerStepStats step_with_norm(double lr, double grad_norm) override;
   int64_t steps_taken() const override { return t_; }
   void set_steps_taken(int64_t t) override { t_ = t; }
-  void gather_for_checkpoint() override;
-  void get_moments(std::span<float> exp_avg, std::span<float> exp_avg_sq) const override;
-  void set_moments(std::span<const float> exp_avg, std::span<const float> exp_avg_sq) override;
+  // Collective over dp (see Optimizer): dp rank 0 broadcasts each request, then receives every other
+  // owner's elements of it (point-to-point, rank order, through staging_).
+  void read_moments(Moment which, size_t local_begin, std::span<float> dst) override;
+  void end_moment_reads() override;
+  void load_moments(const LocalStateReader& exp_avg, const LocalStateReader& exp_avg_sq,
+                    size_t piece = kStatePieceElems) override;
   void reset() override;
 
   size_t num_buckets() const { return buckets_.size(); }
@@ -74,6 +80,11 @@ class ZeroAdamW final : public Optimizer {
     std::vector<TensorRange> ranges;  // the tensors' parts in the piece, from own_begin (AdamW, decay)
   };
   void launch(const Bucket& b);
+  // fn(bucket, lo, hi) for rank r's parts [lo, hi) of local range [b, e), in flat order.
+  template <class Fn>
+  void for_each_owned(size_t r, size_t b, size_t e, Fn&& fn) const;
+  // One moment-read request on every dp rank: owners send their parts, rank 0 fills `dst`.
+  void serve_read(Moment which, size_t local_begin, size_t n, std::span<float> dst);
 
   Esm2Model& model_;
   Backend& backend_;
@@ -90,7 +101,6 @@ class ZeroAdamW final : public Optimizer {
   float* v_ = nullptr;           // [S]
   float* grad_shard_ = nullptr;  // [S] reduced gradients of this rank's pieces
   float* staging_ = nullptr;     // [Σ W·s] padded gradients (buckets not a multiple of W) / gathers
-  std::vector<float> full_m_, full_v_;  // host [N] on rank 0 after gather_for_checkpoint, else empty
   int64_t t_ = 0;
 };
 
