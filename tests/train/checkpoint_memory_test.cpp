@@ -1,9 +1,9 @@
-// Checkpoint save and load never hold the whole model: the heap bytes a rank allocates inside
-// save_checkpoint / load_checkpoint are counted (every operator new of this binary, per thread) and
-// bounded by its LOCAL state (the moments Optimizer::get_moments/set_moments exchange) plus a few
-// pieces of kStatePieceElems, on a ~63 MB model, one rank and TP=2 × PP=2 (one thread per rank). The
-// split ranks load the one-rank checkpoint (sliced reads) and save it again: the files must come out
-// byte for byte the same.
+// Checkpoint save and load never hold the whole model, nor a rank's local share of it: the heap bytes a
+// rank allocates inside save_checkpoint / load_checkpoint are counted (every operator new of this
+// binary, per thread) and bounded by a few pieces of kStatePieceElems, parameters and Adam moments
+// alike, on a ~63 MB model: one rank, TP=2 × PP=2, and ZeRO-1 at DP=3 with several buckets (one thread
+// per rank). The split ranks load the one-rank checkpoint (sliced reads) and save it again: the files
+// must come out byte for byte the same.
 #include <gtest/gtest.h>
 #include <malloc.h>
 
@@ -27,6 +27,7 @@
 #include "train/checkpoint.h"
 #include "train/model_state.h"
 #include "train/optimizer.h"
+#include "train/zero_optimizer.h"
 
 // ---- per-thread heap accounting (replaces the global allocation functions of this binary) ----
 namespace {
@@ -76,6 +77,8 @@ struct HeapMeter {
 
 constexpr double kPieceMb = kStatePieceElems * 4.0 / (1 << 20);
 constexpr double kSlackMb = 2.0;  // names, tables, JSON, the FlatRun lists of the other ranks
+// A save's bound on every rank: FullStateGather's window, packing and output pieces, a spare piece.
+constexpr double kSaveMb = 4 * kPieceMb + kSlackMb;
 
 ModelConfig big_config() {  // 15.8 M parameters: 63 MB per fp32 copy
   ModelConfig c;
@@ -96,8 +99,9 @@ std::vector<float> philox_values(size_t n, uint64_t a) {
 
 std::string file_bytes(const fs::path& p) { return read_file(p); }
 
-// Point-to-point and barrier between the threads of one process; send waits until recv has copied
-// (no buffering, so no allocation is charged to the sender). The checkpoint gather needs nothing else.
+// Point-to-point, broadcast and barrier between the threads of one process; send waits until recv has
+// copied (no buffering, so no allocation is charged to the sender). The checkpoint gathers (model
+// parallel, and ZeRO-1's moment reads) need nothing else.
 struct Mailboxes {
   explicit Mailboxes(int n) : size(n) {}
   int size;
@@ -145,7 +149,11 @@ class ThreadComm final : public Communicator {
   }
   void allreduce_sum(float*, size_t, const char* what) override { forbidden(what); }
   void allreduce_sum(double*, size_t, const char* what) override { forbidden(what); }
-  void broadcast(void*, size_t, int, const char* what) override { forbidden(what); }
+  void broadcast(void* data, size_t bytes, int root, const char* what) override {
+    if (rank_ != root) return recv(data, bytes, root, what);
+    for (int r = 0; r < m_.size; ++r)
+      if (r != root) send(data, bytes, r, what);
+  }
   void reduce_scatter_sum(const float*, float*, size_t, const char* what) override { forbidden(what); }
   void allgather(const float*, float*, size_t, const char* what) override { forbidden(what); }
   void gather(const float*, float*, size_t, int, const char* what) override { forbidden(what); }
@@ -199,8 +207,8 @@ TEST(CheckpointMemory, SaveAndLoadHoldOnlyLocalState) {
     save1_mb = meter.extra_mb();
   }
   const fs::path ck = root / "one" / name;
-  // One rank: the local moments are the whole model's (2 copies), the parameters go piece by piece.
-  EXPECT_LT(save1_mb, 2 * full_mb + 4 * kPieceMb + kSlackMb);
+  // One rank: parameters and moments alike go piece by piece (the moments once took 2 × the model).
+  EXPECT_LT(save1_mb, kSaveMb);
 
   Esm2Model b(cfg, *be);
   double load_model_mb = 0, load_train_mb = 0;
@@ -217,7 +225,7 @@ TEST(CheckpointMemory, SaveAndLoadHoldOnlyLocalState) {
     load_checkpoint(ck, b, &opt_b, &state_b);
     load_train_mb = meter.extra_mb();
   }
-  EXPECT_LT(load_train_mb, 2 * full_mb + kPieceMb + kSlackMb);
+  EXPECT_LT(load_train_mb, kPieceMb + kSlackMb);  // moments too: one piece at a time
   {
     std::vector<float> pa(n), pb(n), ma(n), va(n), mb(n), vb(n);
     a.get_params(pa);
@@ -278,11 +286,69 @@ TEST(CheckpointMemory, SaveAndLoadHoldOnlyLocalState) {
     EXPECT_TRUE(file_bytes(ck / f) == file_bytes(root / "split" / name / f))
         << f << ": the TP=2 × PP=2 save differs from the one-rank save of the same state";
   for (int r = 0; r < kWorld; ++r) {
-    // Training load: the local moments Optimizer::set_moments takes, plus one piece of parameters.
-    EXPECT_LT(load_mb[r], 2 * local_mb[r] + kPieceMb + kSlackMb) << "rank " << r;
-    // Save: the local moments from get_moments, the gather's pieces (and rank 0's output piece).
-    EXPECT_LT(save_mb[r], 2 * local_mb[r] + 4 * kPieceMb + kSlackMb) << "rank " << r;
-    EXPECT_LT(save_mb[r], full_mb) << "rank " << r;
+    // Training load: one piece (parameters, then moments), never the local moments.
+    EXPECT_LT(load_mb[r], kPieceMb + kSlackMb) << "rank " << r;
+    // Save: the gather's pieces (and rank 0's output piece), never the local moments.
+    EXPECT_LT(save_mb[r], kSaveMb) << "rank " << r;
+    EXPECT_LT(kSaveMb, 2 * local_mb[r]) << "the local moments must dwarf the bound for it to mean anything";
+  }
+  // ---- ZeRO-1 at DP=3, one thread per rank: sharded loads of that checkpoint, then a save ----
+  // Buckets of ~4M elements (the first one padded), 3 owners each: a piece of the save's reads spans
+  // several owners and sometimes two buckets.
+  constexpr int kDp = 3;
+  Mailboxes dp_box(kDp);
+  std::vector<double> zload_mb(kDp), zsave_mb(kDp);
+  std::vector<std::string> zerrors(kDp);
+  size_t buckets = 0;
+  threads.clear();
+  for (int r = 0; r < kDp; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        ThreadComm dp(dp_box, r);
+        auto rbe = make_cpu_backend(1);
+        Esm2Model m(cfg, *rbe);
+        GradReduceOptions reduce;
+        reduce.bucket_elements = 4'000'000;
+        ZeroAdamW opt(m, OptimizerConfig{}, dp, reduce);
+        if (r == 0) buckets = opt.num_buckets();
+        TrainerState st;
+        {
+          HeapMeter meter;
+          load_checkpoint(ck, m, &opt, &st);
+          zload_mb[r] = meter.extra_mb();
+        }
+        ESM2_CHECK(opt.steps_taken() == 7, "rank {}: resumed at optimizer step {}", r, opt.steps_taken());
+        // Ranges across owners and buckets, against the one-rank optimizer's moments.
+        if (r == 0) {
+          std::vector<float> want_m(n), want_v(n);
+          opt_a.get_moments(want_m, want_v);
+          for (const auto& [b, len] : {std::pair<size_t, size_t>{0, 17}, {n - 4'000'002 - 5, 11}, {1'333'330, 9},
+                                      {n / 2 - 3, 2'000'001}, {n - 1, 1}}) {
+            std::vector<float> part(len);
+            opt.read_moments(Moment::ExpAvg, b, part);
+            ESM2_CHECK(std::equal(part.begin(), part.end(), want_m.begin() + b), "exp_avg [{}, {}) differs", b, b + len);
+            opt.read_moments(Moment::ExpAvgSq, b, part);
+            ESM2_CHECK(std::equal(part.begin(), part.end(), want_v.begin() + b), "exp_avg_sq [{}, {}) differs", b,
+                       b + len);
+          }
+        }
+        opt.end_moment_reads();
+        HeapMeter meter;
+        save_checkpoint(root / "zero", name, m, opt, r == 0, st, tcfg);
+        zsave_mb[r] = meter.extra_mb();
+      } catch (const std::exception& e) {
+        zerrors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kDp; ++r) ASSERT_TRUE(zerrors[r].empty()) << "dp rank " << r << ": " << zerrors[r];
+  EXPECT_GE(buckets, 3u);
+  for (const char* f : kFiles)
+    EXPECT_TRUE(file_bytes(ck / f) == file_bytes(root / "zero" / name / f))
+        << f << ": the ZeRO-1 DP=3 save differs from the one-rank save of the same state";
+  for (int r = 0; r < kDp; ++r) {
+    EXPECT_LT(zload_mb[r], kPieceMb + kSlackMb) << "dp rank " << r;  // its shard, a piece at a time
+    EXPECT_LT(zsave_mb[r], kSaveMb) << "dp rank " << r;  // dp rank 0: the writer; others: no host copies
   }
   std::printf("model %.1f MB (fp32), piece %.0f MB\n", full_mb, kPieceMb);
   std::printf("one rank: save %.1f MB, load weights %.1f MB, load weights+moments %.1f MB\n", save1_mb,
@@ -290,5 +356,7 @@ TEST(CheckpointMemory, SaveAndLoadHoldOnlyLocalState) {
   for (int r = 0; r < kWorld; ++r)
     std::printf("TP2xPP2 rank %d (local %.1f MB): load %.1f MB, save %.1f MB\n", r, local_mb[r], load_mb[r],
                 save_mb[r]);
+  for (int r = 0; r < kDp; ++r)
+    std::printf("ZeRO-1 DP3 (%zu buckets) rank %d: load %.1f MB, save %.1f MB\n", buckets, r, zload_mb[r], zsave_mb[r]);
   fs::remove_all(root);
 }
