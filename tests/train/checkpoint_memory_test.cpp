@@ -110,6 +110,14 @@ struct Mailboxes {
   std::map<std::pair<int, int>, std::pair<const void*, size_t>> posted;  // (src, dst) → message
   int arrived = 0;
   int64_t generation = 0;
+  bool aborted = false;  // a rank failed: every wait throws instead of blocking for ever
+  void abort() {
+    {
+      std::lock_guard lock(mu);
+      aborted = true;
+    }
+    cv.notify_all();
+  }
 };
 
 class ThreadComm final : public Communicator {
@@ -121,15 +129,15 @@ class ThreadComm final : public Communicator {
   void send(const void* data, size_t bytes, int peer, const char*) override {
     std::unique_lock lock(m_.mu);
     const auto key = std::make_pair(rank_, peer);
-    m_.cv.wait(lock, [&] { return !m_.posted.contains(key); });
+    wait(lock, [&] { return !m_.posted.contains(key); });
     m_.posted[key] = {data, bytes};
     m_.cv.notify_all();
-    m_.cv.wait(lock, [&] { return !m_.posted.contains(key); });  // the receiver copied it
+    wait(lock, [&] { return !m_.posted.contains(key); });  // the receiver copied it
   }
   void recv(void* data, size_t bytes, int peer, const char* what) override {
     std::unique_lock lock(m_.mu);
     const auto key = std::make_pair(peer, rank_);
-    m_.cv.wait(lock, [&] { return m_.posted.contains(key); });
+    wait(lock, [&] { return m_.posted.contains(key); });
     const auto [src, n] = m_.posted.at(key);
     ESM2_CHECK(n == bytes, "thread communicator: {}: {} bytes sent, {} expected", what, n, bytes);
     std::memcpy(data, src, n);
@@ -144,7 +152,7 @@ class ThreadComm final : public Communicator {
       ++m_.generation;
       m_.cv.notify_all();
     } else {
-      m_.cv.wait(lock, [&] { return m_.generation != gen; });
+      wait(lock, [&] { return m_.generation != gen; });
     }
   }
   void allreduce_sum(float*, size_t, const char* what) override { forbidden(what); }
@@ -161,6 +169,11 @@ class ThreadComm final : public Communicator {
   void sendrecv(const void*, size_t, int, void*, size_t, int, const char* what) override { forbidden(what); }
 
  private:
+  template <class Pred>
+  void wait(std::unique_lock<std::mutex>& lock, Pred ready) {
+    m_.cv.wait(lock, [&] { return m_.aborted || ready(); });
+    ESM2_CHECK(!m_.aborted, "thread communicator: rank {}: another rank failed", rank_);
+  }
   [[noreturn]] static void forbidden(const char* what) {
     fail("thread communicator: checkpoint code used the collective '{}'", what);
   }
@@ -278,6 +291,7 @@ TEST(CheckpointMemory, SaveAndLoadHoldOnlyLocalState) {
         }
       } catch (const std::exception& e) {
         errors[r] = e.what();
+        for (Mailboxes* box : {&mp_box, &tp_box0, &tp_box1, &pp_box0, &pp_box1}) box->abort();
       }
     });
   for (auto& t : threads) t.join();
@@ -338,6 +352,7 @@ TEST(CheckpointMemory, SaveAndLoadHoldOnlyLocalState) {
         zsave_mb[r] = meter.extra_mb();
       } catch (const std::exception& e) {
         zerrors[r] = e.what();
+        dp_box.abort();
       }
     });
   for (auto& t : threads) t.join();
