@@ -41,10 +41,10 @@ struct TrainerState {
 std::string checkpoint_dir_name(int64_t step);  // "step-00001234"
 
 // Writes checkpoints/<name> atomically and then points checkpoints/latest at it. Collective: every rank
-// calls it. The ZeRO-1 moments go to data-parallel rank 0 (Optimizer::gather_for_checkpoint, local size);
-// the ranks with `dp_root` (dp rank 0) then stream their model-parallel pieces to world rank 0, a bounded
-// piece at a time, while it writes the files in the whole model's layout (its extra host memory: the
-// local moments plus a few pieces, never the whole model). Only world rank 0 writes, and only its
+// calls it. The ranks with `dp_root` (dp rank 0) stream their model-parallel pieces to world rank 0, a
+// bounded piece at a time, while it writes the files in the whole model's layout; each piece's moments
+// come from Optimizer::read_moments (ZeRO-1: fetched from the DP ranks that own them, which answer
+// inside Optimizer::end_moment_reads). Extra host memory per rank: a few pieces, never the model. Only world rank 0 writes, and only its
 // `state`, `cfg` and `extra` are used. `extra`: tensors the model does not train but the checkpoint
 // carries (the contact head of a published model we fine-tune), written verbatim; a missing contact
 // head is written as zeros.
