@@ -103,7 +103,8 @@ ModelConfig cfg_small() {
 class StateGather : public ::testing::TestWithParam<std::tuple<int, int, size_t>> {};
 
 TEST_P(StateGather, PiecesEqualTheWholeModel) {
-  auto [kTp, kPp, piece] = GetParam();
+  const int kTp = std::get<0>(GetParam()), kPp = std::get<1>(GetParam());
+  const size_t piece = std::get<2>(GetParam());
   const ModelConfig cfg = cfg_small();
   auto be = make_cpu_backend(1);
   Esm2Model a(cfg, *be);
