@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "dist/communicator.h"
+#include "thread_p2p_communicator.h"
 #include "model/esm2.h"
 #include "train/checkpoint.h"
 #include "train/model_state.h"
@@ -64,6 +65,8 @@ void operator delete(void* p, size_t, std::align_val_t) noexcept { uncount(p); }
 void operator delete[](void* p, size_t, std::align_val_t) noexcept { uncount(p); }
 
 using namespace esm2;
+using esm2::testing::Mailboxes;
+using esm2::testing::ThreadComm;
 namespace fs = std::filesystem;
 
 namespace {
@@ -99,87 +102,6 @@ std::vector<float> philox_values(size_t n, uint64_t a) {
 
 std::string file_bytes(const fs::path& p) { return read_file(p); }
 
-// Point-to-point, broadcast and barrier between the threads of one process; send waits until recv has
-// copied (no buffering, so no allocation is charged to the sender). The checkpoint gathers (model
-// parallel, and ZeRO-1's moment reads) need nothing else.
-struct Mailboxes {
-  explicit Mailboxes(int n) : size(n) {}
-  int size;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<std::pair<int, int>, std::pair<const void*, size_t>> posted;  // (src, dst) → message
-  int arrived = 0;
-  int64_t generation = 0;
-  bool aborted = false;  // a rank failed: every wait throws instead of blocking for ever
-  void abort() {
-    {
-      std::lock_guard lock(mu);
-      aborted = true;
-    }
-    cv.notify_all();
-  }
-};
-
-class ThreadComm final : public Communicator {
- public:
-  ThreadComm(Mailboxes& m, int rank) : m_(m), rank_(rank) {}
-  int rank() const override { return rank_; }
-  int world_size() const override { return m_.size; }
-  std::string name() const override { return "thread"; }
-  void send(const void* data, size_t bytes, int peer, const char*) override {
-    std::unique_lock lock(m_.mu);
-    const auto key = std::make_pair(rank_, peer);
-    wait(lock, [&] { return !m_.posted.contains(key); });
-    m_.posted[key] = {data, bytes};
-    m_.cv.notify_all();
-    wait(lock, [&] { return !m_.posted.contains(key); });  // the receiver copied it
-  }
-  void recv(void* data, size_t bytes, int peer, const char* what) override {
-    std::unique_lock lock(m_.mu);
-    const auto key = std::make_pair(peer, rank_);
-    wait(lock, [&] { return m_.posted.contains(key); });
-    const auto [src, n] = m_.posted.at(key);
-    ESM2_CHECK(n == bytes, "thread communicator: {}: {} bytes sent, {} expected", what, n, bytes);
-    std::memcpy(data, src, n);
-    m_.posted.erase(key);
-    m_.cv.notify_all();
-  }
-  void barrier(const char*) override {
-    std::unique_lock lock(m_.mu);
-    const int64_t gen = m_.generation;
-    if (++m_.arrived == m_.size) {
-      m_.arrived = 0;
-      ++m_.generation;
-      m_.cv.notify_all();
-    } else {
-      wait(lock, [&] { return m_.generation != gen; });
-    }
-  }
-  void allreduce_sum(float*, size_t, const char* what) override { forbidden(what); }
-  void allreduce_sum(double*, size_t, const char* what) override { forbidden(what); }
-  void broadcast(void* data, size_t bytes, int root, const char* what) override {
-    if (rank_ != root) return recv(data, bytes, root, what);
-    for (int r = 0; r < m_.size; ++r)
-      if (r != root) send(data, bytes, r, what);
-  }
-  void reduce_scatter_sum(const float*, float*, size_t, const char* what) override { forbidden(what); }
-  void allgather(const float*, float*, size_t, const char* what) override { forbidden(what); }
-  void gather(const float*, float*, size_t, int, const char* what) override { forbidden(what); }
-  std::unique_ptr<Communicator> split(int, int, const char* what) override { forbidden(what); }
-  void sendrecv(const void*, size_t, int, void*, size_t, int, const char* what) override { forbidden(what); }
-
- private:
-  template <class Pred>
-  void wait(std::unique_lock<std::mutex>& lock, Pred ready) {
-    m_.cv.wait(lock, [&] { return m_.aborted || ready(); });
-    ESM2_CHECK(!m_.aborted, "thread communicator: rank {}: another rank failed", rank_);
-  }
-  [[noreturn]] static void forbidden(const char* what) {
-    fail("thread communicator: checkpoint code used the collective '{}'", what);
-  }
-  Mailboxes& m_;
-  int rank_;
-};
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path p = fs::temp_directory_path() / ("esm2-ckptmem-" + std::to_string(::getpid()) + "-" + name);

@@ -5,10 +5,7 @@
 // 4 MiB pieces, larger than every tensor of the test models, so only this test covers the piece loop.)
 #include <gtest/gtest.h>
 
-#include <condition_variable>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <thread>
 #include <tuple>
 
@@ -18,74 +15,14 @@
 #include "model/esm2.h"
 #include "model/param_table.h"
 #include "train/model_state.h"
+#include "thread_p2p_communicator.h"
 
 using namespace esm2;
+using esm2::testing::Mailboxes;
+using esm2::testing::ThreadComm;
 
 namespace {
 
-// Point-to-point and barrier between the threads of one process; send waits until recv has copied
-// (no buffering, so no allocation is charged to the sender). The checkpoint gather needs nothing else.
-struct Mailboxes {
-  explicit Mailboxes(int n) : size(n) {}
-  int size;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<std::pair<int, int>, std::pair<const void*, size_t>> posted;  // (src, dst) → message
-  int arrived = 0;
-  int64_t generation = 0;
-};
-
-class ThreadComm final : public Communicator {
- public:
-  ThreadComm(Mailboxes& m, int rank) : m_(m), rank_(rank) {}
-  int rank() const override { return rank_; }
-  int world_size() const override { return m_.size; }
-  std::string name() const override { return "thread"; }
-  void send(const void* data, size_t bytes, int peer, const char*) override {
-    std::unique_lock lock(m_.mu);
-    const auto key = std::make_pair(rank_, peer);
-    m_.cv.wait(lock, [&] { return !m_.posted.contains(key); });
-    m_.posted[key] = {data, bytes};
-    m_.cv.notify_all();
-    m_.cv.wait(lock, [&] { return !m_.posted.contains(key); });  // the receiver copied it
-  }
-  void recv(void* data, size_t bytes, int peer, const char* what) override {
-    std::unique_lock lock(m_.mu);
-    const auto key = std::make_pair(peer, rank_);
-    m_.cv.wait(lock, [&] { return m_.posted.contains(key); });
-    const auto [src, n] = m_.posted.at(key);
-    ESM2_CHECK(n == bytes, "thread communicator: {}: {} bytes sent, {} expected", what, n, bytes);
-    std::memcpy(data, src, n);
-    m_.posted.erase(key);
-    m_.cv.notify_all();
-  }
-  void barrier(const char*) override {
-    std::unique_lock lock(m_.mu);
-    const int64_t gen = m_.generation;
-    if (++m_.arrived == m_.size) {
-      m_.arrived = 0;
-      ++m_.generation;
-      m_.cv.notify_all();
-    } else {
-      m_.cv.wait(lock, [&] { return m_.generation != gen; });
-    }
-  }
-  void allreduce_sum(float*, size_t, const char* what) override { forbidden(what); }
-  void allreduce_sum(double*, size_t, const char* what) override { forbidden(what); }
-  void broadcast(void*, size_t, int, const char* what) override { forbidden(what); }
-  void reduce_scatter_sum(const float*, float*, size_t, const char* what) override { forbidden(what); }
-  void allgather(const float*, float*, size_t, const char* what) override { forbidden(what); }
-  void gather(const float*, float*, size_t, int, const char* what) override { forbidden(what); }
-  std::unique_ptr<Communicator> split(int, int, const char* what) override { forbidden(what); }
-  void sendrecv(const void*, size_t, int, void*, size_t, int, const char* what) override { forbidden(what); }
-
- private:
-  [[noreturn]] static void forbidden(const char* what) {
-    fail("thread communicator: checkpoint code used the collective '{}'", what);
-  }
-  Mailboxes& m_;
-  int rank_;
-};
 
 
 ModelConfig cfg_small() {
