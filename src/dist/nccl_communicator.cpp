@@ -356,8 +356,7 @@ void NcclCommunicator::reduce_scatter_sum(const float* in, float* out, size_t sh
     ESM2_CHECK(e == cudaSuccess, "rank {}: CUDA error in {}: {}", world_rank_, what, cudaGetErrorString(e));
     return;
   }
-  std::vector<size_t> bounds(size_t(world_) + 1);
-  for (size_t p = 0; p <= size_t(world_); ++p) bounds[p] = p * shard_n;
+  const std::vector<size_t> bounds = even_bounds(size_t(world_) * shard_n, world_);  // p · shard_n
   reduce_shards(in, out, bounds, what, stream_, recv_, recv_bytes_);
 }
 
@@ -401,8 +400,7 @@ void NcclCommunicator::reduce_scatter_sum_async(const float* in, float* out, siz
   ok(cudaStreamWaitEvent(as_stream(side), fork_, 0));
   side_busy_ = true;
   const size_t n = size_t(world_) * shard_n;
-  std::vector<size_t> bounds(size_t(world_) + 1);
-  for (size_t p = 0; p <= size_t(world_); ++p) bounds[p] = p * shard_n;
+  const std::vector<size_t> bounds = even_bounds(size_t(world_) * shard_n, world_);  // p · shard_n
   if (wire == DType::F32) {
     if (world_ == 1) {
       if (in != out && shard_n) ok(cudaMemcpyAsync(out, in, shard_n * sizeof(float), cudaMemcpyDeviceToDevice, as_stream(side)));
