@@ -1,6 +1,7 @@
 #include "backend/backend_factory.h"
 
 #include "core/error.h"
+#include "core/registry.h"
 
 namespace esm2 {
 
@@ -12,35 +13,22 @@ bool is_half_precision(std::string_view p) {
 }
 
 namespace {
-std::vector<BackendRegistration>& backends() {
-  static std::vector<BackendRegistration> registry;
+Registry<BackendRegistration>& backends() {
+  static Registry<BackendRegistration> registry("backend");
   return registry;
 }
 
 // The accelerator `--backend auto` picks: the first registered one with a visible device.
 const BackendRegistration* visible_accelerator() {
-  for (const BackendRegistration& b : backends())
+  for (const BackendRegistration& b : backends().entries())
     if (b.accelerator && b.device_count() > 0) return &b;
   return nullptr;
 }
 }  // namespace
 
-void register_backend(BackendRegistration backend) {
-  ESM2_CHECK(!find_backend(backend.name), "backend '{}' registered twice", backend.name);
-  backends().push_back(std::move(backend));
-}
-
-const BackendRegistration* find_backend(std::string_view name) {
-  for (const BackendRegistration& b : backends())
-    if (b.name == name) return &b;
-  return nullptr;
-}
-
-std::vector<std::string> registered_backends() {
-  std::vector<std::string> names;
-  for (const BackendRegistration& b : backends()) names.push_back(b.name);
-  return names;
-}
+void register_backend(BackendRegistration backend) { backends().add(std::move(backend)); }
+const BackendRegistration* find_backend(std::string_view name) { return backends().find(name); }
+std::vector<std::string> registered_backends() { return backends().names(); }
 
 std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads,
                                       int device) {
@@ -61,7 +49,7 @@ std::unique_ptr<Backend> make_backend(const std::string& which, const std::strin
 
 int gpu_for_local_rank(int local_rank) {
   const BackendRegistration* gpu = nullptr;
-  for (const BackendRegistration& b : backends())
+  for (const BackendRegistration& b : backends().entries())
     if (b.accelerator) {
       gpu = &b;
       break;

@@ -3,8 +3,9 @@
 #include <initializer_list>
 
 #include "backend/backend.h"
-#include "core/error.h"
 #include "comm/communicator.h"
+#include "core/error.h"
+#include "core/registry.h"
 
 namespace esm2 {
 
@@ -70,28 +71,15 @@ void LocalCommunicator::no_peer(int peer, const char* what) {
 }
 
 namespace {
-std::vector<CommunicatorTransport>& transports() {
-  static std::vector<CommunicatorTransport> registry;
+Registry<CommunicatorTransport>& transports() {
+  static Registry<CommunicatorTransport> registry("communicator");
   return registry;
 }
 }  // namespace
 
-void register_communicator(CommunicatorTransport transport) {
-  ESM2_CHECK(!find_communicator(transport.name), "communicator '{}' registered twice", transport.name);
-  transports().push_back(std::move(transport));
-}
-
-const CommunicatorTransport* find_communicator(std::string_view name) {
-  for (const CommunicatorTransport& t : transports())
-    if (t.name == name) return &t;
-  return nullptr;
-}
-
-std::vector<std::string> registered_communicators() {
-  std::vector<std::string> names;
-  for (const CommunicatorTransport& t : transports()) names.push_back(t.name);
-  return names;
-}
+void register_communicator(CommunicatorTransport transport) { transports().add(std::move(transport)); }
+const CommunicatorTransport* find_communicator(std::string_view name) { return transports().find(name); }
+std::vector<std::string> registered_communicators() { return transports().names(); }
 
 std::unique_ptr<Communicator> make_communicator(double collective_timeout_s, Backend* backend) {
   const LaunchInfo launch = detect_launch();
