@@ -8,40 +8,26 @@
 
 namespace esm2 {
 
-namespace {
-bool is_fp32(const std::string& p) { return p == "32" || p == "fp32" || p == "32-true" || p == "fp32-mixed"; }
-bool is_bf16(const std::string& p) { return p == "bf16" || p == "bf16-mixed"; }
-bool is_half(const std::string& p) {
-  return p == "bf16" || p == "bf16-mixed" || p == "16" || p == "fp16" || p == "16-mixed" || p == "fp16-mixed" ||
-         p == "bf16-true";
-}
-}  // namespace
-
-std::unique_ptr<Backend> make_backend(const std::string& which, const std::string& precision, int threads,
-                                      int device) {
-  ESM2_CHECK(precision == "auto" || is_fp32(precision) || is_half(precision),
-             "unknown --precision '{}' (accepted: auto, 32, fp32, 32-true, fp32-mixed, bf16-mixed, bf16, 16, fp16, "
-             "16-mixed, fp16-mixed)",
-             precision);
-  ESM2_CHECK(which == "auto" || which == "cpu" || which == "cuda", "unknown --backend '{}' (auto, cpu, cuda)", which);
+std::unique_ptr<Backend> make_backend(BackendKind which, Precision precision, int threads, int device) {
 #ifdef ESM2_HAVE_CUDA
   // auto: the GPU when one is visible. bf16-mixed is the GPU default; fp16 and pure-bf16 weights are not
   // implemented, and asking for them is an error rather than a silent substitution.
-  if (which == "cuda" || (which == "auto" && cuda_device_count() > 0)) {
-    ESM2_CHECK(precision == "auto" || is_fp32(precision) || is_bf16(precision),
+  if (which == BackendKind::Cuda || (which == BackendKind::Auto && cuda_device_count() > 0)) {
+    ESM2_CHECK(precision == Precision::Auto || precision == Precision::Fp32 || precision == Precision::Bf16Mixed,
                "--precision {}: the CUDA backend computes in bf16-mixed (bf16 activations, fp32 weights) or fp32; "
                "use --precision bf16-mixed or 32",
-               precision);
-    return make_cuda_backend(is_fp32(precision) ? DType::F32 : DType::BF16, device);
+               enum_name(kPrecisionNames, precision));
+    return make_cuda_backend(precision == Precision::Fp32 ? DType::F32 : DType::BF16, device);
   }
 #else
   (void)device;
-  if (which == "cuda")
+  if (which == BackendKind::Cuda)
     fail("--backend cuda: this build has no CUDA backend (it is built when nvcc is found at configure time)");
 #endif
   // auto and cpu: the CPU backend.
-  ESM2_CHECK(!is_half(precision),
-             "--precision {}: the CPU backend computes in fp32 only; use --precision 32 (or auto)", precision);
+  ESM2_CHECK(precision == Precision::Auto || precision == Precision::Fp32,
+             "--precision {}: the CPU backend computes in fp32 only; use --precision 32 (or auto)",
+             enum_name(kPrecisionNames, precision));
   return make_cpu_backend(threads);
 }
 
