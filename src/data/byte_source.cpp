@@ -44,6 +44,8 @@ ByteSource::~ByteSource() {
 size_t ByteSource::read_raw(uint8_t* dst, size_t n) {
   if (raw_eof_) return 0;
   size_t got = std::fread(dst, 1, n, file_);
+  raw_crc_ = static_cast<uint32_t>(crc32(raw_crc_, dst, static_cast<uInt>(got)));
+  raw_bytes_ += got;
   if (got < n) {
     ESM2_CHECK(!std::ferror(file_), "{}: read error: {}", path_.string(), std::strerror(errno));
     raw_eof_ = true;

@@ -1,11 +1,17 @@
 #include "data/fasta.h"
 
 #include "core/error.h"
-#include "data/byte_source.h"
 
 namespace esm2 {
 
-void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
+namespace {
+std::string_view header_id(std::string_view line) {
+  std::string_view h = line.substr(1);
+  return h.substr(0, h.find_first_of(" \t\v\f"));
+}
+}  // namespace
+
+FileDigest parse_fasta(const std::filesystem::path& path, const FastaRecordFn& on_record) {
   LineReader lines(path);
   const std::string file = path.string();
   std::string id;
@@ -16,7 +22,7 @@ void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
   auto finish = [&] {
     if (!in_record) return;
     ESM2_CHECK(!residues.empty(), "{}: record '{}' (line {}): empty sequence", file, id, header_line);
-    if (!table.add(id, residues)) fail("{}: record '{}' (line {}): duplicate id", file, id, header_line);
+    on_record(id, header_line, residues);
     residues.clear();
   };
 
@@ -26,9 +32,7 @@ void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
     if (line.front() == '>') {
       finish();
       header_line = lines.line_number();
-      std::string_view h = line.substr(1);
-      size_t end = h.find_first_of(" \t\v\f");
-      id.assign(h.substr(0, end));
+      id.assign(header_id(line));
       ESM2_CHECK(!id.empty(), "{}: line {}: header without an id", file, header_line);
       in_record = true;
       continue;
@@ -41,6 +45,23 @@ void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
            lines.line_number(), bad + 1, printable_byte(line[bad]), before + bad + 1);
   }
   finish();
+  return {lines.source().raw_bytes(), lines.source().raw_crc32()};
+}
+
+void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
+  const std::string file = path.string();
+  parse_fasta(path, [&](std::string_view id, uint64_t line, std::span<const uint8_t> tokens) {
+    if (!table.add(id, tokens)) fail("{}: record '{}' (line {}): duplicate id", file, id, line);
+  });
+}
+
+FastaRecordInfo locate_fasta_record(const std::filesystem::path& path, uint64_t index) {
+  LineReader lines(path);
+  std::string_view line;
+  uint64_t k = 0;
+  while (lines.next(line))
+    if (!line.empty() && line.front() == '>' && k++ == index) return {lines.line_number(), std::string(header_id(line))};
+  fail("{}: has no record {} (it changed while being read?)", path.string(), index);
 }
 
 }  // namespace esm2
