@@ -38,7 +38,8 @@ class ExternalSorter {
 
   void push(const Rec& r) {
     if (buf_.size() == capacity_) spill();
-    if (buf_.capacity() == 0) buf_.reserve(std::min<size_t>(capacity_, 1 << 16));
+    // Grow by doubling but never past the budget (push_back's own growth could overshoot it 2x).
+    if (buf_.size() == buf_.capacity()) buf_.reserve(std::min(capacity_, std::max<size_t>(2 * buf_.capacity(), 1 << 12)));
     buf_.push_back(r);
     ++count_;
   }
@@ -51,8 +52,9 @@ class ExternalSorter {
     if (!run_paths_.empty()) {
       if (!buf_.empty()) spill();
       std::vector<Rec>().swap(buf_);
-      // 1 MiB per run: at most a few hundred runs even at 10^9 records and a small budget.
-      for (const auto& p : run_paths_) readers_.emplace_back(p, std::max<size_t>((1u << 20) / sizeof(Rec), 64));
+      // The merge's read buffers share the budget (1 MiB per run at most, 64 KiB at least).
+      size_t per_run = std::clamp<size_t>(capacity_ * sizeof(Rec) / run_paths_.size(), 64 << 10, 1 << 20);
+      for (const auto& p : run_paths_) readers_.emplace_back(p, std::max<size_t>(per_run / sizeof(Rec), 64));
       for (size_t k = 0; k < readers_.size(); ++k)
         if (readers_[k].advance()) heap_.push({readers_[k].head, k});
     }

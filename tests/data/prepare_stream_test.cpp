@@ -340,14 +340,15 @@ TEST(StreamingPrepare, SigkillAtAnyMomentLeavesNoHalfWrittenCorpus) {
 }
 
 // The CI scale test: ~200M residues (the sample replicated 56 times: 530K sequences, 224K clusters,
-// a 205 MB FASTA) prepared with --memory 16 under `ulimit -v` (address space, so nothing can be
-// hidden in mappings) of 192 MiB; peak RSS is measured and must stay well below the input size.
+// a 214 MB FASTA) prepared with --memory 16 under `ulimit -v` (address space, so nothing can be
+// hidden in mappings) of 128 MiB, most of which the binary's libraries take; peak RSS is measured
+// and must stay below a third of the input size (it is ~60 MiB).
 TEST(StreamingPrepare, TwoHundredMillionResiduesUnderAMemoryLimit) {
   ScratchDir d;
   auto [fa, tsv] = scaled_sample(d.path, 56);
   const uint64_t input_bytes = fs::file_size(fa);
   ASSERT_GT(input_bytes, 200'000'000u);
-  std::string cmd = "ulimit -v 196608 && OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=1 " +
+  std::string cmd = "ulimit -v 131072 && OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=1 " +
                     std::string(ESM2_BINARY) + " prepare --fasta " + fa.string() + " --clusters " + tsv.string() +
                     " --output " + (d / "corpus").string() + " --memory 16 > " + (d / "log").string() + " 2>&1";
   auto t0 = std::chrono::steady_clock::now();
@@ -360,8 +361,8 @@ TEST(StreamingPrepare, TwoHundredMillionResiduesUnderAMemoryLimit) {
   EXPECT_EQ(c.num_residues(), 56u * 3594034u);
   EXPECT_EQ(c.num_clusters(), 56u * 4000u);
   const uint64_t peak = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
-  std::printf("prepare of %llu residues (%llu-byte FASTA): %.1f s, peak RSS %.0f MiB (ulimit -v 192 MiB)\n",
+  std::printf("prepare of %llu residues (%llu-byte FASTA): %.1f s, peak RSS %.0f MiB (ulimit -v 128 MiB)\n",
               static_cast<unsigned long long>(c.num_residues()), static_cast<unsigned long long>(input_bytes), secs,
               peak / 1048576.0);
-  EXPECT_LT(peak, input_bytes / 2);
+  EXPECT_LT(peak, input_bytes / 3);
 }
