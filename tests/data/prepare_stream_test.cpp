@@ -294,7 +294,8 @@ TEST(StreamingPrepare, StaleDirectoriesOfAKilledRunAreCleanedUp) {
 // is either absent or a complete corpus, and the rerun succeeds and leaves no temp directory.
 TEST(StreamingPrepare, SigkillAtAnyMomentLeavesNoHalfWrittenCorpus) {
   ScratchDir d;
-  auto [fa, tsv] = scaled_sample(d.path, 3);  // ~11M residues
+  const auto input = scaled_sample(d.path, 3);  // ~11M residues
+  const fs::path fa = input.first, tsv = input.second;  // not a structured binding: clang 14 cannot capture one
   const fs::path out = d / "corpus";
   auto spawn = [&] {
     pid_t pid = ::fork();
