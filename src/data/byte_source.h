@@ -1,6 +1,8 @@
 // A sequential reader over a plain or gzip-compressed file (gzip detected by its magic bytes, not
 // the file name). A gzip stream that ends before its trailer is an error, never a silent EOF:
-// a truncated download must not become a silently smaller corpus.
+// a truncated download must not become a silently smaller corpus. A gzip file is inflated by a
+// worker thread a few MiB ahead of the reader, so parsing and inflating use two cores; its errors
+// reach the reader in stream order.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -30,6 +32,7 @@ class ByteSource {
 
  private:
   size_t read_raw(uint8_t* dst, size_t n);
+  std::string_view inflate_next();  // the worker's side: next inflated chunk, empty at the end
 
   std::filesystem::path path_;
   std::FILE* file_ = nullptr;
@@ -43,6 +46,8 @@ class ByteSource {
   size_t in_pos_ = 0, in_len_ = 0;
   uint64_t raw_bytes_ = 0;
   uint32_t raw_crc_ = 0;
+  struct Prefetch;
+  std::unique_ptr<Prefetch> ahead_;
 };
 
 // Reads the source line by line; strips a trailing '\r' so CRLF files parse like LF files.
