@@ -1,10 +1,22 @@
 // `esm2 prepare`: FASTA (+ cluster TSV) or the reference's SQLite (+ parquet) → a memory-mapped corpus.
 #include <cstdio>
+#include <fstream>
+#include <string>
 
 #include "apps/command.h"
 #include "data/prepare.h"
 
 namespace {
+
+// Peak resident memory of this process image (VmHWM: the mm's high-water mark, which unlike
+// getrusage's ru_maxrss does not inherit the RSS of whatever forked and exec'ed us).
+long peak_rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
 
 std::string quote(const std::string& s) {
   return s.find_first_of(" \t'\"") == std::string::npos ? s : "'" + s + "'";
@@ -42,6 +54,7 @@ esm2::apps::RunFn setup_prepare(CLI::App& app) {
     if (r.unreferenced > 0)
       std::printf("database rows named by no cluster (left out): %llu\n", static_cast<unsigned long long>(r.unreferenced));
     std::printf("wall time %.2f s (%.1f M residues/s)\n", r.seconds, r.stats.residues / r.seconds / 1e6);
+    if (long kib = peak_rss_kib(); kib >= 0) std::printf("peak memory (VmHWM) %.1f MiB\n", kib / 1024.0);
     return 0;
   };
 }
