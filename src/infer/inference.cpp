@@ -20,8 +20,7 @@ namespace fs = std::filesystem;
 
 namespace esm2 {
 
-InferenceModel load_inference_model(const fs::path& dir, const std::string& backend, const std::string& precision,
-                                    int threads) {
+InferenceModel load_inference_model(const fs::path& dir, BackendKind backend, Precision precision, int threads) {
   ESM2_CHECK(fs::is_directory(dir), "{}: checkpoint directory not found", dir.string());
   ESM2_CHECK(fs::exists(dir / "config.json"), "{}: no config.json (not a checkpoint or Hugging Face model directory)",
              dir.string());

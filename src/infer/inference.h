@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/backend_factory.h"
 #include "data/batch.h"
 #include "model/esm2.h"
 
@@ -22,8 +23,8 @@ struct InferenceModel {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Esm2Model> model;
 };
-InferenceModel load_inference_model(const std::filesystem::path& dir, const std::string& backend = "auto",
-                                    const std::string& precision = "auto", int threads = 0);
+InferenceModel load_inference_model(const std::filesystem::path& dir, BackendKind backend = BackendKind::Auto,
+                                    Precision precision = Precision::Auto, int threads = 0);
 
 // One input sequence: residue token ids (no <cls>/<eos>).
 struct ProteinRecord {

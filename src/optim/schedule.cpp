@@ -8,20 +8,11 @@
 namespace esm2 {
 
 ScheduleKind parse_schedule_kind(const std::string& name) {
-  if (name == "warmup_anneal_decay_hold" || name == "wadh") return ScheduleKind::WarmupAnnealDecayHold;
-  if (name == "constant") return ScheduleKind::Constant;
-  if (name == "cosine") return ScheduleKind::Cosine;
+  if (const auto k = parse_enum(kScheduleKindNames, name)) return *k;
   fail("unknown lr schedule '{}' (known: warmup_anneal_decay_hold, constant, cosine)", name);
 }
 
-std::string schedule_kind_name(ScheduleKind k) {
-  switch (k) {
-    case ScheduleKind::WarmupAnnealDecayHold: return "warmup_anneal_decay_hold";
-    case ScheduleKind::Constant: return "constant";
-    case ScheduleKind::Cosine: return "cosine";
-  }
-  return "?";
-}
+std::string schedule_kind_name(ScheduleKind k) { return enum_name(kScheduleKindNames, k); }
 
 double learning_rate(const ScheduleConfig& c, int64_t t) {
   if (t < c.warmup_steps) return c.max_lr * static_cast<double>(t) / static_cast<double>(c.warmup_steps);

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/enum_names.h"
+
 namespace esm2 {
 
 enum class ScheduleKind {
@@ -10,6 +12,11 @@ enum class ScheduleKind {
   Constant,               // linear warmup, then constant max_lr
   Cosine,                 // linear warmup, then cosine decay to min_lr at total_steps, then hold
 };
+
+inline constexpr EnumName<ScheduleKind> kScheduleKindNames[] = {
+    {"warmup_anneal_decay_hold", ScheduleKind::WarmupAnnealDecayHold},
+    {"cosine", ScheduleKind::Cosine},
+    {"constant", ScheduleKind::Constant}};
 
 struct ScheduleConfig {
   ScheduleKind kind = ScheduleKind::WarmupAnnealDecayHold;

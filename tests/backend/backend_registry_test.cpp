@@ -33,21 +33,20 @@ TEST(BackendRegistry, SecondRegistrationOfANameIsAnError) {
 }
 
 TEST(BackendRegistry, MakeBackendChoosesAmongRegisteredBackends) {
-  EXPECT_EQ(make_backend("cpu", "32", 1)->name(), "cpu");
+  EXPECT_EQ(make_backend(BackendKind::Cpu, Precision::Fp32, 1)->name(), "cpu");
   // auto: the first accelerator with a visible device, else the CPU.
   const BackendRegistration* cuda = find_backend("cuda");
   const bool gpu = cuda && cuda->device_count() > 0;
-  if (!gpu) EXPECT_EQ(make_backend("auto", "auto", 1)->name(), "cpu");
+  if (!gpu) EXPECT_EQ(make_backend(BackendKind::Auto, Precision::Auto, 1)->name(), "cpu");
   if (!cuda) {
     try {
-      make_backend("cuda", "auto", 1);
+      make_backend(BackendKind::Cuda, Precision::Auto, 1);
       FAIL() << "a build without the CUDA backend made one";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("this build has no CUDA backend"), std::string::npos) << e.what();
     }
   }
   // The CPU's own precision rule travels with its registration.
-  EXPECT_THROW(make_backend("cpu", "bf16-mixed", 1), Error);
-  EXPECT_THROW(make_backend("cpu", "fp8", 1), Error);
-  EXPECT_THROW(make_backend("tpu", "auto", 1), Error);
+  EXPECT_THROW(make_backend(BackendKind::Cpu, Precision::Bf16Mixed, 1), Error);
+  EXPECT_THROW(make_backend(BackendKind::Cpu, Precision::Fp16Mixed, 1), Error);
 }

@@ -8,10 +8,10 @@ void register_cpu_backend() {
   register_backend({.name = "cpu",
                     .accelerator = false,
                     .device_count = [] { return 1; },
-                    .make = [](const std::string& precision, int threads, int) -> std::unique_ptr<Backend> {
-                      ESM2_CHECK(!is_half_precision(precision),
+                    .make = [](Precision precision, int threads, int) -> std::unique_ptr<Backend> {
+                      ESM2_CHECK(precision == Precision::Auto || precision == Precision::Fp32,
                                  "--precision {}: the CPU backend computes in fp32 only; use --precision 32 (or auto)",
-                                 precision);
+                                 enum_name(kPrecisionNames, precision));
                       return make_cpu_backend(threads);
                     }});
 }
