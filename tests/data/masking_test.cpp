@@ -71,7 +71,9 @@ TEST(Masking, RatesOverAMillionPositions) {
       // Uniform over 33 ids: every id appears (special ones included), each near 1/33 of the draws.
       int64_t draws = changed;
       for (int id = 0; id < kVocabSize; ++id) {
-        if (id != kMask) EXPECT_GT(replaced[id], draws / 32 / 2) << id;  // braces: EXPECT_* is an if/else
+        if (id != kMask) {  // braces: EXPECT_* expands to an if/else
+          EXPECT_GT(replaced[id], draws / 32 / 2) << id;
+        }
       }
     } else {
       for (int id = 0; id < kVocabSize; ++id) {
