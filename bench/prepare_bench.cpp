@@ -37,7 +37,12 @@ std::pair<fs::path, fs::path> make_scaled_input(const fs::path& dir, int copies)
   std::string rec;
   for (int k = 0; k < copies; ++k) {
     for (size_t i = 0; i < t.size(); ++i) {
-      rec = ">" + std::string(t.id(i)) + "_r" + std::to_string(k) + " replicated\n";
+      // Appended piecewise: g++ 12 misreports `">" + std::string(...)` as overlapping (-Wrestrict).
+      rec.assign(1, '>');
+      rec += t.id(i);
+      rec += "_r";
+      rec += std::to_string(k);
+      rec += " replicated\n";
       auto s = t.sequence(i);
       for (size_t j = 0; j < s.size(); ++j) {
         rec += kVocab[s[j]].size() == 1 ? kVocab[s[j]][0] : 'X';
