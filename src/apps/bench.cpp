@@ -20,7 +20,7 @@
 #include "data/train_data.h"
 #include "model/esm2.h"
 #include "train/memory_plan.h"
-#include "train/optimizer.h"
+#include "optim/optimizer.h"
 
 #include <cblas.h>
 

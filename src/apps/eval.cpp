@@ -9,6 +9,7 @@
 
 #include "apps/command.h"
 #include "apps/infer_options.h"
+#include "core/atomic_dir.h"
 #include "core/error.h"
 #include "data/corpus.h"
 #include "data/sampler.h"
@@ -151,8 +152,8 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
                           {"micro_batch_tokens", a->common.micro_batch_tokens}, {"files", nlohmann::json::array()}};
     std::string csv = "file,id,start,residues,nll_sum,pppl\n";
     for (const auto& [name, corpus] : inputs) out["files"].push_back(evaluate(*m.model, corpus, name, *a, csv));
-    if (!a->json_out.empty()) esm2::apps::write_file_atomically(a->json_out, out.dump(2) + "\n");
-    if (!a->per_sequence.empty()) esm2::apps::write_file_atomically(a->per_sequence, csv);
+    if (!a->json_out.empty()) esm2::write_file_atomically(a->json_out, out.dump(2) + "\n");
+    if (!a->per_sequence.empty()) esm2::write_file_atomically(a->per_sequence, csv);
     return 0;
   };
 }

@@ -7,7 +7,7 @@
 #include "apps/cli_checks.h"
 #include "apps/enum_option.h"
 #include "backend/backend_factory.h"
-#include "train/inference.h"
+#include "infer/inference.h"
 
 namespace esm2::apps {
 
@@ -34,22 +34,5 @@ struct InferOptions {
   }
   InferenceModel load() const { return load_inference_model(checkpoint, backend, precision, threads); }
 };
-
-}  // namespace esm2::apps
-
-#include <unistd.h>
-
-#include "core/atomic_dir.h"
-
-namespace esm2::apps {
-
-// A single output file appears complete or not at all: written to <path>.tmp-<pid>, fsynced, renamed.
-inline void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  const std::filesystem::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  write_file(tmp, bytes);
-  fsync_path(tmp);
-  std::filesystem::rename(tmp, path);
-}
 
 }  // namespace esm2::apps

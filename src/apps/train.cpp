@@ -10,8 +10,8 @@
 #include "backend/backend_factory.h"
 #include "core/atomic_dir.h"
 #include "core/error.h"
-#include "dist/communicator.h"
-#include "dist/local_launcher.h"
+#include "comm/communicator.h"
+#include "comm/local_launcher.h"
 #include "io/hf_config.h"
 #include "train/checkpoint.h"
 #include "train/memory_plan.h"
@@ -21,7 +21,7 @@
 #include "backend/cuda/cuda_backend.h"
 #endif
 #ifdef ESM2_HAVE_NCCL
-#include "dist/nccl_communicator.h"
+#include "comm/nccl/nccl_communicator.h"
 #endif
 
 namespace {

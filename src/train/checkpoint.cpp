@@ -13,8 +13,8 @@
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "backend/backend.h"
-#include "train/model_state.h"
-#include "train/optimizer.h"
+#include "parallel/model_state.h"
+#include "optim/optimizer.h"
 
 namespace fs = std::filesystem;
 

@@ -10,7 +10,8 @@
 #include "data/train_data.h"
 #include "model/config.h"
 #include "model/recompute.h"
-#include "train/schedule.h"
+#include "optim/optimizer_config.h"
+#include "optim/schedule.h"
 
 namespace esm2 {
 
@@ -25,13 +26,6 @@ inline constexpr EnumName<MonitorMetric> kMonitorMetricNames[] = {{"val_loss", M
 
 // --grad-reduce-dtype: the ZeRO-1 gradient reduce-scatter's type on the wire.
 inline constexpr EnumName<DType> kGradReduceDtypeNames[] = {{"fp32", DType::F32}, {"bf16", DType::BF16}};
-
-struct OptimizerConfig {
-  double beta1 = 0.9, beta2 = 0.98, eps = 1e-8;
-  double weight_decay = 0.01;
-  bool decay_embeddings = false;  // by convention embeddings are not decayed
-  double clip_grad = 1.0;         // global-norm clipping; <= 0 disables
-};
 
 struct TrainConfig {
   // --- data (prepared corpora; see `esm2 prepare`) ---
@@ -78,7 +72,7 @@ struct TrainConfig {
   // --- data parallelism (docs/dist.md) ---
   bool distributed_optimizer = true;  // ZeRO-1 when world > 1; false: replicated AdamW + all-reduce
   double collective_timeout_s = 600;  // a collective unfinished after this aborts every rank
-  // ZeRO-1 communication (src/train/zero_optimizer.h, docs/dist.md): gradient buckets reduce-scattered
+  // ZeRO-1 communication (src/optim/zero_optimizer.h, docs/dist.md): gradient buckets reduce-scattered
   // during the backward (--no-overlap-grad-reduce: after it), fp32 or bf16 on the wire (fp32 by
   // default: the reference's bf16 reduction gained nothing on 2×H100, bench/results/multi-gpu-2xH100/overlap/).
   bool overlap_grad_reduce = true;

@@ -11,7 +11,7 @@
 #include "core/signals.h"
 #include "data/corpus.h"
 #include "data/train_data.h"
-#include "dist/parallel_layout.h"
+#include "parallel/parallel_layout.h"
 #include "model/esm2.h"
 #include "model/param_table.h"
 #include "train/checkpoint.h"
@@ -19,10 +19,10 @@
 #include "train/memory_plan.h"
 #include "train/metrics_logger.h"
 #include "train/model_summary.h"
-#include "train/optimizer.h"
-#include "train/pipeline_schedule.h"
+#include "optim/optimizer.h"
+#include "parallel/pipeline_schedule.h"
 #include "train/report.h"
-#include "train/zero_optimizer.h"
+#include "optim/zero_optimizer.h"
 
 namespace fs = std::filesystem;
 
@@ -145,7 +145,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   const fs::path ckpt_root = run_dir / "checkpoints";
   if (root) check_writable(run_dir);
   comm.barrier("results directory check");
-  // [dist] DP × TP × PP grid (src/dist/parallel_layout.h): data is split over DP only; every rank of a
+  // [dist] DP × TP × PP grid (src/parallel/parallel_layout.h): data is split over DP only; every rank of a
   // DP replica's tensor/pipeline group sees the same batch.
   ParallelGroups groups = make_parallel_groups(comm, cfg.tensor_parallel, cfg.pipeline_parallel);
   Communicator& dp = *groups.dp;

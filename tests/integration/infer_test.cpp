@@ -13,7 +13,7 @@
 #include "data/tokenizer.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
-#include "train/inference.h"
+#include "infer/inference.h"
 
 using namespace esm2::testing;
 namespace fs = std::filesystem;
