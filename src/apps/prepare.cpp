@@ -8,13 +8,15 @@
 
 namespace {
 
-// Peak resident memory of this process image (VmHWM: the mm's high-water mark, which unlike
-// getrusage's ru_maxrss does not inherit the RSS of whatever forked and exec'ed us).
-long peak_rss_kib() {
+// A peak of this process image from /proc/self/status: VmHWM (resident; unlike getrusage's ru_maxrss
+// it does not inherit the RSS of whatever forked and exec'ed us) or VmPeak (address space, which is what
+// `ulimit -v` limits; it includes the shared libraries mapped at start, e.g. cuBLAS in a CUDA build).
+long status_kib(const char* key) {
   std::ifstream f("/proc/self/status");
   std::string line;
+  const std::string k = key;
   while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+    if (line.rfind(k, 0) == 0) return std::stol(line.substr(k.size()));
   return -1;
 }
 
@@ -54,7 +56,8 @@ esm2::apps::RunFn setup_prepare(CLI::App& app) {
     if (r.unreferenced > 0)
       std::printf("database rows named by no cluster (left out): %llu\n", static_cast<unsigned long long>(r.unreferenced));
     std::printf("wall time %.2f s (%.1f M residues/s)\n", r.seconds, r.stats.residues / r.seconds / 1e6);
-    if (long kib = peak_rss_kib(); kib >= 0) std::printf("peak memory (VmHWM) %.1f MiB\n", kib / 1024.0);
+    if (long kib = status_kib("VmHWM:"); kib >= 0) std::printf("peak memory (VmHWM) %.1f MiB\n", kib / 1024.0);
+    if (long kib = status_kib("VmPeak:"); kib >= 0) std::printf("peak address space (VmPeak) %.1f MiB\n", kib / 1024.0);
     return 0;
   };
 }
