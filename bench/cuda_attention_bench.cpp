@@ -139,6 +139,7 @@ int run(bool quick) {
         be.act_from_host_f32(dout_d, dout.data(), dout.size());
         esm2::AttentionShape a;
         a.T = T, a.S = S, a.H = H, a.D = D, a.max_seqlen = b.max_len, a.cu_seqlens = cu_d, a.inv_freq = inv_d;
+        const int64_t calls0 = esm2::cuda_backend_cudnn_attention_calls(be);
         auto time = [&](auto&& f) {
           for (int i = 0; i < 3; ++i) f();
           be.synchronize();
@@ -159,9 +160,11 @@ int run(bool quick) {
         be.attention_backward(dqkv_d, dout_d, qkv_d, out_d, lse_d, a);
         be.act_to_host_f32(d2.data(), dqkv_d, d2.size());
         const bool same = std::memcmp(d1.data(), d2.data(), d1.size() * 4) == 0;
+        const bool ran_cudnn = esm2::cuda_backend_cudnn_attention_calls(be) > calls0;
+        const std::string name = std::string(r.name) + (std::strcmp(r.attention, "cudnn") == 0 && !ran_cudnn ? "(mma!)" : "");
         if (ref_out.empty()) ref_out = out, ref_dqkv = d1;
         std::printf("%-4d %-10s %-13s %9.3f %8.1f %9.3f %8.1f %10.3f %8.1f %9.2e %9.2e %5s\n", D, b.name.c_str(),
-                    r.name, tf * 1e3, fwd_flops / tf * 1e-12, tb * 1e3, 2.5 * fwd_flops / tb * 1e-12, tfb * 1e3,
+                    name.c_str(), tf * 1e3, fwd_flops / tf * 1e-12, tb * 1e3, 2.5 * fwd_flops / tb * 1e-12, tfb * 1e3,
                     3.5 * fwd_flops / tfb * 1e-12, rel_l2(out, ref_out), rel_l2(d1, ref_dqkv), same ? "same" : "DIFF");
         std::fflush(stdout);
         for (void* p : {static_cast<void*>(cu_d), static_cast<void*>(inv_d), qkv_d, dout_d, out_d, dqkv_d,

@@ -357,6 +357,8 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
     for (auto& x : dout) x = bf16_round(x);
     Side* sides[4] = {&cpu, &mma, &dnn, &fast};
     std::vector<float> out[4], lse[4], dqkv[4], again;
+    const int64_t dnn0 = cuda_backend_cudnn_attention_calls(*dnn.be);
+    const int64_t fast0 = cuda_backend_cudnn_attention_calls(*fast.be);
     for (int k = 0; k < 4; ++k) {
       Side& d = *sides[k];
       AttentionShape as;
@@ -387,6 +389,9 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
     }
     EXPECT_LT(rel_l2(out[2], out[1]), 1e-2) << "cuDNN vs mma, D " << D;
     EXPECT_LT(rel_l2(dqkv[2], dqkv[1]), 2e-2) << "cuDNN vs mma, D " << D;
+    EXPECT_EQ(cuda_backend_cudnn_attention_calls(*mma.be), 0);
+    EXPECT_EQ(cuda_backend_cudnn_attention_calls(*dnn.be) - dnn0, 3) << "the cuDNN route did not run, D " << D;
+    EXPECT_EQ(cuda_backend_cudnn_attention_calls(*fast.be) - fast0, 2) << "the cuDNN route did not run, D " << D;
     ASSERT_EQ(again.size(), dqkv[2].size());
     EXPECT_EQ(0, std::memcmp(again.data(), dqkv[2].data(), again.size() * 4)) << "D " << D;
   }

@@ -356,14 +356,21 @@ class CudnnAttentionImpl final : public CudnnAttention {
     CK(cudnnBackendExecute(handle_, g.plan, vp.d));
   }
 
+  // The cached plan; a shape whose plan failed to build fails again at once (no rebuild per call).
   Graph& plan_for(const Key& k) {
     auto it = plans_.find(k);
     if (it != plans_.end()) return *it->second;
+    if (auto f = failed_.find(k); f != failed_.end()) throw Error(f->second);
     auto g = std::make_unique<Graph>(handle_);
-    if (k.pass == 0)
-      build_forward(*g, k);
-    else
-      build_backward(*g, k);
+    try {
+      if (k.pass == 0)
+        build_forward(*g, k);
+      else
+        build_backward(*g, k);
+    } catch (const Error& e) {
+      failed_.emplace(k, e.what());
+      throw;
+    }
     return *plans_.emplace(k, std::move(g)).first->second;
   }
 
@@ -480,6 +487,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
   cudnnHandle_t handle_;
   cudaStream_t stream_;
   std::map<Key, std::unique_ptr<Graph>> plans_;
+  std::map<Key, std::string> failed_;
 };
 
 }  // namespace

@@ -83,6 +83,7 @@ class CudaBackend final : public Backend {
   DType activation_dtype() const override { return act_; }
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
+  int64_t cudnn_attention_calls() const { return cudnn_calls_; }
 
   // ---- memory ----
   void* alloc(size_t bytes) override {
@@ -219,8 +220,12 @@ class CudaBackend final : public Backend {
   void attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a) override {
 #ifdef ESM2_HAVE_CUDNN
     if (cuda::CudnnAttention* c = cudnn_for(a)) {
-      c->forward(out, lse, qkv, a, scratch(Slot::Attention, (c->forward_scratch_bytes(a) + 3) / 4));
-      return;
+      size_t bytes = 0;
+      if (cudnn_plan_ok([&] { bytes = c->forward_scratch_bytes(a); })) {
+        c->forward(out, lse, qkv, a, scratch(Slot::Attention, (bytes + 3) / 4));
+        ++cudnn_calls_;
+        return;
+      }
     }
 #endif
     cuda::launch_attention_forward(out, lse, qkv, a, act_,
@@ -231,9 +236,12 @@ class CudaBackend final : public Backend {
 #ifdef ESM2_HAVE_CUDNN
     if (cuda::CudnnAttention* c = cudnn_for(a)) {
       const bool det = !attn_nondeterministic_;
-      c->backward(dqkv, dout, qkv, out, lse, a, det,
-                  scratch(Slot::Attention, (c->backward_scratch_bytes(a, det) + 3) / 4));
-      return;
+      size_t bytes = 0;
+      if (cudnn_plan_ok([&] { bytes = c->backward_scratch_bytes(a, det); })) {
+        c->backward(dqkv, dout, qkv, out, lse, a, det, scratch(Slot::Attention, (bytes + 3) / 4));
+        ++cudnn_calls_;
+        return;
+      }
     }
 #endif
     cuda::launch_attention_backward(dqkv, dout, qkv, out, lse, a, act_,
@@ -484,6 +492,7 @@ class CudaBackend final : public Backend {
     return true;
   }
   AttnRoute attn_route_ = attention_route_from_env();
+  int64_t cudnn_calls_ = 0;
   bool attn_nondeterministic_ = nondeterministic_from_env();
 #ifdef ESM2_HAVE_CUDNN
   // Which route is faster per head dim, measured fwd+bwd on an H100 (bench/results/cuda/attention/).
@@ -503,6 +512,20 @@ class CudaBackend final : public Backend {
     }
     return cudnn_.get();
   }
+  // Runs a plan lookup; a shape cuDNN finds no engine for goes to the mma kernels (said once per run;
+  // both routes keep the same lse, so a forward and a backward of different routes still agree).
+  template <class F>
+  bool cudnn_plan_ok(F&& f) {
+    try {
+      f();
+      return true;
+    } catch (const Error& e) {
+      if (!cudnn_warned_) std::fprintf(stderr, "esm2: %s; using the mma kernels for this shape\n", e.what());
+      cudnn_warned_ = true;
+      return false;
+    }
+  }
+  bool cudnn_warned_ = false;
 #endif
   Scratch scratch_[static_cast<int>(Slot::kCount)];
   Uploaded uploads_[static_cast<int>(Upload::kCount)];
@@ -528,5 +551,6 @@ CudaBackend& as_cuda(Backend& b) {
 
 void* cuda_backend_stream(Backend& b) { return as_cuda(b).stream(); }
 int cuda_backend_device(Backend& b) { return as_cuda(b).device(); }
+int64_t cuda_backend_cudnn_attention_calls(Backend& b) { return as_cuda(b).cudnn_attention_calls(); }
 
 }  // namespace esm2
