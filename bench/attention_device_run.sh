@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the attention routes: build (carried SQLite/snappy dev packages), the CUDA tests,
 # the attention benchmark (mma vs cuDNN, fixed and real lengths), and with BENCH=1 `esm2 bench` 8M and
-# 650M under ESM2_ATTENTION=mma and =auto plus a short GPU training run twice (bitwise check).
+# 650M under ESM2_ATTENTION=mma and =cudnn (ROUTES) plus a short GPU training run twice (bitwise check).
 # Usage (repository root on the device): bench/attention_device_run.sh DEPS_DIR
 set -uo pipefail
 DEPS=${1:?deps dir with the .deb files}
@@ -26,7 +26,7 @@ E=./build/esm2
 $E prepare --fasta data/swissprot-sample/train.fasta.gz --clusters data/swissprot-sample/train_clusters.tsv \
   --output /tmp/corpus --force > /dev/null 2>&1
 $E prepare --fasta data/swissprot-sample/valid.fasta.gz --output /tmp/corpus_valid --force > /dev/null 2>&1
-for route in mma auto; do
+for route in mma ${ROUTES:-cudnn}; do
   for spec in "8M 65536" "650M 16384"; do
     set -- $spec
     ESM2_ATTENTION=$route timeout 150 $E bench --backend cuda --preset $1 --micro-batch-tokens $2 --data /tmp/corpus \
@@ -34,9 +34,9 @@ for route in mma auto; do
       grep -v "^ " | tail -3 | sed "s/^/[$route $1] /" | tee -a "$OUT/run.log"
   done
 done
-# Bitwise determinism of a short GPU training run (default route), twice.
+# Bitwise determinism of a short GPU training run (ESM2_ATTENTION=${TRAIN_ROUTE:-cudnn}), twice.
 for r in 1 2; do
-  timeout 120 $E train --train-data /tmp/corpus --valid-data /tmp/corpus_valid --preset 8M --backend cuda \
+  ESM2_ATTENTION=${TRAIN_ROUTE:-cudnn} timeout 120 $E train --train-data /tmp/corpus --valid-data /tmp/corpus_valid --preset 8M --backend cuda \
     --num-steps 30 --warmup-steps 5 --micro-batch-tokens 16384 --val-check-interval 30 --limit-val-batches 1 \
     --log-every-n-steps 10 --result-dir /tmp/runs$r --experiment-name det --seed 1 > /tmp/train$r.log 2>&1
   tail -2 /tmp/train$r.log | tee -a "$OUT/run.log"

@@ -495,8 +495,9 @@ class CudaBackend final : public Backend {
   int64_t cudnn_calls_ = 0;
   bool attn_nondeterministic_ = nondeterministic_from_env();
 #ifdef ESM2_HAVE_CUDNN
-  // Which route is faster per head dim, measured fwd+bwd on an H100 (bench/results/cuda/attention/).
-  static bool cudnn_preferred(int D) { return D == 16 || D == 32 || D == 64 || D == 128 || D % 8 == 0; }
+  // Which route `auto` takes per head dim. Until cuDNN's route has been measured on a GPU (fwd+bwd,
+  // bench/results/cuda/attention/), every head dim keeps the mma kernels; ESM2_ATTENTION=cudnn opts in.
+  static bool cudnn_preferred(int /*D*/) { return false; }
   std::unique_ptr<cuda::CudnnAttention> cudnn_;
   bool cudnn_tried_ = false;
   // The cuDNN runner when this call goes through cuDNN, else nullptr (created on first use; a machine
