@@ -1,7 +1,7 @@
 // The CUDA backend: one GPU, one stream. Activations in BF16 (bf16-mixed) or F32; parameters,
 // gradients and AdamW moments stay fp32; GEMMs go through cuBLASLt with fp32 accumulation and read bf16
 // copies of the fp32 master weights, kept by the backend and refreshed by the fused AdamW step.
-// This header is plain C++ (no CUDA headers) so that the backend factory in esm2core can include it.
+// This header is plain C++ (no CUDA headers) so that C++-only code (apps, tests) can include it.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -24,5 +24,9 @@ int cuda_backend_device(Backend& b);
 // Attention calls (forward and backward) a CUDA backend has run through cuDNN's fused attention (0 when
 // built without cuDNN); tests use it to know which route ran.
 int64_t cuda_backend_cudnn_attention_calls(Backend& b);
+
+// Adds the cuda backend to the registry (backend/backend_factory.h); the build's generated
+// builtin_components.cpp calls it.
+void register_cuda_backend();
 
 }  // namespace esm2
