@@ -7,11 +7,11 @@
 //
 // FLOPs are counted as FlashAttention does (non-causal): forward 4·L²·D per (sequence, head) — Q·Kᵀ and
 // P·V, 2 FLOPs a multiply-add — summed over the batch's sequences with their own L; backward 2.5× the
-// forward (five L²·D products against two); fwd+bwd 3.5×. Times: mean of 20 back-to-back calls after 3
+// forward (five L²·D products against two); fwd+bwd 3.5×. Times: mean of 20 (--iters) back-to-back calls after 3
 // warm-up calls, device synchronised before and after. Also printed: the relative L2 difference of each
 // route's output and gradients from the mma kernels' (a sanity check, the tests are the oracle), and
 // whether two backward calls on the same inputs gave the same bits.
-// Usage: cuda_attention_bench [--quick]   (ESM2_ATTN_BENCH_FASTA overrides the corpus file)
+// Usage: cuda_attention_bench [--quick] [--dims=16,64] [--iters=N]   (ESM2_ATTN_BENCH_FASTA: corpus file)
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -89,7 +89,7 @@ std::unique_ptr<esm2::Backend> make(const Route& r) {
   return be;
 }
 
-int run(bool quick) {
+int run(bool quick, std::vector<int> dims, int iters) {
   if (esm2::cuda_device_count() == 0) {
     std::printf("no CUDA device: skipped\n");
     return 0;
@@ -107,8 +107,8 @@ int run(bool quick) {
   const Route routes[] = {{"mma", "mma", "0"}, {"cudnn", "cudnn", "0"}, {"cudnn-nondet", "cudnn", "1"}};
   std::map<std::string, std::unique_ptr<esm2::Backend>> bes;
   for (const Route& r : routes) bes[r.name] = make(r);
-  std::vector<int> dims = quick ? std::vector<int>{64} : std::vector<int>{16, 32, 64, 128, 40};
-  const int iters = quick ? 5 : 20;
+  if (dims.empty()) dims = quick ? std::vector<int>{64} : std::vector<int>{16, 32, 64, 128, 40};
+  if (quick) iters = 5;
   std::printf("%-4s %-10s %-13s %9s %8s %9s %8s %10s %8s %9s %9s %5s\n", "D", "lengths", "route", "fwd ms", "fwd TF",
               "bwd ms", "bwd TF", "f+b ms", "f+b TF", "out err", "dqkv err", "bits");
   for (int D : dims) {
@@ -185,7 +185,27 @@ int run(bool quick) {
 int main(int argc, char** argv) {
 #ifdef ESM2_HAVE_CUDA
   try {
-    return run(argc > 1 && std::strcmp(argv[1], "--quick") == 0);
+    bool quick = false;
+    std::vector<int> dims;
+    int iters = 20;
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--quick") {
+        quick = true;
+      } else if (arg.rfind("--dims=", 0) == 0) {
+        for (size_t p = 7; p < arg.size();) {
+          const size_t q = arg.find(',', p);
+          dims.push_back(std::stoi(arg.substr(p, q - p)));
+          p = q == std::string::npos ? arg.size() : q + 1;
+        }
+      } else if (arg.rfind("--iters=", 0) == 0) {
+        iters = std::stoi(arg.substr(8));
+      } else {
+        std::fprintf(stderr, "cuda_attention_bench: unknown argument %s (--quick, --dims=16,64, --iters=N)\n", argv[i]);
+        return 1;
+      }
+    }
+    return run(quick, dims, iters);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cuda_attention_bench: %s\n", e.what());
     return 1;
