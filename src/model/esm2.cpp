@@ -177,6 +177,7 @@ struct SlotState {
   // Current micro-batch.
   int64_t T = 0, R = 0;
   int S = 0, max_seqlen = 0;
+  bool has_pad = false;  // some input id is <pad> (attention must mask those keys)
 };
 
 }  // namespace
@@ -362,6 +363,7 @@ struct Esm2Model::Impl : SlotState {
     R = static_cast<int64_t>(r.size());
     S = static_cast<int>(mb.cu_seqlens.size() - 1);
     max_seqlen = maxlen;
+    has_pad = std::find(mb.input_ids.begin(), mb.input_ids.end(), kPad) != mb.input_ids.end();
     ensure_capacity(T, R);
     be.copy_to_device(ids, mb.input_ids.data(), T * 4);
     be.copy_to_device(cu, mb.cu_seqlens.data(), (S + 1) * 4);
@@ -407,7 +409,7 @@ struct Esm2Model::Impl : SlotState {
     s.D = cfg.head_dim();
     s.max_seqlen = max_seqlen;
     s.cu_seqlens = cu;
-    s.ids = ids;
+    s.ids = has_pad ? ids : nullptr;  // no pad token: no key mask (lets the CUDA backend use cuDNN)
     s.pad_id = kPad;
     s.inv_freq = inv_freq_dev;
     return s;

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -281,8 +282,9 @@ TEST_P(CudaOps, GeluBothForms) {
 }
 
 // Packed sequences of lengths 1 .. 150 (crossing the 64-row tiles), pad keys, two heads, every head dim.
+// Head dims without a kernel of their own (8, 24, 40, 80) run zero-padded to the next tile.
 TEST_P(CudaOps, AttentionForwardBackwardAllHeadDims) {
-  for (int D : {16, 24, 32, 64, 128}) {
+  for (int D : {8, 16, 24, 32, 40, 64, 80, 128}) {
     const int H = 2;
     const int64_t C = H * D;
     std::vector<int32_t> cu = {0, 1, 6, 76, 226, 289};
@@ -318,6 +320,82 @@ TEST_P(CudaOps, AttentionForwardBackwardAllHeadDims) {
     EXPECT_LT(rel_l2(lse[1], lse[0]), tol(1e-5, 1e-3)) << "D " << D;
     EXPECT_LT(rel_l2(dqkv[1], dqkv[0]), tol(1e-4, 2e-2)) << "D " << D;
   }
+}
+
+// cuDNN's fused attention (ESM2_ATTENTION=cudnn) against the CPU backend and the mma kernels, forward,
+// lse and dq/dk/dv, on packed sequences of odd lengths (1, 2, 3, 63, 65, 130, 257) with no pad keys (the
+// cuDNN route's precondition); its deterministic backward gives the same bits twice, and
+// ESM2_ATTENTION_NONDETERMINISTIC's atomic backward stays within the same tolerance.
+TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
+  REQUIRE_GPU();
+#ifndef ESM2_HAVE_CUDNN
+  GTEST_SKIP() << "built without cuDNN: skipped";
+#else
+  auto with_env = [](const char* route, const char* nondet) {
+    setenv("ESM2_ATTENTION", route, 1);
+    setenv("ESM2_ATTENTION_NONDETERMINISTIC", nondet, 1);
+    auto be = gpu_backend(DType::BF16);
+    unsetenv("ESM2_ATTENTION");
+    unsetenv("ESM2_ATTENTION_NONDETERMINISTIC");
+    return be;
+  };
+  Side cpu, mma, dnn, fast;
+  cpu.be = make_cpu_backend(2);
+  mma.be = with_env("mma", "0");
+  dnn.be = with_env("cudnn", "0");
+  fast.be = with_env("cudnn", "1");
+  for (int D : {16, 32, 40, 64, 128}) {
+    const int H = 3;
+    const int64_t C = H * D;
+    const std::vector<int32_t> cu = {0, 1, 3, 66, 196, 453, 456, 519};
+    const int S = static_cast<int>(cu.size()) - 1;
+    const int64_t T = cu.back();
+    std::vector<float> inv_freq(D / 2);
+    for (int i = 0; i < D / 2; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, 2.0f * i / D);
+    auto qkv = randv(T * 3 * C, 70 + D, -2, 2), dout = randv(T * C, 71 + D);
+    for (auto& x : qkv) x = bf16_round(x);
+    for (auto& x : dout) x = bf16_round(x);
+    Side* sides[4] = {&cpu, &mma, &dnn, &fast};
+    std::vector<float> out[4], lse[4], dqkv[4], again;
+    const int64_t dnn0 = cuda_backend_cudnn_attention_calls(*dnn.be);
+    const int64_t fast0 = cuda_backend_cudnn_attention_calls(*fast.be);
+    for (int k = 0; k < 4; ++k) {
+      Side& d = *sides[k];
+      AttentionShape as;
+      as.T = T, as.S = S, as.H = H, as.D = D, as.max_seqlen = 257;
+      as.cu_seqlens = d.i32(cu), as.inv_freq = d.f32(inv_freq);
+      void* qp = d.act(qkv);
+      void* op = d.act(std::vector<float>(T * C, 77.0f));  // "=" outputs: the sentinels must go
+      float* lp = d.f32(std::vector<float>(H * T, 77.0f));
+      d.be->attention_forward(op, lp, qp, as);
+      out[k] = d.get_act(op, T * C);
+      lse[k] = d.get_f32(lp, H * T);
+      // The backward reads the forward output and lse: give every side the CPU's (bf16-rounded) ones.
+      void* op_ref = d.act(out[0]);
+      float* lp_ref = d.f32(lse[0]);
+      void* gp = d.act(dout);
+      void* dq = d.act(std::vector<float>(T * 3 * C, 99.0f));
+      d.be->attention_backward(dq, gp, qp, op_ref, lp_ref, as);
+      dqkv[k] = d.get_act(dq, T * 3 * C);
+      if (k == 2) {
+        d.be->attention_backward(dq, gp, qp, op_ref, lp_ref, as);
+        again = d.get_act(dq, T * 3 * C);
+      }
+    }
+    for (int k = 1; k < 4; ++k) {
+      EXPECT_LT(rel_l2(out[k], out[0]), 1e-2) << "D " << D << " side " << k;
+      EXPECT_LT(rel_l2(lse[k], lse[0]), 1e-3) << "D " << D << " side " << k;
+      EXPECT_LT(rel_l2(dqkv[k], dqkv[0]), 2e-2) << "D " << D << " side " << k;
+    }
+    EXPECT_LT(rel_l2(out[2], out[1]), 1e-2) << "cuDNN vs mma, D " << D;
+    EXPECT_LT(rel_l2(dqkv[2], dqkv[1]), 2e-2) << "cuDNN vs mma, D " << D;
+    EXPECT_EQ(cuda_backend_cudnn_attention_calls(*mma.be), 0);
+    EXPECT_EQ(cuda_backend_cudnn_attention_calls(*dnn.be) - dnn0, 3) << "the cuDNN route did not run, D " << D;
+    EXPECT_EQ(cuda_backend_cudnn_attention_calls(*fast.be) - fast0, 2) << "the cuDNN route did not run, D " << D;
+    ASSERT_EQ(again.size(), dqkv[2].size());
+    EXPECT_EQ(0, std::memcmp(again.data(), dqkv[2].data(), again.size() * 4)) << "D " << D;
+  }
+#endif
 }
 
 TEST_P(CudaOps, EmbeddingTokenDropoutRowsAndLoss) {
