@@ -247,8 +247,10 @@ __global__ void __launch_bounds__(256) layernorm_dwdb_partials_vec(float* __rest
 // takes one chunk of kColRows rows and its warp w the rows r0 + w, r0 + w + 8, ... — the rows thread row w
 // of layernorm_dwdb_partials_vec takes — accumulating each column's terms in that order in its own
 // shared-memory row; the 8 rows are then added in warp order: the partials are bitwise those of the
-// separate kernels. Needs 2·8·C floats of shared memory (layernorm_fused_smem).
-template <class T>
+// separate kernels. Needs 2·8·C floats of shared memory (layernorm_fused_smem). With one block per 128
+// rows there are few warps per SM, so a lane loads all its packs of a row (at most kP of them) before
+// using any: the loads of a row are in flight together.
+template <class T, int kP>
 __global__ void __launch_bounds__(256) layernorm_backward_fused_vec(
     T* __restrict__ dx, float* __restrict__ pw, float* __restrict__ pb, const T* __restrict__ dout,
     const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ mean,
@@ -262,42 +264,57 @@ __global__ void __launch_bounds__(256) layernorm_backward_fused_vec(
   __syncthreads();
   float* aw = sm + warp * C;
   float* ab = sm + (8 + warp) * C;
-  const int64_t np = C / kN;
+  const int np = static_cast<int>(C / kN);
   const int64_t r0 = blockIdx.x * static_cast<int64_t>(kColRows);
   const int64_t r1 = min(T_, r0 + kColRows);
   for (int64_t t = r0 + warp; t < r1; t += 8) {
     const P* xr = reinterpret_cast<const P*>(x + t * C);
     const P* dr = reinterpret_cast<const P*>(dout + t * C);
+    P px[kP], pd[kP];
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const int j = lane + 32 * i;
+      if (j < np) px[i] = xr[j], pd[i] = dr[j];
+    }
     const float m = mean[t], r = rstd[t];
     float sdn = 0, sdnx = 0;
-    for (int64_t j = lane; j < np; j += 32) {
-      const P px = xr[j], pd = dr[j];
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const int j = lane + 32 * i;
+      if (j >= np) continue;
       float wj[kN];
       load_params<kN>(wj, w + j * kN);
 #pragma unroll
       for (int k = 0; k < kN; ++k) {
-        const float d = to_f(pd.v[k]), xv = to_f(px.v[k]);
+        const float d = to_f(pd[i].v[k]), xv = to_f(px[i].v[k]);
         const float dn = d * wj[k];
         sdn += dn;
         sdnx += dn * (xv - m) * r;
-        const int64_t c = k * np + j;  // lane-consecutive: no bank conflicts
+        const int c = k * np + j;  // lane-consecutive: no bank conflicts
         aw[c] = dwdb_term(aw[c], d, xv, m, r);
         ab[c] = __fadd_rn(ab[c], d);
       }
     }
     const float mdn = warp_sum(sdn) / static_cast<float>(C), mdnx = warp_sum(sdnx) / static_cast<float>(C);
     P* dxr = reinterpret_cast<P*>(dx + t * C);
-    for (int64_t j = lane; j < np; j += 32) {
-      const P px = xr[j], pd = dr[j];
-      P acc = dxr[j];
+    P acc[kP];
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const int j = lane + 32 * i;
+      if (j < np) acc[i] = dxr[j];
+    }
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const int j = lane + 32 * i;
+      if (j >= np) continue;
       float wj[kN];
       load_params<kN>(wj, w + j * kN);
 #pragma unroll
       for (int k = 0; k < kN; ++k) {
-        const float xhat = (to_f(px.v[k]) - m) * r;
-        acc.v[k] = from_f<T>(to_f(acc.v[k]) + r * (to_f(pd.v[k]) * wj[k] - mdn - xhat * mdnx));
+        const float xhat = (to_f(px[i].v[k]) - m) * r;
+        acc[i].v[k] = from_f<T>(to_f(acc[i].v[k]) + r * (to_f(pd[i].v[k]) * wj[k] - mdn - xhat * mdnx));
       }
-      dxr[j] = acc;
+      dxr[j] = acc[i];
     }
   }
   __syncthreads();
@@ -311,6 +328,16 @@ __global__ void __launch_bounds__(256) layernorm_backward_fused_vec(
     pw[blockIdx.x * C + c] = a;
     pb[blockIdx.x * C + c] = bb;
   }
+}
+
+template <class T, int kP>
+void launch_fused(T* dx, float* pw, float* pb, const T* dout, const T* x, const float* w, const float* mean,
+                  const float* rstd, int64_t T_, int64_t C, int64_t chunks, size_t smem, cudaStream_t s) {
+  if (smem > (48u << 10))
+    ESM2_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_fused_vec<T, kP>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  layernorm_backward_fused_vec<T, kP><<<chunks, dim3(32, 8), smem, s>>>(dx, pw, pb, dout, x, w, mean, rstd, T_, C);
+  ESM2_CUDA_CHECK_LAUNCH();
 }
 
 // dw[c] += Σ_k pw[k·C + c] and db likewise, in chunk order (finish_col_partials for both in one launch).
@@ -369,13 +396,14 @@ void launch_layernorm_backward(void* dx, float* dw, float* db, const void* dout,
     using E = decltype(tag);
     constexpr int kN = Pack16<E>::kN;
     const bool vec = C % kN == 0 && aligned16(dx, dout, x);
-    if (vec && aligned16(w) && smem <= kFusedSmemLimit) {
-      if (smem > (48u << 10))
-        ESM2_CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_fused_vec<E>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      layernorm_backward_fused_vec<E><<<chunks, dim3(32, 8), smem, s>>>(
-          static_cast<E*>(dx), pw, pb, static_cast<const E*>(dout), static_cast<const E*>(x), w, mean, rstd, T, C);
-      ESM2_CUDA_CHECK_LAUNCH();
+    // Packs per lane: instances for 2 and 5 cover hidden sizes up to 1280 in bf16 (640 in fp32); 10
+    // (bf16 2560) spilled registers, so wider rows keep the two kernels.
+    const int64_t lane_packs = (C / kN + 31) / 32;
+    if (vec && aligned16(w) && smem <= kFusedSmemLimit && lane_packs <= 5) {
+      auto* d = static_cast<E*>(dx);
+      const auto *g = static_cast<const E*>(dout), *xi = static_cast<const E*>(x);
+      if (lane_packs <= 2) launch_fused<E, 2>(d, pw, pb, g, xi, w, mean, rstd, T, C, chunks, smem, s);
+      else launch_fused<E, 5>(d, pw, pb, g, xi, w, mean, rstd, T, C, chunks, smem, s);
       fused = true;
       return;
     }
