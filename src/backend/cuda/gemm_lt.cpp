@@ -225,7 +225,9 @@ LtRunner::Tuned LtRunner::tune(const LtGemm& g, cublasLtMatmulDesc_t op, cublasL
     }
     std::vector<int> same = {0};  // candidates whose output is bitwise h0's
     for (int i = 1; i < found; ++i) {
-      if (res[i].workspaceSize > workspace_bytes_ || !matmul(res[i].algo, probe, true)) continue;
+      if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > workspace_bytes_ ||
+          !matmul(res[i].algo, probe, true))
+        continue;
       unsigned differ = 0;
       ESM2_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(unsigned), s));
       launch_bytes_differ(ref, probe, bytes, flag, s);
