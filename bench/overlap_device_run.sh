@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call on 2+ GPUs for the ZeRO-1 gradient reduction (src/train/zero_optimizer.h):
+# One device call on 2+ GPUs for the ZeRO-1 gradient reduction (src/optim/zero_optimizer.h):
 #  (0) build (carried SQLite/snappy .debs as bench/multi_gpu_run.sh) and the NCCL tests;
 #  (a) exactness: 8M, bf16-mixed, `esm2 train --gpus N`, 30 steps, 500k-parameter buckets, fp32 on the
 #      wire: reduced after the backward and gathered at the end of the step vs both overlapped must give

@@ -12,7 +12,7 @@ Same recipe as esm2.cpp, HF-style execution:
   loss      sum of cross-entropy over the step's labelled positions / their count (as ours);
   optimizer torch.optim.AdamW(fused=True), betas (0.9, 0.98), eps 1e-8, weight decay 0.01 on weight
             matrices except the embedding (ours), global-norm clipping 1.0, bf16 autocast, SDPA;
-  schedule  WarmupAnnealDecayHold as src/train/schedule.h: lr = max_lr·t/W for t < W, then
+  schedule  WarmupAnnealDecayHold as src/optim/schedule.h: lr = max_lr·t/W for t < W, then
             max(max_lr·(1 − (t−W)/(T−W)), min_lr). T is --num-steps, or with --num-steps 0 it is fixed
             after --calibration-steps timed steps so that the schedule ends when --schedule-time
             seconds of training have passed (all calls together).

@@ -4,7 +4,7 @@ independent oracle that tests/integration/score_fixture_test.cpp compares `esm2 
 item 3).
 
 Masked-marginal scores (Meier et al. 2021), the definition `esm2 score` implements
-(src/train/inference.h): for a variant (one or more substitutions), mask ALL its positions at once in the
+(src/infer/inference.h): for a variant (one or more substitutions), mask ALL its positions at once in the
 wild type (<cls> wt <eos>, batch of one, no padding), take log-softmax over the whole 33-token vocabulary
 at each masked position and sum log p(mut) - log p(wt). The single-mutant matrix [L, 20] masks one
 position at a time; column order is the token order L A G V S E R T I D P K Q N F Y M H W C; the wild

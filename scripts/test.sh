@@ -11,8 +11,9 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
-# Sanitizer pass. Labels core data io model train: every unit test (parsers, corpus, checkpoints
-# I/O, kernels against finite differences, optimizer and schedules) in about 4 minutes on 2 cores.
+# Sanitizer pass. The component labels (docs/architecture.md): every unit test (parsers, corpus,
+# checkpoints I/O, kernels against finite differences, optimizer and schedules, the registries and the
+# layering check) in about 4 minutes on 2 cores.
 # Left out: cuda and dist (build-asan has no CUDA and no MPI) and integration: its tests drive
 # dozens of full `esm2 train` processes (2+ minutes under ASan) and the SIGTERM test's timing window
 # does not survive a 5-10x slowdown; scripts/fuzz.sh below runs the readers under ASan as well.
@@ -21,5 +22,5 @@ CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWit
   -DESM2_SANITIZE=ON -DESM2_FUZZ=ON -DESM2_CUDA=OFF -DESM2_MPI=OFF -DESM2_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j "$jobs" -L '^(core|data|io|model|train)$'
+  ctest --test-dir build-asan --output-on-failure -j "$jobs" -L '^(core|data|backend|comm|model|io|parallel|optim|train|infer)$'
 ./scripts/fuzz.sh "${ESM2_FUZZ_SECONDS:-20}"

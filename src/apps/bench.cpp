@@ -10,6 +10,7 @@
 #include <random>
 
 #include "apps/command.h"
+#include "apps/enum_option.h"
 #include "backend/backend.h"
 #include "backend/backend_factory.h"
 #include "backend/timing_backend.h"
@@ -18,7 +19,7 @@
 #include "data/train_data.h"
 #include "model/esm2.h"
 #include "train/memory_plan.h"
-#include "train/optimizer.h"
+#include "optim/optimizer.h"
 
 #include <cblas.h>
 
@@ -27,7 +28,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct BenchArgs {
-  std::string data, preset = "8M", backend = "auto", precision = "auto", json_out, recompute = "selective";
+  std::string data, preset = "8M", json_out;
+  esm2::BackendKind backend = esm2::BackendKind::Auto;
+  esm2::Precision precision = esm2::Precision::Auto;
+  esm2::Recompute recompute = esm2::Recompute::Selective;
   int64_t micro_batch_tokens = 16384;
   int max_seq_length = 1024, steps = 5, warmup = 1, threads = 0;
   double peak_tflops = 0;
@@ -70,12 +74,12 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   app.add_option("--max-seq-length", a->max_seq_length, "Longest sequence (tokens)")->capture_default_str();
   app.add_option("--steps", a->steps, "Timed steps")->capture_default_str();
   app.add_option("--warmup", a->warmup, "Untimed warm-up steps")->capture_default_str();
-  app.add_option("--backend", a->backend, "auto, cpu or cuda")->capture_default_str();
-  app.add_option("--precision", a->precision, "auto, 32, bf16-mixed")->capture_default_str();
+  esm2::apps::add_enum_option(app, "--backend", a->backend, esm2::kBackendKindNames, "auto, cpu or cuda");
+  esm2::apps::add_enum_option(app, "--precision", a->precision, esm2::kPrecisionNames, "auto, 32, bf16-mixed");
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->capture_default_str();
   app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)");
-  app.add_option("--recompute", a->recompute, "Activations recomputed in the backward: none, selective or full")
-      ->check(CLI::IsMember({"none", "selective", "full"}))->capture_default_str();
+  esm2::apps::add_enum_option(app, "--recompute", a->recompute, esm2::kRecomputeNames,
+                              "Activations recomputed in the backward: none, selective or full");
   app.add_option("--json", a->json_out, "Write the results as JSON to this file");
   app.add_flag("--profile", a->profile,
                "Also time every backend op of the timed steps (each op synchronised: the shares are meaningful, the "
@@ -88,7 +92,7 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
     timing.set_enabled(false);
     esm2::Backend* backend = &timing;
     esm2::ModelConfig mc = esm2::model_preset(a->preset);
-    const esm2::Recompute recompute = esm2::parse_recompute(a->recompute);
+    const esm2::Recompute recompute = a->recompute;
     const esm2::MemoryPlan plan = esm2::plan_memory(mc, a->micro_batch_tokens, recompute, backend->activation_dtype());
     fmt::print("{}", esm2::format_memory_plan(plan));
     std::fflush(stdout);
@@ -199,7 +203,7 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
       return run();
     } catch (const esm2::OutOfDeviceMemory& e) {
       throw esm2::Error(esm2::out_of_memory_message(e, esm2::model_preset(a->preset), a->micro_batch_tokens,
-                                                    esm2::parse_recompute(a->recompute)));
+                                                    a->recompute));
     }
   };
 }

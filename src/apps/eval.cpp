@@ -9,6 +9,7 @@
 
 #include "apps/command.h"
 #include "apps/infer_options.h"
+#include "core/atomic_dir.h"
 #include "core/error.h"
 #include "data/corpus.h"
 #include "data/sampler.h"
@@ -24,7 +25,7 @@ struct EvalArgs {
   int64_t limit_batches = -1;
   int max_seq_length = 1024;
   // The masking of the validation set; a run trained with other settings validated with those.
-  std::string mask_strategy = "all_tokens";
+  esm2::MaskStrategy mask_strategy = esm2::MaskStrategy::AllTokens;
   float mask_prob = 0.15f, mask_token_prob = 0.8f, random_token_prob = 0.1f;
   bool pppl = false, skip_invalid = false;
   fs::path json_out, per_sequence;
@@ -62,7 +63,7 @@ nlohmann::json evaluate(esm2::Esm2Model& model, const esm2::Corpus& corpus, cons
   esm2::DataConfig dc;
   dc.max_seq_length = a.max_seq_length;
   dc.micro_batch_tokens = a.common.micro_batch_tokens;
-  dc.mask_strategy = a.mask_strategy == "amino_acids_only" ? esm2::MaskStrategy::AminoAcidsOnly : esm2::MaskStrategy::AllTokens;
+  dc.mask_strategy = a.mask_strategy;
   dc.mask_prob = a.mask_prob;
   dc.mask_token_prob = a.mask_token_prob;
   dc.random_token_prob = a.random_token_prob;
@@ -117,9 +118,8 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
   app.add_option("--max-seq-length", a->max_seq_length,
                  "Tokens incl. <cls>/<eos>; longer sequences get the validation crop window (as in training)")
       ->capture_default_str();
-  app.add_option("--random-mask-strategy", a->mask_strategy,
-                 "As the training run: all_tokens (33-token vocab) or amino_acids_only")
-      ->capture_default_str();
+  esm2::apps::add_enum_option(app, "--random-mask-strategy", a->mask_strategy, esm2::kMaskStrategyNames,
+                              "As the training run: all_tokens (33-token vocab) or amino_acids_only");
   app.add_option("--mask-prob", a->mask_prob, "As the training run: fraction of positions masked")->capture_default_str();
   app.add_option("--mask-token-prob", a->mask_token_prob, "As the training run: of those, fraction set to <mask>")
       ->capture_default_str();
@@ -134,8 +134,6 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
     ESM2_CHECK(!a->data.empty() || !a->fasta.empty(), "eval: give --data CORPUS or --fasta FILE");
     ESM2_CHECK(a->limit_batches == -1 || a->limit_batches > 0, "eval: --limit-batches {} must be positive (or -1: all)",
                a->limit_batches);
-    ESM2_CHECK(a->mask_strategy == "all_tokens" || a->mask_strategy == "amino_acids_only",
-               "eval: --random-mask-strategy '{}' is not all_tokens or amino_acids_only", a->mask_strategy);
     ESM2_CHECK(a->per_sequence.empty() || a->pppl, "eval: --per-sequence needs --pseudo-perplexity");
     // Inputs are opened before the model is loaded so that a bad path fails fast.
     std::vector<std::pair<std::string, esm2::Corpus>> inputs;
@@ -152,8 +150,8 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
                           {"micro_batch_tokens", a->common.micro_batch_tokens}, {"files", nlohmann::json::array()}};
     std::string csv = "file,id,start,residues,nll_sum,pppl\n";
     for (const auto& [name, corpus] : inputs) out["files"].push_back(evaluate(*m.model, corpus, name, *a, csv));
-    if (!a->json_out.empty()) esm2::apps::write_file_atomically(a->json_out, out.dump(2) + "\n");
-    if (!a->per_sequence.empty()) esm2::apps::write_file_atomically(a->per_sequence, csv);
+    if (!a->json_out.empty()) esm2::write_file_atomically(a->json_out, out.dump(2) + "\n");
+    if (!a->per_sequence.empty()) esm2::write_file_atomically(a->per_sequence, csv);
     return 0;
   };
 }

@@ -4,14 +4,16 @@
 #include <filesystem>
 #include <string>
 
-#include "train/inference.h"
+#include "apps/enum_option.h"
+#include "backend/backend_factory.h"
+#include "infer/inference.h"
 
 namespace esm2::apps {
 
 struct InferOptions {
   std::filesystem::path checkpoint;
-  std::string backend = "auto";
-  std::string precision = "auto";
+  BackendKind backend = BackendKind::Auto;
+  Precision precision = Precision::Auto;
   int threads = 0;
   int64_t micro_batch_tokens = 16384;
 
@@ -22,29 +24,12 @@ struct InferOptions {
     app.add_option("--micro-batch-tokens", micro_batch_tokens,
                    "Token budget of one packed forward pass (a longer sequence gets a pass of its own)")
         ->capture_default_str();
-    app.add_option("--backend", backend, "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda")
-        ->capture_default_str();
-    app.add_option("--precision", precision, "auto, 32 or bf16-mixed (CUDA only)")->capture_default_str();
+    add_enum_option(app, "--backend", backend, kBackendKindNames,
+                    "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda");
+    add_enum_option(app, "--precision", precision, kPrecisionNames, "auto, 32 or bf16-mixed (CUDA only)");
     app.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
   }
   InferenceModel load() const { return load_inference_model(checkpoint, backend, precision, threads); }
 };
-
-}  // namespace esm2::apps
-
-#include <unistd.h>
-
-#include "core/atomic_dir.h"
-
-namespace esm2::apps {
-
-// A single output file appears complete or not at all: written to <path>.tmp-<pid>, fsynced, renamed.
-inline void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  const std::filesystem::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  write_file(tmp, bytes);
-  fsync_path(tmp);
-  std::filesystem::rename(tmp, path);
-}
 
 }  // namespace esm2::apps

@@ -6,6 +6,7 @@
 
 #include "apps/command.h"
 #include "apps/infer_options.h"
+#include "core/atomic_dir.h"
 #include "core/error.h"
 #include "data/sequence_table.h"
 #include "data/tokenizer.h"
@@ -113,7 +114,7 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
       for (size_t i = 0; i < scores.size(); ++i)
         csv += a->dms.empty() ? fmt::format("{},{:.9g}\n", names[i], scores[i]) : fmt::format("{},{:.9g}\n", rows[i], scores[i]);
       if (a->output.empty()) std::fputs(csv.c_str(), stdout);
-      else esm2::apps::write_file_atomically(a->output, csv);
+      else esm2::write_file_atomically(a->output, csv);
     }
     if (!a->matrix.empty()) {
       const auto mat = esm2::single_mutant_matrix(*m.model, wt, budget);
@@ -125,7 +126,7 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
         for (int k = 0; k < esm2::kNumStandardAminoAcids; ++k) csv += fmt::format(",{:.9g}", mat[i * esm2::kNumStandardAminoAcids + k]);
         csv += "\n";
       }
-      esm2::apps::write_file_atomically(a->matrix, csv);
+      esm2::write_file_atomically(a->matrix, csv);
     }
     if (!a->output.empty() || !a->matrix.empty())
       std::printf("%zu-residue wild type: %zu variants scored%s\n", wt.size(), variants.size(),

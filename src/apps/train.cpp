@@ -3,10 +3,11 @@
 #include <cmath>
 
 #include "apps/command.h"
+#include "apps/enum_option.h"
 #include "backend/backend_factory.h"
 #include "core/error.h"
-#include "dist/communicator.h"
-#include "dist/local_launcher.h"
+#include "comm/communicator.h"
+#include "comm/local_launcher.h"
 #include "io/hf_config.h"
 #include "train/checkpoint.h"
 #include "train/memory_plan.h"
@@ -15,7 +16,7 @@
 #include "backend/cuda/cuda_backend.h"
 #endif
 #ifdef ESM2_HAVE_NCCL
-#include "dist/nccl_communicator.h"
+#include "comm/nccl/nccl_communicator.h"
 #endif
 
 namespace {
@@ -23,13 +24,14 @@ namespace {
 using esm2::TrainConfig;
 namespace fs = std::filesystem;
 
+// --gelu: ModelConfig::gelu_tanh.
+constexpr esm2::EnumName<bool> kGeluNames[] = {{"erf", false}, {"tanh", true}};
+
 struct TrainArgs {
   TrainConfig cfg;
   std::string preset = "demo";
   int num_layers = 0, hidden_size = 0, num_attention_heads = 0, ffn_hidden_size = 0;
-  std::string gelu = "erf";
-  std::string recompute = "selective";
-  std::string schedule = "warmup_anneal_decay_hold";
+  bool gelu_tanh = false;
   double lr = 4e-4, min_lr = -1;
   int64_t warmup_steps = 2000, scheduler_num_steps = -1;
   bool tensorboard = true, no_report = false;
@@ -41,7 +43,7 @@ struct TrainArgs {
 // line without --gpus, joined by NCCL through an id made here (docs/dist.md).
 int launch_gpu_workers(const TrainArgs& a) {
 #ifdef ESM2_HAVE_NCCL
-  ESM2_CHECK(a.cfg.backend != "cpu", "train: --gpus {} needs the cuda backend (got --backend cpu); multi-process CPU "
+  ESM2_CHECK(a.cfg.backend != esm2::BackendKind::Cpu, "train: --gpus {} needs the cuda backend (got --backend cpu); multi-process CPU "
              "training runs under mpirun/srun", a.gpus);
   const int visible = esm2::cuda_device_count();
   ESM2_CHECK(a.gpus <= visible, "train: --gpus {}: only {} GPU(s) visible on this node", a.gpus, visible);
@@ -82,7 +84,7 @@ void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
     if (a.hidden_size) cfg.model.hidden_size = a.hidden_size;
     if (a.num_attention_heads) cfg.model.num_attention_heads = a.num_attention_heads;
     if (a.ffn_hidden_size) cfg.model.ffn_hidden_size = a.ffn_hidden_size;
-    cfg.model.gelu_tanh = a.gelu == "tanh";
+    cfg.model.gelu_tanh = a.gelu_tanh;
     return;
   }
   ESM2_CHECK(fs::is_directory(from), "{}: checkpoint directory not found", from.string());
@@ -110,14 +112,16 @@ void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
                a.preset, layers, hidden, heads, ffn, from.string(), m.num_layers, m.hidden_size, m.num_attention_heads,
                m.ffn_hidden_size);
   }
-  ESM2_CHECK(app.count("--gelu") == 0 || (a.gelu == "tanh") == m.gelu_tanh,
-             "train: --gelu {} conflicts with the checkpoint {} (gelu {})", a.gelu, from.string(),
-             m.gelu_tanh ? "tanh" : "erf");
+  ESM2_CHECK(app.count("--gelu") == 0 || a.gelu_tanh == m.gelu_tanh,
+             "train: --gelu {} conflicts with the checkpoint {} (gelu {})", esm2::enum_name(kGeluNames, a.gelu_tanh),
+             from.string(), esm2::enum_name(kGeluNames, m.gelu_tanh));
 }
 
 esm2::apps::RunFn setup_train(CLI::App& app) {
+  using esm2::apps::add_enum_option;
   auto a = std::make_shared<TrainArgs>();
   TrainConfig& c = a->cfg;
+  esm2::DataConfig& d = c.data;
   // A later occurrence of a flag overrides an earlier one (and the config file), as users expect
   // when they append an override to a long command line.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -126,22 +130,23 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--train-data", c.train_corpus, "Training corpus directory (made by `esm2 prepare`)")
       ->group("Data")->required();
   app.add_option("--valid-data", c.valid_corpus, "Validation corpus directory (made by `esm2 prepare`)")->group("Data");
-  app.add_option("--max-seq-length", c.max_seq_length, "Longest sequence in tokens incl. <cls>/<eos>; longer ones are randomly cropped")
+  app.add_option("--max-seq-length", d.max_seq_length, "Longest sequence in tokens incl. <cls>/<eos>; longer ones are randomly cropped")
       ->group("Data")->capture_default_str();
-  app.add_option("--min-seq-length", c.min_seq_length, "Sequences shorter than this (tokens) are not sampled")
+  app.add_option("--min-seq-length", d.min_seq_length, "Sequences shorter than this (tokens) are not sampled")
       ->group("Data")->capture_default_str();
-  app.add_option("--micro-batch-tokens", c.micro_batch_tokens, "Packed mode: token budget per micro-batch (default 16384 when --micro-batch-size is not given)")
+  app.add_option("--micro-batch-tokens", d.micro_batch_tokens, "Packed mode: token budget per micro-batch (default 16384 when --micro-batch-size is not given)")
       ->group("Data");
-  app.add_option("--micro-batch-size", c.micro_batch_size, "Reference mode: sequences per micro-batch (padded batches; compute skips the padding)")
+  app.add_option("--micro-batch-size", d.micro_batch_size, "Reference mode: sequences per micro-batch (padded batches; compute skips the padding)")
       ->group("Data");
-  app.add_option("--accumulate-grad-batches", c.accumulate_grad_batches, "Micro-batches per optimizer step and rank")
+  app.add_option("--accumulate-grad-batches", d.accumulate_grad_batches, "Micro-batches per optimizer step and rank")
       ->group("Data")->capture_default_str();
-  app.add_option("--random-mask-strategy", c.mask_strategy, "Random replacement tokens: all_tokens (33-token vocab) or amino_acids_only")
-      ->group("Data")->check(CLI::IsMember({"all_tokens", "amino_acids_only"}))->capture_default_str();
-  app.add_option("--mask-prob", c.mask_prob, "Fraction of positions selected for the loss")->group("Data")->capture_default_str();
-  app.add_option("--mask-token-prob", c.mask_token_prob, "Of the selected: fraction replaced by <mask>")->group("Data")->capture_default_str();
-  app.add_option("--random-token-prob", c.random_token_prob, "Of the selected: fraction replaced by a random token")->group("Data")->capture_default_str();
-  app.add_option("--seed", c.seed, "Seed of sampling, masking and initialisation")->group("Data")->capture_default_str();
+  add_enum_option(app, "--random-mask-strategy", d.mask_strategy, esm2::kMaskStrategyNames,
+                  "Random replacement tokens: all_tokens (33-token vocab) or amino_acids_only")
+      ->group("Data");
+  app.add_option("--mask-prob", d.mask_prob, "Fraction of positions selected for the loss")->group("Data")->capture_default_str();
+  app.add_option("--mask-token-prob", d.mask_token_prob, "Of the selected: fraction replaced by <mask>")->group("Data")->capture_default_str();
+  app.add_option("--random-token-prob", d.random_token_prob, "Of the selected: fraction replaced by a random token")->group("Data")->capture_default_str();
+  app.add_option("--seed", d.seed, "Seed of sampling, masking and initialisation")->group("Data")->capture_default_str();
 
   // Model
   app.add_option("--preset", a->preset, "Model shape: demo, 8M, esm2_t6_8M, 35M, 150M, 650M, 3B, 15B (a checkpoint to start from decides the shape; "
@@ -151,8 +156,8 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--hidden-size", a->hidden_size, "Override the preset's hidden size")->group("Model");
   app.add_option("--num-attention-heads", a->num_attention_heads, "Override the preset's attention heads")->group("Model");
   app.add_option("--ffn-hidden-size", a->ffn_hidden_size, "Override the preset's FFN size")->group("Model");
-  app.add_option("--gelu", a->gelu, "GELU form: erf (HF/fair-esm, default) or tanh (Megatron)")
-      ->group("Model")->check(CLI::IsMember({"erf", "tanh"}))->capture_default_str();
+  add_enum_option(app, "--gelu", a->gelu_tanh, kGeluNames, "GELU form: erf (HF/fair-esm, default) or tanh (Megatron)")
+      ->group("Model");
   app.add_option("--init-from-hf", c.init_from, "Start from the weights of a Hugging Face ESM-2 checkpoint directory (fresh optimizer)")
       ->group("Model");
 
@@ -163,8 +168,9 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--warmup-steps", a->warmup_steps, "Linear warmup steps")->group("Optimization")->capture_default_str();
   app.add_option("--scheduler-num-steps", a->scheduler_num_steps, "Steps over which the lr decays (default --num-steps)")
       ->group("Optimization");
-  app.add_option("--lr-schedule", a->schedule, "warmup_anneal_decay_hold (reference), cosine or constant")
-      ->group("Optimization")->check(CLI::IsMember({"warmup_anneal_decay_hold", "cosine", "constant"}))->capture_default_str();
+  add_enum_option(app, "--lr-schedule", c.schedule.kind, esm2::kScheduleKindNames,
+                  "warmup_anneal_decay_hold (reference), cosine or constant")
+      ->group("Optimization");
   app.add_option("--weight-decay", c.optim.weight_decay, "Decoupled AdamW weight decay on weight matrices")
       ->group("Optimization")->capture_default_str();
   app.add_flag("--decay-embeddings", c.optim.decay_embeddings, "Also apply weight decay to the embedding matrix")->group("Optimization");
@@ -177,8 +183,9 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Optimization");
   app.add_option("--max-time", c.max_time_s, "Stop after this many seconds of training (validation and checkpoint first); 0: no limit")
       ->group("Optimization");
-  app.add_option("--on-nonfinite", c.on_nonfinite, "Non-finite loss or gradient: stop (save last good state, exit 1) or skip the step")
-      ->group("Optimization")->check(CLI::IsMember({"stop", "skip"}))->capture_default_str();
+  add_enum_option(app, "--on-nonfinite", c.on_nonfinite, esm2::kOnNonfiniteNames,
+                  "Non-finite loss or gradient: stop (save last good state, exit 1) or skip the step")
+      ->group("Optimization");
 
   // Validation, logging, checkpoints
   app.add_option("--val-check-interval", c.val_check_interval, "Validate (and checkpoint) every N steps")
@@ -203,22 +210,25 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_flag("--save-last-checkpoint,!--no-save-last-checkpoint", a->save_last, "Keep the latest checkpoint")
       ->group("Checkpoints and logs");
   app.add_flag("--disable-checkpointing", c.disable_checkpointing, "Write no checkpoints")->group("Checkpoints and logs");
-  app.add_option("--metric-to-monitor-for-checkpoints", c.metric_to_monitor, "val_loss or val_ppl (lower is better)")
-      ->group("Checkpoints and logs")->capture_default_str();
+  add_enum_option(app, "--metric-to-monitor-for-checkpoints", c.metric_to_monitor, esm2::kMonitorMetricNames,
+                  "val_loss or val_ppl (lower is better)")
+      ->group("Checkpoints and logs");
   app.add_flag("--create-tensorboard-logger,!--no-tensorboard", a->tensorboard,
                "TensorBoard event files under <run>/tensorboard (default on)")
       ->group("Checkpoints and logs");
   app.add_flag("--no-report", a->no_report, "Do not write report.html and the PNG curves at the end")->group("Checkpoints and logs");
 
   // Execution
-  app.add_option("--backend", c.backend, "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda")
-      ->group("Execution")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
-  app.add_option("--precision", c.precision, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU)")->group("Execution")->capture_default_str();
+  add_enum_option(app, "--backend", c.backend, esm2::kBackendKindNames,
+                  "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda")
+      ->group("Execution");
+  add_enum_option(app, "--precision", c.precision, esm2::kPrecisionNames, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU)")
+      ->group("Execution");
   app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->capture_default_str();
-  app.add_option("--recompute", a->recompute,
-                 "Activations recomputed in the backward: none, selective (LayerNorms + attention residual; "
-                 "~3% FLOPs, 25% less activation memory) or full (the layer up to the FFN; ~22% FLOPs)")
-      ->group("Execution")->check(CLI::IsMember({"none", "selective", "full"}))->capture_default_str();
+  add_enum_option(app, "--recompute", c.recompute, esm2::kRecomputeNames,
+                  "Activations recomputed in the backward: none, selective (LayerNorms + attention residual; "
+                  "~3% FLOPs, 25% less activation memory) or full (the layer up to the FFN; ~22% FLOPs)")
+      ->group("Execution");
   // [dist] data parallelism over MPI (docs/dist.md)
   app.add_flag("!--no-distributed-optimizer", c.distributed_optimizer,
                "With several ranks: replicated AdamW + gradient all-reduce instead of ZeRO-1 (sharded moments)")
@@ -227,11 +237,11 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                "ZeRO-1: reduce-scatter all gradient buckets after the backward instead of overlapping each "
                "with the rest of the backward (GPUs; MPI on CPUs is synchronous either way)")
       ->group("Execution");
-  app.add_option("--grad-reduce-dtype", c.grad_reduce_dtype,
-                 "ZeRO-1 gradient reduce-scatter on the wire: fp32 (exact rank-ordered sums), or bf16 (half the "
-                 "traffic, for slow interconnects; each rank's gradient rounded once, summed in fp32)")
-      ->group("Execution")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
-  app.add_flag_callback("--grad-reduce-in-fp32", [&c] { c.grad_reduce_dtype = "fp32"; },
+  add_enum_option(app, "--grad-reduce-dtype", c.grad_reduce_dtype, esm2::kGradReduceDtypeNames,
+                  "ZeRO-1 gradient reduce-scatter on the wire: fp32 (exact rank-ordered sums), or bf16 (half the "
+                  "traffic, for slow interconnects; each rank's gradient rounded once, summed in fp32)")
+      ->group("Execution");
+  app.add_flag_callback("--grad-reduce-in-fp32", [&c] { c.grad_reduce_dtype = esm2::DType::F32; },
                         "The reference's spelling of --grad-reduce-dtype fp32")
       ->group("Execution");
   app.add_option("--ddp-bucket-size", c.ddp_bucket_size,
@@ -255,7 +265,6 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     TrainConfig cfg = a->cfg;
     cfg.preset = a->preset;
     model_config(*a, *app_ptr, cfg);
-    cfg.schedule.kind = esm2::parse_schedule_kind(a->schedule);
     cfg.schedule.max_lr = a->lr;
     cfg.schedule.min_lr = a->min_lr >= 0 ? a->min_lr : a->lr / 10;
     cfg.schedule.warmup_steps = a->warmup_steps;
@@ -264,8 +273,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     cfg.save_best_checkpoint = a->save_best;
     cfg.save_last_checkpoint = a->save_last;
     cfg.write_report = !a->no_report;
-    cfg.recompute = esm2::parse_recompute(a->recompute);
-    if (cfg.micro_batch_size == 0 && cfg.micro_batch_tokens == 0) cfg.micro_batch_tokens = 16384;
+    if (cfg.data.micro_batch_size == 0 && cfg.data.micro_batch_tokens == 0) cfg.data.micro_batch_tokens = 16384;
     // [dist] `--gpus N` starts the workers and waits; a worker (ESM2_RANK set) trains. A config file
     // naming gpus reaches the workers too: there it must agree with the world they were started in.
     const esm2::LaunchInfo launch = esm2::detect_launch();
@@ -281,7 +289,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     // NCCL under `--gpus` or mpirun/srun with the cuda backend, MPI with the cpu backend, else one local
     // rank. Each rank's GPU is its local rank, so the backend comes first. An error on one rank ends
     // the whole job: the others would otherwise wait in their next collective.
-    const int gpu = launch.multi_process() && cfg.backend != "cpu" ? esm2::gpu_for_local_rank(launch.local_rank) : 0;
+    const int gpu = launch.multi_process() && cfg.backend != esm2::BackendKind::Cpu ? esm2::gpu_for_local_rank(launch.local_rank) : 0;
     const std::unique_ptr<esm2::Backend> backend = esm2::make_backend(cfg.backend, cfg.precision, cfg.threads, gpu);
     const std::unique_ptr<esm2::Communicator> comm = esm2::make_communicator(cfg.collective_timeout_s, backend.get());
     // A device allocation failure becomes one line saying which micro-batch fits (memory_plan.h).

@@ -84,6 +84,14 @@ void fsync_path(const fs::path& path) {
   ESM2_CHECK(rc == 0, "{}: fsync failed: {}", path.string(), std::strerror(err));
 }
 
+void write_file_atomically(const fs::path& path, std::string_view bytes) {
+  if (path.has_parent_path()) fs::create_directories(path.parent_path());
+  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+  write_file(tmp, bytes);
+  fsync_path(tmp);
+  fs::rename(tmp, path);
+}
+
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   ESM2_CHECK(in.good(), "{}: cannot open: {}", path.string(), std::strerror(errno));

@@ -30,6 +30,9 @@ class AtomicDir {
 void write_file(const std::filesystem::path& path, std::string_view bytes);
 // fsync a file or directory; throws naming the path on failure.
 void fsync_path(const std::filesystem::path& path);
+// A single output file appears complete or not at all: written to <path>.tmp-<pid>, fsynced, renamed
+// (parent directories are created).
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
 // Reads a whole file; throws "<path>: cannot open: <reason>" on failure.
 std::string read_file(const std::filesystem::path& path);
 

@@ -5,8 +5,32 @@
 
 namespace esm2 {
 
-void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
+void scan_fasta(const std::filesystem::path& path, bool trim_trailing_space,
+                const std::function<void(std::string_view id, uint64_t line_number)>& on_header,
+                const std::function<void(std::string_view line, uint64_t line_number)>& on_sequence) {
   LineReader lines(path);
+  const std::string file = path.string();
+  bool in_record = false;
+  std::string_view line;
+  while (lines.next(line)) {
+    if (trim_trailing_space)
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.remove_suffix(1);
+    if (line.empty()) continue;
+    if (line.front() == '>') {
+      std::string_view h = line.substr(1);
+      const std::string_view id = h.substr(0, h.find_first_of(" \t\v\f"));
+      in_record = true;
+      // The caller finishes the previous record first, so errors come in file order.
+      on_header(id, lines.line_number());
+      ESM2_CHECK(!id.empty(), "{}: line {}: header without an id", file, lines.line_number());
+      continue;
+    }
+    ESM2_CHECK(in_record, "{}: line {}: sequence data before the first '>' header", file, lines.line_number());
+    on_sequence(line, lines.line_number());
+  }
+}
+
+void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
   const std::string file = path.string();
   std::string id;
   uint64_t header_line = 0;
@@ -20,26 +44,21 @@ void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
     residues.clear();
   };
 
-  std::string_view line;
-  while (lines.next(line)) {
-    if (line.empty()) continue;
-    if (line.front() == '>') {
-      finish();
-      header_line = lines.line_number();
-      std::string_view h = line.substr(1);
-      size_t end = h.find_first_of(" \t\v\f");
-      id.assign(h.substr(0, end));
-      ESM2_CHECK(!id.empty(), "{}: line {}: header without an id", file, header_line);
-      in_record = true;
-      continue;
-    }
-    ESM2_CHECK(in_record, "{}: line {}: sequence data before the first '>' header", file, lines.line_number());
-    size_t before = residues.size();
-    int64_t bad = tokenize_residues(line, residues);
-    if (bad >= 0)
-      fail("{}: record '{}' (line {}, column {}): non-letter character {} at residue {}", file, id,
-           lines.line_number(), bad + 1, printable_byte(line[bad]), before + bad + 1);
-  }
+  scan_fasta(
+      path, /*trim_trailing_space=*/false,
+      [&](std::string_view header_id, uint64_t line_number) {
+        finish();
+        id.assign(header_id);
+        header_line = line_number;
+        in_record = true;
+      },
+      [&](std::string_view line, uint64_t line_number) {
+        const size_t before = residues.size();
+        const int64_t bad = tokenize_residues(line, residues);
+        if (bad >= 0)
+          fail("{}: record '{}' (line {}, column {}): non-letter character {} at residue {}", file, id, line_number,
+               bad + 1, printable_byte(line[bad]), before + bad + 1);
+      });
   finish();
 }
 

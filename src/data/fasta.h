@@ -4,11 +4,25 @@
 // and the reason: sequence data before the first header, an empty sequence or id, a non-letter
 // character, a duplicate id, a truncated gzip stream, a missing file.
 #pragma once
+#include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <string_view>
 
 #include "data/sequence_table.h"
 
 namespace esm2 {
+
+// The project's one FASTA parser, shared by readers with different record policies (read_fasta below
+// for training; read_protein_fasta in src/infer/inference.h). Calls on_header(id, line number) for
+// each '>' header, id being the header text up to the first whitespace (an empty id is an error,
+// raised after on_header has seen it), and on_sequence(line, line number) for each sequence line
+// after it. Empty lines are skipped; sequence data before the first header is an error naming the
+// file and line. trim_trailing_space: strip trailing '\r', ' ' and '\t' from every line first (a
+// line left empty is skipped).
+void scan_fasta(const std::filesystem::path& path, bool trim_trailing_space,
+                const std::function<void(std::string_view id, uint64_t line_number)>& on_header,
+                const std::function<void(std::string_view line, uint64_t line_number)>& on_sequence);
 
 // Appends the records of `path` to `table` (ids must be unique across everything already in it).
 void read_fasta(const std::filesystem::path& path, SequenceTable& table);

@@ -10,12 +10,17 @@
 #include <span>
 #include <vector>
 
+#include "core/enum_names.h"
+
 namespace esm2 {
 
 enum class MaskStrategy {
   AllTokens,       // random replacement from all 33 ids (reference default; may yield special tokens)
   AminoAcidsOnly,  // from the 20 standard amino acids (ids 4..23)
 };
+
+inline constexpr EnumName<MaskStrategy> kMaskStrategyNames[] = {{"all_tokens", MaskStrategy::AllTokens},
+                                                                 {"amino_acids_only", MaskStrategy::AminoAcidsOnly}};
 
 struct MaskConfig {
   MaskStrategy strategy = MaskStrategy::AllTokens;

@@ -123,21 +123,25 @@ GlobalPlan plan_step(DataPosition& pos, const DataConfig& cfg, int num_bins, int
 }  // namespace
 
 void DataConfig::validate() const {
-  ESM2_CHECK(max_seq_length >= 3, "max_seq_length {} is below 3 (<cls>, one residue, <eos>)", max_seq_length);
-  ESM2_CHECK(min_seq_length <= max_seq_length, "min_seq_length {} exceeds max_seq_length {}", min_seq_length,
+  ESM2_CHECK(max_seq_length >= 3, "--max-seq-length {} is below 3 (<cls>, one residue, <eos>)", max_seq_length);
+  ESM2_CHECK(min_seq_length >= 0, "--min-seq-length {} is negative", min_seq_length);
+  ESM2_CHECK(min_seq_length <= max_seq_length, "--min-seq-length {} exceeds --max-seq-length {}", min_seq_length,
              max_seq_length);
+  ESM2_CHECK(micro_batch_size >= 0, "--micro-batch-size {} is negative (sequences per micro-batch)", micro_batch_size);
+  ESM2_CHECK(micro_batch_tokens >= 0, "--micro-batch-tokens {} is negative (tokens per micro-batch)",
+             micro_batch_tokens);
   ESM2_CHECK((micro_batch_size > 0) != (micro_batch_tokens > 0),
-             "give exactly one of micro_batch_size (padded) and micro_batch_tokens (packed); got {} and {}",
+             "give exactly one of --micro-batch-size (padded) and --micro-batch-tokens (packed); got {} and {}",
              micro_batch_size, micro_batch_tokens);
   ESM2_CHECK(micro_batch_tokens == 0 || micro_batch_tokens >= max_seq_length,
-             "micro_batch_tokens {} is below max_seq_length {}: a full-length sequence would fit in no micro-batch",
+             "--micro-batch-tokens {} is below --max-seq-length {}: a full-length sequence would fit in no micro-batch",
              micro_batch_tokens, max_seq_length);
-  ESM2_CHECK(micro_batch_tokens < (int64_t{1} << 31), "micro_batch_tokens {} overflows int32 cu_seqlens",
+  ESM2_CHECK(micro_batch_tokens < (int64_t{1} << 31), "--micro-batch-tokens {} overflows int32 cu_seqlens",
              micro_batch_tokens);
-  ESM2_CHECK(accumulate_grad_batches >= 1, "accumulate_grad_batches {} is below 1", accumulate_grad_batches);
-  ESM2_CHECK(mask_prob >= 0 && mask_prob <= 1, "mask_prob {} is outside [0, 1]", mask_prob);
+  ESM2_CHECK(accumulate_grad_batches >= 1, "--accumulate-grad-batches {} is below 1", accumulate_grad_batches);
+  ESM2_CHECK(mask_prob >= 0 && mask_prob <= 1, "--mask-prob {} is outside [0, 1]", mask_prob);
   ESM2_CHECK(mask_token_prob >= 0 && random_token_prob >= 0 && mask_token_prob + random_token_prob <= 1.0f + 1e-6f,
-             "mask_token_prob {} + random_token_prob {} must be non-negative and at most 1", mask_token_prob,
+             "--mask-token-prob {} + --random-token-prob {} must be non-negative and at most 1", mask_token_prob,
              random_token_prob);
 }
 

@@ -25,7 +25,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "data/tokenizer.h"
-#include "dist/communicator.h"
+#include "comm/communicator.h"
 #include "model/param_table.h"
 
 namespace esm2 {

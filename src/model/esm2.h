@@ -41,7 +41,7 @@ struct FlatRun {
 
 class Communicator;
 
-// The model-parallel groups of this rank (src/dist/parallel_layout.h). Null or single-rank
+// The model-parallel groups of this rank (src/parallel/parallel_layout.h). Null or single-rank
 // communicators mean no tensor / pipeline parallelism.
 struct ModelParallel {
   Communicator* tp = nullptr;  // tensor-parallel group: heads and FFN columns split over its ranks
@@ -124,7 +124,7 @@ class Esm2Model {
   // returns. Null (the default): no calls.
   void set_grad_ready_hook(std::function<void(size_t ready_from)> hook);
 
-  // ---- pipeline stage (driven by src/train/pipeline_schedule.h) ----
+  // ---- pipeline stage (driven by src/parallel/pipeline_schedule.h) ----
   // With ModelParallel::pp of P ranks this rank holds layers [first_layer, end_layer) (param_table.h:
   // pipeline_stage_layers); the first stage also the embedding (+ token dropout), the last the final
   // LayerNorm, the LM head and a replica of the word embedding as the tied decoder. P = 1: everything.

@@ -13,20 +13,20 @@
 #pragma once
 #include <string>
 
+#include "core/enum_names.h"
 #include "core/error.h"
 
 namespace esm2 {
 
 enum class Recompute { None, Selective, Full };
 
-inline const char* recompute_name(Recompute r) {
-  return r == Recompute::None ? "none" : r == Recompute::Selective ? "selective" : "full";
-}
+inline constexpr EnumName<Recompute> kRecomputeNames[] = {
+    {"none", Recompute::None}, {"selective", Recompute::Selective}, {"full", Recompute::Full}};
+
+inline const char* recompute_name(Recompute r) { return enum_name(kRecomputeNames, r); }
 
 inline Recompute parse_recompute(const std::string& s) {
-  if (s == "none") return Recompute::None;
-  if (s == "selective") return Recompute::Selective;
-  if (s == "full") return Recompute::Full;
+  if (const auto r = parse_enum(kRecomputeNames, s)) return *r;
   fail("--recompute must be none, selective or full (got '{}')", s);
 }
 

@@ -13,8 +13,8 @@
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "backend/backend.h"
-#include "train/model_state.h"
-#include "train/optimizer.h"
+#include "parallel/model_state.h"
+#include "optim/optimizer.h"
 
 namespace fs = std::filesystem;
 
@@ -123,7 +123,7 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
                        {"hidden_size", model.config().hidden_size},
                        {"num_attention_heads", model.config().num_attention_heads},
                        {"ffn_hidden_size", model.config().ffn_hidden_size}};
-  st["seed"] = cfg.seed;
+  st["seed"] = cfg.data.seed;
   write_file(dir.path() / kStateFile, st.dump(1) + "\n");
   dir.commit();
   // The pointer is replaced atomically after the directory exists in full.

@@ -14,7 +14,7 @@
 #include "data/train_data.h"
 #include "io/safetensors.h"
 #include "model/esm2.h"
-#include "train/optimizer.h"
+#include "optim/optimizer.h"
 #include "train/train_config.h"
 
 namespace esm2 {

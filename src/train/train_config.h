@@ -4,29 +4,36 @@
 #include <cstdint>
 #include <string>
 
+#include "backend/backend_factory.h"
+#include "core/dtype.h"
+#include "core/enum_names.h"
+#include "data/train_data.h"
 #include "model/config.h"
 #include "model/recompute.h"
-#include "train/schedule.h"
+#include "optim/optimizer_config.h"
+#include "optim/schedule.h"
 
 namespace esm2 {
 
-struct OptimizerConfig {
-  double beta1 = 0.9, beta2 = 0.98, eps = 1e-8;
-  double weight_decay = 0.01;
-  bool decay_embeddings = false;  // by convention embeddings are not decayed
-  double clip_grad = 1.0;         // global-norm clipping; <= 0 disables
-};
+// --on-nonfinite: what a step with a non-finite loss or gradient norm does.
+enum class OnNonfinite { Stop, Skip };  // stop: save the last good state, exit 1; skip: drop the step
+inline constexpr EnumName<OnNonfinite> kOnNonfiniteNames[] = {{"stop", OnNonfinite::Stop}, {"skip", OnNonfinite::Skip}};
+
+// --metric-to-monitor-for-checkpoints (lower is better for both).
+enum class MonitorMetric { ValLoss, ValPpl };
+inline constexpr EnumName<MonitorMetric> kMonitorMetricNames[] = {{"val_loss", MonitorMetric::ValLoss},
+                                                                  {"val_ppl", MonitorMetric::ValPpl}};
+
+// --grad-reduce-dtype: the ZeRO-1 gradient reduce-scatter's type on the wire.
+inline constexpr EnumName<DType> kGradReduceDtypeNames[] = {{"fp32", DType::F32}, {"bf16", DType::BF16}};
 
 struct TrainConfig {
   // --- data (prepared corpora; see `esm2 prepare`) ---
   std::string train_corpus, valid_corpus;
-  int max_seq_length = 1024, min_seq_length = 0;
-  std::string mask_strategy = "all_tokens";  // all_tokens | amino_acids_only
-  float mask_prob = 0.15f, mask_token_prob = 0.8f, random_token_prob = 0.1f;
-  int micro_batch_size = 0;         // padded/reference mode: sequences per micro-batch
-  int64_t micro_batch_tokens = 0;   // packed mode: token budget per micro-batch (default when neither given)
-  int accumulate_grad_batches = 1;
-  uint64_t seed = 42;
+  // Sequence lengths, masking, micro-batches and the seed (which also initialises the weights); its
+  // rules are checked by DataConfig::validate. The CLI sets --micro-batch-tokens 16384 when neither
+  // micro-batch flag is given.
+  DataConfig data;
 
   // --- model ---
   std::string preset = "demo";
@@ -38,7 +45,7 @@ struct TrainConfig {
   OptimizerConfig optim;
   int64_t num_steps = 1000;
   int64_t early_stop_on_step = -1;  // stop (with checkpoint) at this step though the schedule runs to num_steps
-  std::string on_nonfinite = "stop";  // stop | skip
+  OnNonfinite on_nonfinite = OnNonfinite::Stop;
   double max_time_s = 0;              // > 0: stop (validation + checkpoint) once this much wall time has passed
 
   // --- validation / logging / checkpoints ---
@@ -51,12 +58,12 @@ struct TrainConfig {
   std::string restore_from_checkpoint_path;
   int save_top_k = 2;
   bool save_last_checkpoint = true, save_best_checkpoint = true, disable_checkpointing = false;
-  std::string metric_to_monitor = "val_loss";  // val_loss | val_ppl (lower is better)
+  MonitorMetric metric_to_monitor = MonitorMetric::ValLoss;
   bool write_report = true;
 
   // --- execution ---
-  std::string backend = "auto";      // auto | cpu | cuda
-  std::string precision = "auto";    // auto | 32 | fp32 | bf16-mixed …
+  BackendKind backend = BackendKind::Auto;
+  Precision precision = Precision::Auto;
   int threads = 0;                   // CPU threads (0 = all cores)
   // Activations kept for the backward (model/recompute.h). selective costs one C×C GEMM per layer,
   // ~2.8% of a step's FLOPs, for 25% less activation memory (docs/cuda.md).
@@ -64,11 +71,11 @@ struct TrainConfig {
   // --- data parallelism (docs/dist.md) ---
   bool distributed_optimizer = true;  // ZeRO-1 when world > 1; false: replicated AdamW + all-reduce
   double collective_timeout_s = 600;  // a collective unfinished after this aborts every rank
-  // ZeRO-1 communication (src/train/zero_optimizer.h, docs/dist.md): gradient buckets reduce-scattered
+  // ZeRO-1 communication (src/optim/zero_optimizer.h, docs/dist.md): gradient buckets reduce-scattered
   // during the backward (--no-overlap-grad-reduce: after it), fp32 or bf16 on the wire (fp32 by
   // default: the reference's bf16 reduction gained nothing on 2×H100, bench/results/multi-gpu-2xH100/overlap/).
   bool overlap_grad_reduce = true;
-  std::string grad_reduce_dtype = "fp32";  // fp32 | bf16
+  DType grad_reduce_dtype = DType::F32;   // F32 | BF16
   int64_t ddp_bucket_size = 40'000'000;    // elements per gradient bucket
   // --- model parallelism (docs/dist.md): world = DP × TP × PP ---
   int tensor_parallel = 1;    // --tensor-model-parallel-size

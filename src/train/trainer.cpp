@@ -11,7 +11,7 @@
 #include "core/signals.h"
 #include "data/corpus.h"
 #include "data/train_data.h"
-#include "dist/parallel_layout.h"
+#include "parallel/parallel_layout.h"
 #include "model/esm2.h"
 #include "model/param_table.h"
 #include "train/checkpoint.h"
@@ -19,10 +19,10 @@
 #include "train/memory_plan.h"
 #include "train/metrics_logger.h"
 #include "train/model_summary.h"
-#include "train/optimizer.h"
-#include "train/pipeline_schedule.h"
+#include "optim/optimizer.h"
+#include "parallel/pipeline_schedule.h"
 #include "train/report.h"
-#include "train/zero_optimizer.h"
+#include "optim/zero_optimizer.h"
 
 namespace fs = std::filesystem;
 
@@ -35,42 +35,17 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-DataConfig make_data_config(const TrainConfig& c) {
-  DataConfig d;
-  d.seed = c.seed;
-  d.max_seq_length = c.max_seq_length;
-  d.min_seq_length = c.min_seq_length;
-  d.mask_strategy = c.mask_strategy == "amino_acids_only" ? MaskStrategy::AminoAcidsOnly : MaskStrategy::AllTokens;
-  d.mask_prob = c.mask_prob;
-  d.mask_token_prob = c.mask_token_prob;
-  d.random_token_prob = c.random_token_prob;
-  d.micro_batch_size = c.micro_batch_size;
-  d.micro_batch_tokens = c.micro_batch_tokens;
-  d.accumulate_grad_batches = c.accumulate_grad_batches;
-  return d;
-}
-
 void validate_config(const TrainConfig& c, const Communicator& comm) {
   c.model.validate();
-  ESM2_CHECK(c.grad_reduce_dtype == "fp32" || c.grad_reduce_dtype == "bf16",
-             "train: --grad-reduce-dtype must be fp32 or bf16 (got '{}')", c.grad_reduce_dtype);
+  c.data.validate();
   ESM2_CHECK(c.ddp_bucket_size >= 1, "train: --ddp-bucket-size must be >= 1 (got {})", c.ddp_bucket_size);
   ESM2_CHECK(!c.train_corpus.empty(), "train: --train-data (a corpus made by `esm2 prepare`) is required");
   ESM2_CHECK(c.num_steps >= 1, "train: --num-steps must be >= 1 (got {})", c.num_steps);
   ESM2_CHECK(c.val_check_interval >= 1, "train: --val-check-interval must be >= 1 (got {})", c.val_check_interval);
   ESM2_CHECK(c.log_every_n_steps >= 1, "train: --log-every-n-steps must be >= 1 (got {})", c.log_every_n_steps);
-  ESM2_CHECK(c.accumulate_grad_batches >= 1, "train: --accumulate-grad-batches must be >= 1 (got {})",
-             c.accumulate_grad_batches);
-  ESM2_CHECK((c.micro_batch_size > 0) != (c.micro_batch_tokens > 0),
-             "train: give exactly one of --micro-batch-size (sequences, reference/padded mode) and "
-             "--micro-batch-tokens (packed mode)");
-  ESM2_CHECK(c.max_seq_length >= 3, "train: --max-seq-length must be >= 3 (got {})", c.max_seq_length);
-  ESM2_CHECK(c.max_seq_length <= c.model.max_position_embeddings,
-             "train: --max-seq-length {} exceeds the model's max_position_embeddings {}", c.max_seq_length,
+  ESM2_CHECK(c.data.max_seq_length <= c.model.max_position_embeddings,
+             "train: --max-seq-length {} exceeds the model's max_position_embeddings {}", c.data.max_seq_length,
              c.model.max_position_embeddings);
-  ESM2_CHECK(c.micro_batch_tokens == 0 || c.micro_batch_tokens >= c.max_seq_length,
-             "train: --micro-batch-tokens {} is smaller than --max-seq-length {} (a sequence must fit)",
-             c.micro_batch_tokens, c.max_seq_length);
   ESM2_CHECK(c.schedule.max_lr > 0, "train: --lr must be > 0");
   ESM2_CHECK(c.schedule.min_lr >= 0 && c.schedule.min_lr <= c.schedule.max_lr,
              "train: --min-lr must be in [0, --lr] (got {} with --lr {})", c.schedule.min_lr, c.schedule.max_lr);
@@ -82,11 +57,6 @@ void validate_config(const TrainConfig& c, const Communicator& comm) {
   ESM2_CHECK(c.limit_val_batches < 1 || c.limit_val_batches == std::floor(c.limit_val_batches),
              "train: --limit-val-batches must be a fraction in (0,1) or a whole number of batches (got {})",
              c.limit_val_batches);
-  ESM2_CHECK(c.on_nonfinite == "stop" || c.on_nonfinite == "skip",
-             "train: --on-nonfinite must be 'stop' or 'skip' (got '{}')", c.on_nonfinite);
-  ESM2_CHECK(c.metric_to_monitor == "val_loss" || c.metric_to_monitor == "val_ppl",
-             "train: --metric-to-monitor-for-checkpoints must be val_loss or val_ppl (got '{}')",
-             c.metric_to_monitor);
   ESM2_CHECK(c.resume_if_exists || c.restore_from_checkpoint_path.empty() || c.init_from.empty(),
              "train: give at most one of --restore-from-checkpoint-path and --init-from-hf");
   // [pp] The grid itself (world = DP × TP × PP) is checked by make_parallel_groups.
@@ -148,13 +118,14 @@ LossSum run_validation(Esm2Model& model, PipelineSchedule* pipeline, const Valid
 
 double monitored(const TrainConfig& cfg, double val_loss) {
   // val_ppl = exp(val_loss) orders checkpoints identically; stored as configured for the records.
-  return cfg.metric_to_monitor == "val_ppl" ? std::exp(val_loss) : val_loss;
+  return cfg.metric_to_monitor == MonitorMetric::ValPpl ? std::exp(val_loss) : val_loss;
 }
 
 }  // namespace
 
 int64_t micro_batch_token_budget(const TrainConfig& c) {
-  return c.micro_batch_tokens > 0 ? c.micro_batch_tokens : static_cast<int64_t>(c.micro_batch_size) * c.max_seq_length;
+  return c.data.micro_batch_tokens > 0 ? c.data.micro_batch_tokens
+                                       : static_cast<int64_t>(c.data.micro_batch_size) * c.data.max_seq_length;
 }
 
 TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
@@ -169,7 +140,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   const fs::path ckpt_root = run_dir / "checkpoints";
   if (root) check_writable(run_dir);
   comm.barrier("results directory check");
-  // [dist] DP × TP × PP grid (src/dist/parallel_layout.h): data is split over DP only; every rank of a
+  // [dist] DP × TP × PP grid (src/parallel/parallel_layout.h): data is split over DP only; every rank of a
   // DP replica's tensor/pipeline group sees the same batch.
   ParallelGroups groups = make_parallel_groups(comm, cfg.tensor_parallel, cfg.pipeline_parallel);
   Communicator& dp = *groups.dp;
@@ -179,7 +150,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
 
   // ---- data ----
   auto train_corpus = std::make_shared<const Corpus>(Corpus::open(cfg.train_corpus));
-  const DataConfig dc = make_data_config(cfg);
+  const DataConfig& dc = cfg.data;
   TrainData data(train_corpus, dc);
   std::unique_ptr<Corpus> valid_corpus;
   Validation validation;
@@ -198,7 +169,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
   GradReduceOptions reduce;
   reduce.bucket_elements = static_cast<size_t>(cfg.ddp_bucket_size);
   reduce.overlap = cfg.overlap_grad_reduce;
-  reduce.wire = cfg.grad_reduce_dtype == "bf16" ? DType::BF16 : DType::F32;
+  reduce.wire = cfg.grad_reduce_dtype;
   const std::unique_ptr<Optimizer> optim_owner =
       make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer, reduce);
   Optimizer& optim = *optim_owner;
@@ -225,7 +196,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     load_checkpoint(cfg.init_from, model, nullptr, nullptr, &extra_tensors);
     start_note = fmt::format("weights from {} (fresh optimizer)", cfg.init_from);
   } else {
-    model.init_weights(cfg.seed);
+    model.init_weights(cfg.data.seed);
   }
 
   MetricsLogger logger(run_dir, root, cfg.create_tensorboard_logger, state.step > 0);
@@ -261,9 +232,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
                             : std::string("none"));
     // Global batch = micro × world × accumulation / (TP × PP): model-parallel ranks share their batch.
     fmt::print("batch: {} × {} DP rank(s) × {} accumulation; max length {}; lr {} (min {}, warmup {}, {} steps, {})\n",
-               cfg.micro_batch_tokens > 0 ? fmt::format("{} tokens (packed)", cfg.micro_batch_tokens)
-                                          : fmt::format("{} sequences", cfg.micro_batch_size),
-               groups.dp_size, cfg.accumulate_grad_batches, cfg.max_seq_length, cfg.schedule.max_lr,
+               dc.micro_batch_tokens > 0 ? fmt::format("{} tokens (packed)", dc.micro_batch_tokens)
+                                         : fmt::format("{} sequences", dc.micro_batch_size),
+               groups.dp_size, dc.accumulate_grad_batches, dc.max_seq_length, cfg.schedule.max_lr,
                cfg.schedule.min_lr, cfg.schedule.warmup_steps, cfg.schedule.total_steps,
                schedule_kind_name(cfg.schedule.kind));
     std::fflush(stdout);
@@ -339,7 +310,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& ba
     const double gnorm = optim.grad_norm();
     const bool finite = std::isfinite(loss) && std::isfinite(gnorm);
     if (!finite) {
-      if (cfg.on_nonfinite == "stop") {
+      if (cfg.on_nonfinite == OnNonfinite::Stop) {
         state.data = data_before;
         if (checkpointing) {
           // The weights are still those of the last good step: save them for inspection/resume.

@@ -3,7 +3,7 @@
 #pragma once
 #include <memory>
 
-#include "dist/communicator.h"
+#include "comm/communicator.h"
 #include "train/train_config.h"
 
 namespace esm2 {

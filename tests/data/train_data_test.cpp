@@ -299,13 +299,13 @@ TEST(TrainData, ConfigurationErrors) {
   ScratchDir d;
   auto corpus = bundled_train(d);
   DataConfig c = packed(512);
-  EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("below max_seq_length"));
+  EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("below --max-seq-length"));
   c.micro_batch_tokens = 4096;
   c.micro_batch_size = 4;
   EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("exactly one"));
   c.micro_batch_size = 0;
   c.mask_prob = 1.5f;
-  EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("mask_prob"));
+  EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("--mask-prob 1.5 is outside [0, 1]"));
   c.mask_prob = 0.15f;
   TrainData ok(corpus, c);
   DataPosition p;

@@ -13,7 +13,7 @@
 #include "data/tokenizer.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
-#include "train/inference.h"
+#include "infer/inference.h"
 
 using namespace esm2::testing;
 namespace fs = std::filesystem;
@@ -89,7 +89,7 @@ std::map<std::string, double> read_scores(const fs::path& csv) {
 
 class Infer : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { m_ = new esm2::InferenceModel(esm2::load_inference_model(hf_model(), "cpu", "auto", 2)); }
+  static void SetUpTestSuite() { m_ = new esm2::InferenceModel(esm2::load_inference_model(hf_model(), esm2::BackendKind::Cpu, esm2::Precision::Auto, 2)); }
   static void TearDownTestSuite() { delete m_; }
   static esm2::Esm2Model& model() { return *m_->model; }
   static esm2::InferenceModel* m_;

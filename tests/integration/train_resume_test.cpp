@@ -119,7 +119,7 @@ TEST_F(TrainCli, BadInputIsOneClearError) {
       {" --hidden-size 36 --num-attention-heads 4", "must be even"},
       {" --train-data /nonexistent/corpus", "/nonexistent/corpus"},
       {" --result-dir /proc/esm2-not-writable", "esm2-not-writable"},
-      {" --micro-batch-tokens 64", "smaller than --max-seq-length"},
+      {" --micro-batch-tokens 64", "--micro-batch-tokens 64 is below --max-seq-length 96"},
       {" --precision bf16-mixed --backend cpu", "fp32 only"},
   };
   for (const auto& c : cases) {

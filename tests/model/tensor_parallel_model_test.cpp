@@ -1,7 +1,7 @@
 // Tensor parallelism at the model level, in one process: the local parameter tables of the TP ranks
 // tile the full layout exactly once (owned pieces), and TP ranks run as threads joined by an
 // in-process communicator reproduce the unsplit model's loss and every gradient element. The oracle
-// is the TP=1 model on the same weights; the MPI end-to-end runs are in tests/dist.
+// is the TP=1 model on the same weights; the MPI end-to-end runs are in tests/parallel/dist.
 #include <gtest/gtest.h>
 
 #include <barrier>
@@ -12,7 +12,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
-#include "dist/communicator.h"
+#include "comm/communicator.h"
 #include "model/esm2.h"
 #include "model/param_table.h"
 #include "model/recompute.h"

@@ -22,13 +22,13 @@
 #include "core/atomic_dir.h"
 #include "core/error.h"
 #include "core/philox.h"
-#include "dist/communicator.h"
-#include "thread_p2p_communicator.h"
+#include "comm/communicator.h"
+#include "../comm/thread_p2p_communicator.h"
 #include "model/esm2.h"
 #include "train/checkpoint.h"
-#include "train/model_state.h"
-#include "train/optimizer.h"
-#include "train/zero_optimizer.h"
+#include "parallel/model_state.h"
+#include "optim/optimizer.h"
+#include "optim/zero_optimizer.h"
 
 // ---- per-thread heap accounting (replaces the global allocation functions of this binary) ----
 namespace {

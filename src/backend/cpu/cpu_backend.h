@@ -70,4 +70,8 @@ class CpuBackend final : public Backend {
   std::vector<float> rot_cos_, rot_sin_;
 };
 
+// Adds the cpu backend to the registry (backend/backend_factory.h); the build's generated
+// builtin_components.cpp calls it.
+void register_cpu_backend();
+
 }  // namespace esm2

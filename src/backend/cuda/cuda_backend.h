@@ -1,7 +1,7 @@
 // The CUDA backend: one GPU, one stream. Activations in BF16 (bf16-mixed) or F32; parameters,
 // gradients and AdamW moments stay fp32; GEMMs go through cuBLASLt with fp32 accumulation and read bf16
 // copies of the fp32 master weights, kept by the backend and refreshed by the fused AdamW step.
-// This header is plain C++ (no CUDA headers) so that the backend factory in esm2core can include it.
+// This header is plain C++ (no CUDA headers) so that C++-only code (apps, tests) can include it.
 #pragma once
 #include <memory>
 
@@ -20,5 +20,9 @@ std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device = 
 // not a CUDA backend.
 void* cuda_backend_stream(Backend& b);
 int cuda_backend_device(Backend& b);
+
+// Adds the cuda backend to the registry (backend/backend_factory.h); the build's generated
+// builtin_components.cpp calls it.
+void register_cuda_backend();
 
 }  // namespace esm2
