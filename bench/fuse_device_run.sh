@@ -2,13 +2,14 @@
 # One device call comparing this tree with a baseline tree (BASE_SRC, e.g. the main checkout the device
 # copy sits in): both are built, this tree's CUDA tests run, and `esm2 bench` runs each case with the
 # baseline binary and this one back to back on the same card. Per-op profiles (--profile) for 8M at
-# 65,536 and 650M at 16,384 tokens. Logs and JSON come back in one tarball under $OUT.
+# 65,536 and 650M at 16,384 tokens. $OUT gets run.log (summary), cuda_test.log, bench.log (every bench
+# output) and bench_json.tgz.
 # Usage (from this tree's root on the device): BASE_SRC=.. DEPS=../.carry/deps bench/fuse_device_run.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 DEPS=${DEPS:-.carry/deps}
 BASE_SRC=${BASE_SRC:-}
-R=/tmp/fuse_results
+R=$OUT  # written as it goes: a run cut off at its limit still returns what it has
 mkdir -p "$OUT" /tmp/deps "$R"
 for f in "$DEPS"/*.deb; do dpkg -x "$f" /tmp/deps; done
 export PATH=/usr/local/cuda/bin:$PATH LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
@@ -47,9 +48,9 @@ for spec in "${SPECS[@]}"; do
     prof=; [ "$4" = 1 ] && prof=--profile
     timeout ${BENCH_TIMEOUT:-120} /tmp/build-$b/esm2 bench --backend cuda --preset $1 --micro-batch-tokens $2 \
       --recompute $3 --data /tmp/corpus --steps ${BENCH_STEPS:-5} --warmup 2 --peak-tflops 989 $prof \
-      --json "$R/bench_${b}_${1}_$2.json" > "$R/bench_${b}_${1}_$2.log" 2>&1
-    echo "[$b] $(grep -m1 '^bench' "$R/bench_${b}_${1}_$2.log")" | tee -a "$R/run.log"
+      --json "/tmp/bench_${b}_${1}_$2.json" > "/tmp/bench_${b}_${1}_$2.log" 2>&1
+    echo "[$b] $(grep -m1 '^bench' "/tmp/bench_${b}_${1}_$2.log")" | tee -a "$R/run.log"
+    { echo "=== $b $spec"; cat "/tmp/bench_${b}_${1}_$2.log"; } >> "$R/bench.log"
   done
 done
-cp "$R/run.log" "$R/cuda_test.log" "$OUT/"
-tar -czf "$OUT/fuse_results.tgz" -C "$R" .
+tar -czf "$OUT/bench_json.tgz" -C /tmp $(cd /tmp && ls bench_*.json 2>/dev/null)
