@@ -20,6 +20,7 @@
 
 #include "backend/cuda/adamw.cuh"
 #include "backend/cuda/add.cuh"
+#include "backend/cuda/add_layernorm.cuh"
 #include "backend/cuda/attention_backward.cuh"
 #ifdef ESM2_HAVE_CUDNN
 #include "backend/cuda/attention_cudnn.h"
@@ -216,6 +217,11 @@ class CudaBackend final : public Backend {
                                     scratch(Slot::Columns, cuda::layernorm_backward_scratch_floats(T, C)), stream_);
   }
 
+  void add_layernorm_forward(void* sum, void* out, float* mean, float* rstd, const void* a, const void* b,
+                             const float* w, const float* bias, int64_t T, int64_t C, float eps) override {
+    cuda::launch_add_layernorm_forward(sum, out, mean, rstd, a, b, w, bias, T, C, eps, act_, stream_);
+  }
+
   // ---- attention ----
   void attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a) override {
 #ifdef ESM2_HAVE_CUDNN
@@ -255,6 +261,12 @@ class CudaBackend final : public Backend {
   }
   void gelu_backward(void* dx, const void* dout, const void* x, size_t n, bool tanh_approx) override {
     cuda::launch_gelu_backward(dx, dout, x, n, tanh_approx, act_, stream_);
+  }
+  void gelu_backward_bias(void* dx, float* db, const void* dout, const void* x, int64_t M, int64_t N,
+                          bool tanh_approx) override {
+    invalidate(db, N * 4);
+    cuda::launch_gelu_backward_bias(dx, db, dout, x, M, N, tanh_approx, act_,
+                                    scratch(Slot::Columns, cuda::gelu_backward_bias_scratch_floats(M, N)), stream_);
   }
   void gather_rows(void* out, const void* x, const int32_t* idx, int64_t R, int64_t C) override {
     cuda::launch_gather_rows(out, x, idx, R, C, act_, stream_);
