@@ -34,13 +34,12 @@ b() {  # label binary route preset tokens [extra]
   echo "[$1 $4 $5] $(grep -m1 '^bench' /tmp/b_$1_$4_$5.log) $(grep -m2 -i 'tokens/s' /tmp/b_$1_$4_$5.log | tail -1)" >> "$R"
   { echo "=== $1 $4 $5"; cat "/tmp/b_$1_$4_$5.log"; } >> "$OUT/bench.log"
 }
-for spec in "8M 65536" "650M 16384"; do
+for spec in "650M 16384" "8M 65536"; do
   set -- $spec
   [ -n "$BINS" ] && b base /tmp/bb/esm2 mma $1 $2
   b mma $N mma $1 $2
   b cudnn $N cudnn $1 $2
 done
-b prof $N ${PROF_ROUTE:-cudnn} 650M 16384 --profile
 for r in 1 2; do
   ESM2_ATTENTION=${TRAIN_ROUTE:-cudnn} timeout 90 $N train --train-data /tmp/corpus --valid-data /tmp/corpus_valid --preset 8M --backend cuda \
     --num-steps 30 --warmup-steps 5 --micro-batch-tokens 16384 --val-check-interval 30 --limit-val-batches 1 \
@@ -50,5 +49,6 @@ done
 for f in $(cd /tmp/runs1 && find . -name '*.safetensors' | sort); do
   cmp -s /tmp/runs1/$f /tmp/runs2/$f && echo "bitwise equal: $f" || echo "DIFFERENT: $f"
 done >> "$R"
+b prof $N ${PROF_ROUTE:-cudnn} 650M 16384 --profile
 tar -czf "$OUT/json.tgz" -C /tmp $(cd /tmp && ls j_*.json 2>/dev/null) 2>/dev/null
 echo "done $(date -u +%T)" >> "$R"
