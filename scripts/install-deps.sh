@@ -3,7 +3,7 @@
 # packages already present are skipped, so a second run does nothing.
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libopenblas-dev libsqlite3-dev zlib1g-dev
-      libzstd-dev libsnappy-dev nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev
+      libzstd-dev libsnappy-dev libexpat1-dev nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev
       libbenchmark-dev openmpi-bin libopenmpi-dev gnuplot-nox python3
       clang libclang-rt-14-dev libomp-14-dev)
 missing=()

@@ -3,7 +3,12 @@
 #include <zlib.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include "core/error.h"
 
@@ -21,6 +26,19 @@ struct ByteSource::Inflate {
   }
 };
 
+// Inflated chunks handed from the worker to the reader: at most kAhead waiting, buffers recycled.
+struct ByteSource::Prefetch {
+  static constexpr size_t kAhead = 4;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::vector<char>> ready;
+  std::vector<std::vector<char>> spare;
+  std::vector<char> current;  // the chunk the reader's last view points into
+  bool done = false, stop = false;
+  std::exception_ptr error;
+  std::thread worker;
+};
+
 ByteSource::ByteSource(const std::filesystem::path& path) : path_(path) {
   file_ = std::fopen(path.c_str(), "rb");
   ESM2_CHECK(file_ != nullptr, "{}: cannot open: {}", path.string(), std::strerror(errno));
@@ -34,16 +52,59 @@ ByteSource::ByteSource(const std::filesystem::path& path) : path_(path) {
     ESM2_CHECK(inflateInit2(&z_->s, 15 + 16) == Z_OK, "{}: inflateInit2 failed", path.string());
     z_->init = true;
     stream_done_ = false;
+    ahead_ = std::make_unique<Prefetch>();
+    ahead_->worker = std::thread([this] {
+      Prefetch& a = *ahead_;
+      for (;;) {
+        std::vector<char> buf;
+        {
+          std::unique_lock<std::mutex> lock(a.mu);
+          a.cv.wait(lock, [&] { return a.stop || a.ready.size() < Prefetch::kAhead; });
+          if (a.stop) return;
+          if (!a.spare.empty()) {
+            buf = std::move(a.spare.back());
+            a.spare.pop_back();
+          }
+        }
+        std::string_view chunk;
+        std::exception_ptr error;
+        try {
+          chunk = inflate_next();
+        } catch (...) {
+          error = std::current_exception();
+        }
+        buf.assign(chunk.begin(), chunk.end());
+        std::lock_guard<std::mutex> lock(a.mu);
+        if (error || chunk.empty()) {
+          a.error = error;
+          a.done = true;
+          a.cv.notify_all();
+          return;
+        }
+        a.ready.push_back(std::move(buf));
+        a.cv.notify_all();
+      }
+    });
   }
 }
 
 ByteSource::~ByteSource() {
+  if (ahead_) {
+    {
+      std::lock_guard<std::mutex> lock(ahead_->mu);
+      ahead_->stop = true;
+    }
+    ahead_->cv.notify_all();
+    ahead_->worker.join();
+  }
   if (file_) std::fclose(file_);
 }
 
 size_t ByteSource::read_raw(uint8_t* dst, size_t n) {
   if (raw_eof_) return 0;
   size_t got = std::fread(dst, 1, n, file_);
+  raw_crc_ = static_cast<uint32_t>(crc32(raw_crc_, dst, static_cast<uInt>(got)));
+  raw_bytes_ += got;
   if (got < n) {
     ESM2_CHECK(!std::ferror(file_), "{}: read error: {}", path_.string(), std::strerror(errno));
     raw_eof_ = true;
@@ -52,6 +113,25 @@ size_t ByteSource::read_raw(uint8_t* dst, size_t n) {
 }
 
 std::string_view ByteSource::next() {
+  if (ahead_) {
+    Prefetch& a = *ahead_;
+    std::unique_lock<std::mutex> lock(a.mu);
+    if (a.current.capacity() > 0) a.spare.push_back(std::move(a.current));
+    a.current = {};
+    a.cv.wait(lock, [&] { return !a.ready.empty() || a.done; });
+    if (!a.ready.empty()) {
+      a.current = std::move(a.ready.front());
+      a.ready.pop_front();
+      a.cv.notify_all();
+      return {a.current.data(), a.current.size()};
+    }
+    if (a.error) std::rethrow_exception(a.error);
+    return {};
+  }
+  return inflate_next();
+}
+
+std::string_view ByteSource::inflate_next() {
   if (!gzip_) {
     // The first raw chunk was read by the constructor to sniff the magic.
     if (in_len_ > in_pos_) {

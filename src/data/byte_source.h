@@ -1,6 +1,8 @@
 // A sequential reader over a plain or gzip-compressed file (gzip detected by its magic bytes, not
 // the file name). A gzip stream that ends before its trailer is an error, never a silent EOF:
-// a truncated download must not become a silently smaller corpus.
+// a truncated download must not become a silently smaller corpus. A gzip file is inflated by a
+// worker thread a few MiB ahead of the reader, so parsing and inflating use two cores; its errors
+// reach the reader in stream order.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -23,9 +25,14 @@ class ByteSource {
   std::string_view next();
   bool gzipped() const { return gzip_; }
   const std::filesystem::path& path() const { return path_; }
+  // Size and zlib crc32 of the raw (compressed) bytes read so far: of the whole file once next()
+  // returned empty, so a reader records its source without a second pass over it.
+  uint64_t raw_bytes() const { return raw_bytes_; }
+  uint32_t raw_crc32() const { return raw_crc_; }
 
  private:
   size_t read_raw(uint8_t* dst, size_t n);
+  std::string_view inflate_next();  // the worker's side: next inflated chunk, empty at the end
 
   std::filesystem::path path_;
   std::FILE* file_ = nullptr;
@@ -37,6 +44,10 @@ class ByteSource {
   std::vector<uint8_t> in_;   // compressed input buffer
   std::vector<char> out_;     // decompressed output buffer
   size_t in_pos_ = 0, in_len_ = 0;
+  uint64_t raw_bytes_ = 0;
+  uint32_t raw_crc_ = 0;
+  struct Prefetch;
+  std::unique_ptr<Prefetch> ahead_;
 };
 
 // Reads the source line by line; strips a trailing '\r' so CRLF files parse like LF files.
@@ -47,6 +58,7 @@ class LineReader {
   bool next(std::string_view& line);
   uint64_t line_number() const { return line_no_; }
   const std::filesystem::path& path() const { return src_.path(); }
+  const ByteSource& source() const { return src_; }
 
  private:
   ByteSource src_;

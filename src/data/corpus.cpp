@@ -54,6 +54,66 @@ Corpus::Corpus(Corpus&&) noexcept = default;
 Corpus& Corpus::operator=(Corpus&&) noexcept = default;
 Corpus::~Corpus() = default;
 
+CorpusFileWriter::CorpusFileWriter(const fs::path& path, size_t buffer_bytes) : path_(path), buf_(buffer_bytes) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ESM2_CHECK(fd_ >= 0, "{}: cannot create: {}", path.string(), std::strerror(errno));
+}
+
+CorpusFileWriter::~CorpusFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void CorpusFileWriter::write(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    if (used_ == buf_.size()) flush();
+    size_t n = std::min(bytes, buf_.size() - used_);
+    std::memcpy(buf_.data() + used_, p, n);
+    used_ += n;
+    p += n;
+    bytes -= n;
+  }
+}
+
+void CorpusFileWriter::flush() {
+  crc_ = static_cast<uint32_t>(crc32(crc_, reinterpret_cast<const Bytef*>(buf_.data()), static_cast<uInt>(used_)));
+  size_t done = 0;
+  while (done < used_) {
+    ssize_t w = ::write(fd_, buf_.data() + done, used_ - done);
+    if (w < 0 && errno == EINTR) continue;
+    ESM2_CHECK(w > 0, "{}: write failed (disk full?): {}", path_.string(), std::strerror(errno));
+    done += static_cast<size_t>(w);
+  }
+  bytes_ += used_;
+  used_ = 0;
+}
+
+void CorpusFileWriter::close() {
+  flush();
+  int rc = ::close(fd_);
+  fd_ = -1;
+  ESM2_CHECK(rc == 0, "{}: close failed: {}", path_.string(), std::strerror(errno));
+}
+
+nlohmann::json CorpusFileWriter::file_entry() const { return {{"bytes", bytes_}, {"crc32", crc_}}; }
+
+nlohmann::json corpus_manifest(uint64_t num_sequences, uint64_t num_clusters, uint64_t num_residues,
+                               uint64_t num_cluster_members, const nlohmann::json& length_stats,
+                               const nlohmann::json& files, const nlohmann::json& provenance) {
+  nlohmann::json m = {
+      {"format", kCorpusFormatName},
+      {"format_version", kCorpusFormatVersion},
+      {"num_sequences", num_sequences},
+      {"num_clusters", num_clusters},
+      {"num_residues", num_residues},
+      {"num_cluster_members", num_cluster_members},
+      {"length_stats", length_stats},
+      {"files", files},
+  };
+  for (auto& [k, v] : provenance.items()) m[k] = v;
+  return m;
+}
+
 nlohmann::json write_corpus(const fs::path& dir, const SequenceTable& sequences, const ClusterTable& clusters,
                             const nlohmann::json& provenance, int max_seq_length) {
   ESM2_CHECK(sequences.size() > 0, "{}: no sequences to write", dir.string());
@@ -72,17 +132,8 @@ nlohmann::json write_corpus(const fs::path& dir, const SequenceTable& sequences,
   put("cluster_members.bin", bytes_of(clusters.members));
 
   LengthStats stats = compute_length_stats(sequences.offsets(), max_seq_length);
-  nlohmann::json m = {
-      {"format", kCorpusFormatName},
-      {"format_version", kCorpusFormatVersion},
-      {"num_sequences", sequences.size()},
-      {"num_clusters", clusters.size()},
-      {"num_residues", sequences.num_residues()},
-      {"num_cluster_members", clusters.members.size()},
-      {"length_stats", stats.to_json()},
-      {"files", files},
-  };
-  for (auto& [k, v] : provenance.items()) m[k] = v;
+  nlohmann::json m = corpus_manifest(sequences.size(), clusters.size(), sequences.num_residues(),
+                                     clusters.members.size(), stats.to_json(), files, provenance);
   write_file(out.path() / "manifest.json", m.dump(2) + "\n");
   out.commit();
   return m;
@@ -171,23 +222,38 @@ Corpus Corpus::open(const fs::path& dir) {
   c.members_ = static_cast<const uint32_t*>(map("cluster_members.bin", members * 4));
 
   // Structure: a file whose crc matches may still come from a different corpus than the manifest.
+  // Each check first runs as a branch-free (vectorised) pass and names the bad entry only on failure:
+  // at UniRef scale these passes, like the crc32s, are what opening costs.
   auto monotone = [&](const uint64_t* o, size_t count, uint64_t end, const char* name) {
     ESM2_CHECK(o[0] == 0 && o[count] == end, "{}: does not start at 0 and end at {}", (dir / name).string(), end);
+    bool bad = false;
+    for (size_t i = 0; i < count; ++i) bad |= o[i] > o[i + 1];
+    if (!bad) return;
     for (size_t i = 0; i < count; ++i)
       ESM2_CHECK(o[i] <= o[i + 1], "{}: entry {} decreases", (dir / name).string(), i + 1);
   };
   monotone(c.offsets_, n, residues, "offsets.bin");
   monotone(c.id_offsets_, n, id_bytes, "id_offsets.bin");
   monotone(c.cluster_offsets_, clusters, members, "cluster_offsets.bin");
-  for (size_t i = 0; i < n; ++i)
-    ESM2_CHECK(c.offsets_[i] < c.offsets_[i + 1], "{}: sequence {} is empty", (dir / "offsets.bin").string(), i);
-  for (uint64_t k = 0; k < residues; ++k)
-    // residue_token yields <unk> or one of the 25 letter tokens (ids 4..28).
-    ESM2_CHECK(c.residues_[k] >= kUnk && c.residues_[k] < kFirstAminoAcid + 25,
-               "{}: byte {} is not a residue token ({})", (dir / "residues.bin").string(), k, c.residues_[k]);
-  for (uint64_t k = 0; k < members; ++k)
-    ESM2_CHECK(c.members_[k] < n, "{}: member {} = {} is out of range", (dir / "cluster_members.bin").string(), k,
-               c.members_[k]);
+  uint64_t shortest = UINT64_MAX;
+  for (size_t i = 0; i < n; ++i) shortest = std::min(shortest, c.offsets_[i + 1] - c.offsets_[i]);
+  if (shortest == 0)
+    for (size_t i = 0; i < n; ++i)
+      ESM2_CHECK(c.offsets_[i] < c.offsets_[i + 1], "{}: sequence {} is empty", (dir / "offsets.bin").string(), i);
+  c.min_length_ = shortest;
+  // residue_token yields <unk> or one of the 25 letter tokens (ids 3..28): one unsigned compare.
+  uint8_t bad_token = 0;
+  for (uint64_t k = 0; k < residues; ++k) bad_token |= static_cast<uint8_t>(c.residues_[k] - kUnk) >= 26;
+  if (bad_token)
+    for (uint64_t k = 0; k < residues; ++k)
+      ESM2_CHECK(c.residues_[k] >= kUnk && c.residues_[k] < kFirstAminoAcid + 25,
+                 "{}: byte {} is not a residue token ({})", (dir / "residues.bin").string(), k, c.residues_[k]);
+  bool bad_member = false;
+  for (uint64_t k = 0; k < members; ++k) bad_member |= c.members_[k] >= n;
+  if (bad_member)
+    for (uint64_t k = 0; k < members; ++k)
+      ESM2_CHECK(c.members_[k] < n, "{}: member {} = {} is out of range", (dir / "cluster_members.bin").string(), k,
+                 c.members_[k]);
   return c;
 }
 

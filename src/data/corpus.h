@@ -43,6 +43,10 @@ class Corpus {
     return {members_ + cluster_offsets_[c], cluster_offsets_[c + 1] - cluster_offsets_[c]};
   }
   std::span<const uint64_t> offsets() const { return {offsets_, n_ + 1}; }
+  // The whole cluster tables (cluster c = all_cluster_members()[cluster_offsets()[c] .. [c+1])).
+  std::span<const uint64_t> cluster_offsets() const { return {cluster_offsets_, c_ + 1}; }
+  std::span<const uint32_t> all_cluster_members() const { return {members_, cluster_offsets_[c_]}; }
+  uint64_t min_length() const { return min_length_; }  // residues of the shortest sequence
   const nlohmann::json& manifest() const { return manifest_; }
   const std::filesystem::path& path() const { return dir_; }
 
@@ -53,6 +57,7 @@ class Corpus {
   std::filesystem::path dir_;
   nlohmann::json manifest_;
   size_t n_ = 0, c_ = 0;
+  uint64_t min_length_ = 0;
   const uint8_t* residues_ = nullptr;
   const uint64_t* offsets_ = nullptr;
   const char* ids_ = nullptr;
@@ -60,6 +65,38 @@ class Corpus {
   const uint64_t* cluster_offsets_ = nullptr;
   const uint32_t* members_ = nullptr;
 };
+
+// One corpus file written as a stream (buffered; size and crc32 accumulated for the manifest), for
+// `esm2 prepare` at scales that never fit in memory. close() flushes and checks every write.
+class CorpusFileWriter {
+ public:
+  CorpusFileWriter(const std::filesystem::path& path, size_t buffer_bytes = 4 << 20);
+  ~CorpusFileWriter();
+  CorpusFileWriter(const CorpusFileWriter&) = delete;
+  CorpusFileWriter& operator=(const CorpusFileWriter&) = delete;
+  void write(const void* data, size_t bytes);
+  template <class T>
+  void put(const T& v) {
+    write(&v, sizeof v);
+  }
+  void close();
+  uint64_t bytes() const { return bytes_; }
+  nlohmann::json file_entry() const;  // {"bytes", "crc32"} (after close)
+
+ private:
+  void flush();
+  std::filesystem::path path_;
+  int fd_ = -1;
+  std::vector<char> buf_;
+  size_t used_ = 0;
+  uint64_t bytes_ = 0;
+  uint32_t crc_ = 0;
+};
+
+// The manifest of a corpus with these counts, statistics and per-file entries; `provenance` is merged in.
+nlohmann::json corpus_manifest(uint64_t num_sequences, uint64_t num_clusters, uint64_t num_residues,
+                               uint64_t num_cluster_members, const nlohmann::json& length_stats,
+                               const nlohmann::json& files, const nlohmann::json& provenance);
 
 // Writes a corpus directory through AtomicDir (an existing `dir` is replaced only after the new one
 // is complete). `provenance` is merged into the manifest (sources, command). max_seq_length only

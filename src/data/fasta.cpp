@@ -1,13 +1,12 @@
 #include "data/fasta.h"
 
 #include "core/error.h"
-#include "data/byte_source.h"
 
 namespace esm2 {
 
-void scan_fasta(const std::filesystem::path& path, bool trim_trailing_space,
-                const std::function<void(std::string_view id, uint64_t line_number)>& on_header,
-                const std::function<void(std::string_view line, uint64_t line_number)>& on_sequence) {
+FileDigest scan_fasta(const std::filesystem::path& path, bool trim_trailing_space,
+                      const std::function<void(std::string_view id, uint64_t line_number)>& on_header,
+                      const std::function<void(std::string_view line, uint64_t line_number)>& on_sequence) {
   LineReader lines(path);
   const std::string file = path.string();
   bool in_record = false;
@@ -28,9 +27,10 @@ void scan_fasta(const std::filesystem::path& path, bool trim_trailing_space,
     ESM2_CHECK(in_record, "{}: line {}: sequence data before the first '>' header", file, lines.line_number());
     on_sequence(line, lines.line_number());
   }
+  return {lines.source().raw_bytes(), lines.source().raw_crc32()};
 }
 
-void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
+FileDigest parse_fasta(const std::filesystem::path& path, const FastaRecordFn& on_record) {
   const std::string file = path.string();
   std::string id;
   uint64_t header_line = 0;
@@ -40,11 +40,11 @@ void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
   auto finish = [&] {
     if (!in_record) return;
     ESM2_CHECK(!residues.empty(), "{}: record '{}' (line {}): empty sequence", file, id, header_line);
-    if (!table.add(id, residues)) fail("{}: record '{}' (line {}): duplicate id", file, id, header_line);
+    on_record(id, header_line, residues);
     residues.clear();
   };
 
-  scan_fasta(
+  FileDigest digest = scan_fasta(
       path, /*trim_trailing_space=*/false,
       [&](std::string_view header_id, uint64_t line_number) {
         finish();
@@ -60,6 +60,33 @@ void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
                bad + 1, printable_byte(line[bad]), before + bad + 1);
       });
   finish();
+  return digest;
+}
+
+void read_fasta(const std::filesystem::path& path, SequenceTable& table) {
+  const std::string file = path.string();
+  parse_fasta(path, [&](std::string_view id, uint64_t line, std::span<const uint8_t> tokens) {
+    if (!table.add(id, tokens)) fail("{}: record '{}' (line {}): duplicate id", file, id, line);
+  });
+}
+
+FastaRecordInfo locate_fasta_record(const std::filesystem::path& path, uint64_t index) {
+  struct Found {};  // stops the scan at the record
+  FastaRecordInfo info;
+  uint64_t k = 0;
+  try {
+    scan_fasta(
+        path, /*trim_trailing_space=*/false,
+        [&](std::string_view id, uint64_t line_number) {
+          if (k++ != index) return;
+          info = {line_number, std::string(id)};
+          throw Found{};
+        },
+        [](std::string_view, uint64_t) {});
+  } catch (const Found&) {
+    return info;
+  }
+  fail("{}: has no record {} (it changed while being read?)", path.string(), index);
 }
 
 }  // namespace esm2

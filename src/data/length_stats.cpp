@@ -37,6 +37,44 @@ LengthStats compute_length_stats(std::span<const uint64_t> offsets, int max_seq_
   return s;
 }
 
+LengthStats LengthCounter::stats(int max_seq_length) const {
+  // Walks (length, count) in increasing length: the same numbers compute_length_stats gets from the
+  // sorted lengths (nearest-rank percentiles, the residue sum, the log2 histogram).
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  for (size_t l = 0; l < small_.size(); ++l)
+    if (small_[l] > 0) runs.emplace_back(l, small_[l]);
+  for (const auto& [l, c] : large_) runs.emplace_back(l, c);
+  LengthStats s;
+  s.max_seq_length = max_seq_length;
+  if (runs.empty()) return s;
+  for (const auto& [l, c] : runs) {
+    s.count += c;
+    s.residues += l * c;
+    if (l + 2 > static_cast<uint64_t>(max_seq_length)) s.num_longer += c;
+    size_t k = l == 0 ? 0 : static_cast<size_t>(std::bit_width(l) - 1);
+    if (s.histogram.size() <= k) s.histogram.resize(k + 1, 0);
+    s.histogram[k] += c;
+  }
+  s.mean = static_cast<double>(s.residues) / static_cast<double>(s.count);
+  s.fraction_longer = static_cast<double>(s.num_longer) / static_cast<double>(s.count);
+  auto rank = [&](double q) {
+    uint64_t r = static_cast<uint64_t>(std::ceil(q * static_cast<double>(s.count)));
+    r = std::clamp<uint64_t>(r, 1, s.count);
+    uint64_t seen = 0;
+    for (const auto& [l, c] : runs) {
+      seen += c;
+      if (seen >= r) return l;
+    }
+    return runs.back().first;
+  };
+  s.min = runs.front().first;
+  s.max = runs.back().first;
+  s.p50 = rank(0.50);
+  s.p90 = rank(0.90);
+  s.p99 = rank(0.99);
+  return s;
+}
+
 nlohmann::json LengthStats::to_json() const {
   return {{"count", count}, {"residues", residues}, {"min", min}, {"max", max}, {"mean", mean},
           {"p50", p50}, {"p90", p90}, {"p99", p99}, {"max_seq_length", max_seq_length},

@@ -2,6 +2,7 @@
 // by the trainer at start-up. Lengths are residues (without <cls>/<eos>).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -25,5 +26,23 @@ struct LengthStats {
 
 // offsets: [n+1] prefix sums of residue counts (the corpus layout).
 LengthStats compute_length_stats(std::span<const uint64_t> offsets, int max_seq_length);
+
+// The same statistics from a stream of lengths, in memory proportional to the number of distinct
+// lengths (not sequences): `esm2 prepare` at UniRef scale never holds the offsets.
+class LengthCounter {
+ public:
+  void add(uint64_t length) {
+    if (length < small_.size()) {
+      ++small_[length];
+    } else {
+      ++large_[length];
+    }
+  }
+  LengthStats stats(int max_seq_length) const;
+
+ private:
+  std::vector<uint64_t> small_ = std::vector<uint64_t>(1 << 16, 0);  // [65536] count per length
+  std::map<uint64_t, uint64_t> large_;                               // longer ones: length -> count
+};
 
 }  // namespace esm2

@@ -39,24 +39,34 @@ ClusterSampler::ClusterSampler(std::shared_ptr<const Corpus> corpus, uint64_t se
   ESM2_CHECK(max_seq_length >= 3, "max_seq_length {} is below 3 (<cls>, one residue, <eos>)", max_seq_length);
   ESM2_CHECK(min_seq_length <= max_seq_length, "min_seq_length {} exceeds max_seq_length {}", min_seq_length,
              max_seq_length);
-  eligible_offsets_.push_back(0);
+  auto offsets = corpus_->cluster_offsets();
+  bool all_eligible = static_cast<int64_t>(corpus_->min_length()) + 2 >= min_seq_length;
+  for (size_t c = 0; all_eligible && c < corpus_->num_clusters(); ++c) all_eligible = offsets[c] < offsets[c + 1];
+  if (all_eligible) {
+    eligible_offsets_ = offsets;
+    eligible_members_ = corpus_->all_cluster_members();
+    return;
+  }
+  filtered_offsets_.push_back(0);
   for (size_t c = 0; c < corpus_->num_clusters(); ++c) {
     for (uint32_t m : corpus_->cluster_members(c))
-      if (static_cast<int64_t>(corpus_->length(m)) + 2 >= min_seq_length) eligible_members_.push_back(m);
-    if (eligible_members_.size() > eligible_offsets_.back()) {
+      if (static_cast<int64_t>(corpus_->length(m)) + 2 >= min_seq_length) filtered_members_.push_back(m);
+    if (filtered_members_.size() > filtered_offsets_.back()) {
       eligible_cluster_.push_back(static_cast<uint32_t>(c));
-      eligible_offsets_.push_back(eligible_members_.size());
+      filtered_offsets_.push_back(filtered_members_.size());
     }
   }
   ESM2_CHECK(!eligible_cluster_.empty(), "{}: no cluster has a member of at least min_seq_length {} tokens",
              corpus_->path().string(), min_seq_length);
+  eligible_offsets_ = filtered_offsets_;
+  eligible_members_ = filtered_members_;
 }
 
 std::shared_ptr<const std::vector<uint32_t>> ClusterSampler::permutation(uint64_t epoch) const {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [e, p] : cache_)
     if (e == epoch) return p;
-  const size_t n = eligible_cluster_.size();
+  const size_t n = num_eligible_clusters();
   auto perm = std::make_shared<std::vector<uint32_t>>(n);
   std::iota(perm->begin(), perm->end(), 0u);
   PhiloxStream rng{seed_, RngStream::ClusterPermutation, epoch};
@@ -71,14 +81,15 @@ std::shared_ptr<const std::vector<uint32_t>> ClusterSampler::permutation(uint64_
 
 uint32_t ClusterSampler::cluster_of(int64_t i) const {
   ESM2_ASSERT(i >= 0);
-  const uint64_t n = eligible_cluster_.size();
+  const uint64_t n = num_eligible_clusters();
   auto perm = permutation(static_cast<uint64_t>(i) / n);
-  return eligible_cluster_[(*perm)[static_cast<uint64_t>(i) % n]];
+  uint32_t e = (*perm)[static_cast<uint64_t>(i) % n];
+  return eligible_cluster_.empty() ? e : eligible_cluster_[e];
 }
 
 SampleRef ClusterSampler::sample(int64_t i) const {
   ESM2_ASSERT(i >= 0);
-  const uint64_t n = eligible_cluster_.size();
+  const uint64_t n = num_eligible_clusters();
   auto perm = permutation(static_cast<uint64_t>(i) / n);
   uint32_t e = (*perm)[static_cast<uint64_t>(i) % n];
   uint64_t lo = eligible_offsets_[e], count = eligible_offsets_[e + 1] - lo;

@@ -40,6 +40,8 @@ class ClusterSampler {
 
   SampleRef sample(int64_t i) const;
   size_t num_eligible_clusters() const { return eligible_offsets_.size() - 1; }
+  // True when the sampler reads the corpus's cluster tables in place (no filtered copy).
+  bool zero_copy() const { return filtered_offsets_.empty(); }
   size_t num_dropped_clusters() const { return corpus_->num_clusters() - num_eligible_clusters(); }
   // The cluster (corpus index) that sample i is drawn from.
   uint32_t cluster_of(int64_t i) const;
@@ -51,9 +53,14 @@ class ClusterSampler {
   std::shared_ptr<const Corpus> corpus_;
   uint64_t seed_;
   int max_seq_length_;
-  std::vector<uint32_t> eligible_cluster_;   // [C'] corpus cluster index
-  std::vector<uint64_t> eligible_offsets_;   // [C'+1]
-  std::vector<uint32_t> eligible_members_;   // [M'] sequence indices
+  // When min_seq_length excludes no member and no cluster is empty (the usual case), the eligible
+  // tables are the corpus's own memory-mapped cluster tables: nothing is copied or scanned per member,
+  // so a corpus of 10^8 members starts in a moment. Otherwise they point into filtered copies.
+  std::span<const uint64_t> eligible_offsets_;  // [C'+1]
+  std::span<const uint32_t> eligible_members_;  // [M'] sequence indices
+  std::vector<uint32_t> eligible_cluster_;      // [C'] corpus cluster index; empty: the identity
+  std::vector<uint64_t> filtered_offsets_;
+  std::vector<uint32_t> filtered_members_;
   // Permutations of the two most recently used epochs: packing revisits deferred samples of the
   // previous epoch right after a boundary.
   mutable std::mutex mu_;

@@ -70,13 +70,19 @@ TEST(Masking, RatesOverAMillionPositions) {
     if (strategy == MaskStrategy::AllTokens) {
       // Uniform over 33 ids: every id appears (special ones included), each near 1/33 of the draws.
       int64_t draws = changed;
-      for (int id = 0; id < kVocabSize; ++id)
-        if (id != kMask) EXPECT_GT(replaced[id], draws / 32 / 2) << id;
+      for (int id = 0; id < kVocabSize; ++id) {
+        if (id != kMask) {  // braces: EXPECT_* expands to an if/else
+          EXPECT_GT(replaced[id], draws / 32 / 2) << id;
+        }
+      }
     } else {
       for (int id = 0; id < kVocabSize; ++id) {
         bool aa = id >= kFirstAminoAcid && id < kFirstAminoAcid + kNumStandardAminoAcids;
-        if (!aa) EXPECT_EQ(replaced[id], 0) << id;
-        else EXPECT_GT(replaced[id], 0) << id;
+        if (!aa) {
+          EXPECT_EQ(replaced[id], 0) << id;
+        } else {
+          EXPECT_GT(replaced[id], 0) << id;
+        }
       }
     }
   }
