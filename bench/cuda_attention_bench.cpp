@@ -201,7 +201,8 @@ int main(int argc, char** argv) {
       } else if (arg.rfind("--iters=", 0) == 0) {
         iters = std::stoi(arg.substr(8));
       } else {
-        std::fprintf(stderr, "cuda_attention_bench: unknown argument %s (--quick, --dims=16,64, --iters=N)\n", argv[i]);
+        std::fprintf(stderr, "cuda_attention_bench: unknown argument %s (--quick, --dims=16,64, --iters=N)\n",
+                     argv[i]);
         return 1;
       }
     }

@@ -184,7 +184,8 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--max-time", c.max_time_s, "Stop after this many seconds of training (validation and checkpoint first); 0: no limit")
       ->group("Optimization");
   add_enum_option(app, "--on-nonfinite", c.on_nonfinite, esm2::kOnNonfiniteNames,
-                  "Non-finite loss or gradient: stop (save last good state, exit 1) or skip the step")
+                  "Non-finite loss, gradient or validation loss: stop (keep the last finite state, write the report, exit 1) "
+                  "or skip (drop the step; never checkpoint a non-finite validation)")
       ->group("Optimization");
 
   // Validation, logging, checkpoints

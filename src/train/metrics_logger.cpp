@@ -9,6 +9,21 @@
 
 namespace esm2 {
 
+nlohmann::json metric_json(double v) {
+  if (std::isfinite(v)) return v;
+  return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf";
+}
+
+double metric_value(const nlohmann::json& j) {
+  if (j.is_null()) return std::nan("");
+  if (j.is_string()) {
+    const std::string& s = j.get_ref<const std::string&>();
+    ESM2_CHECK(s == "nan" || s == "inf" || s == "-inf", "metric value \"{}\" is not a number", s);
+    return s == "nan" ? std::nan("") : s == "inf" ? HUGE_VAL : -HUGE_VAL;
+  }
+  return j.get<double>();
+}
+
 MetricsLogger::MetricsLogger(const std::filesystem::path& run_dir, bool enabled, bool tensorboard, bool append)
     : enabled_(enabled) {
   if (!enabled_) return;
@@ -27,10 +42,10 @@ void MetricsLogger::log_step(const StepMetrics& m) {
                              : fmt::format("{}m{:02}s", int64_t(m.eta_s) / 60, int64_t(m.eta_s) % 60));
   std::fflush(stdout);
   jsonl_->write({{"step", m.step},
-                 {"train_loss", m.loss},
-                 {"train_ppl", ppl},
+                 {"train_loss", metric_json(m.loss)},
+                 {"train_ppl", metric_json(ppl)},
                  {"lr", m.lr},
-                 {"grad_norm", m.grad_norm},
+                 {"grad_norm", metric_json(m.grad_norm)},
                  {"tokens_per_s", m.tokens_per_s},
                  {"packing_efficiency", m.packing_efficiency},
                  {"consumed_tokens", m.consumed_tokens}});
@@ -50,7 +65,7 @@ void MetricsLogger::log_validation(int64_t step, double val_loss, int64_t num_la
   fmt::print("validation at step {}: loss {:.4f} | ppl {:.3f} ({} labelled tokens, {:.1f} s)\n", step, val_loss, ppl,
              num_labels, seconds);
   std::fflush(stdout);
-  jsonl_->write({{"step", step}, {"val_loss", val_loss}, {"val_ppl", ppl}, {"val_labels", num_labels}});
+  jsonl_->write({{"step", step}, {"val_loss", metric_json(val_loss)}, {"val_ppl", metric_json(ppl)}, {"val_labels", num_labels}});
   if (tb_) {
     tb_->add_scalar("val/loss", val_loss, step);
     tb_->add_scalar("val/perplexity", ppl, step);

@@ -10,6 +10,7 @@
 
 #include "core/atomic_dir.h"
 #include "core/error.h"
+#include "train/metrics_logger.h"
 
 namespace fs = std::filesystem;
 
@@ -186,10 +187,13 @@ ReportData report_data_from_metrics(const fs::path& path, const std::string& tit
       j = nlohmann::json::parse(line);
       const int64_t step = j.at("step").get<int64_t>();
       last_step = std::max(last_step, step);
+      // A diverged run's non-finite losses (metric_json) have no place on a plot: they are left out.
       if (j.contains("train_loss")) {
-        const double l = j.at("train_loss").get<double>();
-        d.train_loss.push_back({step, l});
-        d.train_ppl.push_back({step, std::exp(l)});
+        const double l = metric_value(j.at("train_loss"));
+        if (std::isfinite(l)) {
+          d.train_loss.push_back({step, l});
+          d.train_ppl.push_back({step, std::exp(l)});
+        }
         if (j.contains("lr")) d.lr.push_back({step, j.at("lr").get<double>()});
         if (j.contains("tokens_per_s")) {
           const double t = j.at("tokens_per_s").get<double>();
@@ -200,9 +204,11 @@ ReportData report_data_from_metrics(const fs::path& path, const std::string& tit
         if (j.contains("consumed_tokens")) consumed = std::max(consumed, j.at("consumed_tokens").get<int64_t>());
       }
       if (j.contains("val_loss")) {
-        const double v = j.at("val_loss").get<double>();
-        d.val_loss.push_back({step, v});
-        d.val_ppl.push_back({step, std::exp(v)});
+        const double v = metric_value(j.at("val_loss"));
+        if (std::isfinite(v)) {
+          d.val_loss.push_back({step, v});
+          d.val_ppl.push_back({step, std::exp(v)});
+        }
       }
     } catch (const nlohmann::json::exception& e) {
       fail("{}:{}: malformed metrics record: {}", path.string(), n, e.what());

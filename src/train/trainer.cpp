@@ -116,9 +116,453 @@ LossSum run_validation(Esm2Model& model, PipelineSchedule* pipeline, const Valid
   return {acc[0], static_cast<int64_t>(acc[1])};
 }
 
+double mean_loss(const LossSum& v) { return v.loss_sum / static_cast<double>(v.num_labels); }
+
 double monitored(const TrainConfig& cfg, double val_loss) {
   // val_ppl = exp(val_loss) orders checkpoints identically; stored as configured for the records.
   return cfg.metric_to_monitor == MonitorMetric::ValPpl ? std::exp(val_loss) : val_loss;
+}
+
+// Where training starts: this run's latest checkpoint (--resume-if-exists), another checkpoint
+// (--restore-from-checkpoint-path), published weights (--init-from-hf), or a seeded initialisation.
+struct StartPoint {
+  TrainerState state;
+  bool resumed = false;
+  std::string note = "from scratch";
+  // Tensors of the starting checkpoint that training does not touch (a published model's contact
+  // head): carried into every checkpoint so fine-tuning loses nothing.
+  std::map<std::string, RawTensor> extra_tensors;
+};
+
+StartPoint load_start_point(const TrainConfig& cfg, const fs::path& ckpt_root, Esm2Model& model, Optimizer& optim) {
+  StartPoint s;
+  std::optional<fs::path> resume_from;
+  if (cfg.resume_if_exists) resume_from = find_latest_checkpoint(ckpt_root);
+  if (resume_from) {
+    load_checkpoint(*resume_from, model, &optim, &s.state, &s.extra_tensors);
+    s.resumed = true;
+    s.note = fmt::format("resumed from {} (step {})", resume_from->string(), s.state.step);
+  } else if (!cfg.restore_from_checkpoint_path.empty()) {
+    const fs::path p = cfg.restore_from_checkpoint_path;
+    if (is_training_checkpoint(p)) {
+      load_checkpoint(p, model, &optim, &s.state, &s.extra_tensors);
+      s.note = fmt::format("restored from {} (step {})", p.string(), s.state.step);
+    } else {
+      load_checkpoint(p, model, nullptr, nullptr, &s.extra_tensors);
+      s.note = fmt::format("weights from {} (fresh optimizer)", p.string());
+    }
+  } else if (!cfg.init_from.empty()) {
+    load_checkpoint(cfg.init_from, model, nullptr, nullptr, &s.extra_tensors);
+    s.note = fmt::format("weights from {} (fresh optimizer)", cfg.init_from);
+  } else {
+    model.init_weights(cfg.data.seed);
+  }
+  return s;
+}
+
+// Training throughput counts the steps only (forward, backward, reduction, optimizer); validation
+// and checkpoints are in the run's wall time, reported beside it. The first step of a fresh run pays
+// one-time allocation costs and is left out of the average.
+class Throughput {
+ public:
+  void add_step(double seconds, int64_t tokens, bool timed) {
+    if (timed) {
+      total_tokens_ += static_cast<double>(tokens);
+      total_seconds_ += seconds;
+    }
+    ema_step_s_ = ema_step_s_ == 0 ? seconds : 0.9 * ema_step_s_ + 0.1 * seconds;
+    window_tokens_ += static_cast<double>(tokens);
+    window_seconds_ += seconds;
+  }
+  // Tokens/s since the last call (one log interval).
+  double take_window_tokens_per_s() {
+    const double r = window_tokens_ / std::max(window_seconds_, 1e-9);
+    window_tokens_ = window_seconds_ = 0;
+    return r;
+  }
+  double eta_s(int64_t steps_left) const { return ema_step_s_ * static_cast<double>(steps_left); }
+  double training_tokens_per_s() const { return total_seconds_ > 0 ? total_tokens_ / total_seconds_ : 0; }
+
+ private:
+  double ema_step_s_ = 0, window_tokens_ = 0, window_seconds_ = 0, total_tokens_ = 0, total_seconds_ = 0;
+};
+
+// One optimizer step's numbers, before the non-finite policy decides what to do with it.
+struct StepOutcome {
+  double loss = 0, grad_norm = 0, lr = 0, seconds = 0;
+  StepBatch batch;
+  DataPosition data_before;  // a stop on a non-finite step checkpoints the state before it
+  bool finite() const { return std::isfinite(loss) && std::isfinite(grad_norm); }
+};
+
+// The report.html rows and series of a finished (or stopped) run, from the metric history that its
+// checkpoints also carry. Non-finite values (a diverged run) are in the table, not in the plots.
+ReportData report_of_run(const TrainConfig& cfg, const Backend& backend, const TrainerState& state,
+                         const TrainResult& result, double wall_s) {
+  ReportData rd;
+  rd.title = fmt::format("esm2.cpp training report: {}", cfg.experiment_name);
+  rd.summary = {{"model", fmt::format("{} layers, hidden {}, heads {}, ffn {} ({} parameters)", cfg.model.num_layers,
+                                      cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.ffn_hidden_size,
+                                      format_param_count(double(cfg.model.num_parameters())))},
+                {"backend", fmt::format("{} ({})", backend.name(), precision_label(backend))},
+                {"steps", fmt::format("{}", state.step)},
+                {"tokens trained", fmt::format("{}", state.consumed_tokens)},
+                {"training real tokens/s (steps only)", fmt::format("{:.0f}", result.real_tokens_per_s)},
+                {"wall time (incl. validation, checkpoints)", fmt::format("{:.1f} s", wall_s)},
+                {"last train loss", fmt::format("{:.4f}", result.last_train_loss)},
+                {"last val loss / ppl", result.last_val_loss < 0 ? std::string("n/a")
+                                                                : fmt::format("{:.4f} / {:.3f}", result.last_val_loss,
+                                                                              std::exp(result.last_val_loss))}};
+  auto add = [](std::vector<ReportPoint>& series, int64_t step, double v) {
+    if (std::isfinite(v)) series.push_back({step, v});
+  };
+  for (const auto& h : state.history) {
+    const int64_t s = h["step"].get<int64_t>();
+    if (h.contains("train_loss")) {
+      const double loss = metric_value(h["train_loss"]);
+      add(rd.train_loss, s, loss);
+      add(rd.train_ppl, s, std::exp(loss));
+      add(rd.lr, s, h["lr"].get<double>());
+      add(rd.tokens_per_s, s, h["tokens_per_s"].get<double>());
+    }
+    if (h.contains("val_loss")) {
+      add(rd.val_loss, s, metric_value(h["val_loss"]));
+      add(rd.val_ppl, s, metric_value(h["val_ppl"]));
+    }
+  }
+  return rd;
+}
+
+// One training job: the parallel groups, data, model, optimizer and start point, set up in this
+// order by the constructor; run() is the step loop.
+class Trainer {
+ public:
+  Trainer(const TrainConfig& cfg, Communicator& comm, Backend& backend);
+  TrainResult run();
+
+ private:
+  void print_banner() const;
+  StepOutcome train_step();
+  void on_nonfinite_step(const StepOutcome& s);
+  void log_step(const StepOutcome& s);
+  std::pair<bool, bool> stop_decision() const;  // (out of time, signal), agreed by every rank
+  void validate_and_checkpoint(bool do_validation, bool final_save);
+  LossSum validate();
+  void stop_nonfinite(const std::string& what);
+  void write_run_report() const;
+  double wall_s() const { return seconds_since(run_start_); }
+
+  const TrainConfig& cfg_;
+  Communicator& comm_;
+  Backend& backend_;
+  const bool root_;
+  const fs::path run_dir_, ckpt_root_;
+  ParallelGroups groups_;
+  Communicator& dp_;
+  StopSignal stop_;
+  std::shared_ptr<const Corpus> train_corpus_;
+  TrainData data_;
+  std::unique_ptr<Corpus> valid_corpus_;
+  Validation validation_;
+  Esm2Model model_;
+  std::unique_ptr<PipelineSchedule> pipeline_;
+  GradReduceOptions reduce_;
+  std::unique_ptr<Optimizer> optim_;
+  StartPoint start_;
+  TrainerState& state_ = start_.state;
+  std::unique_ptr<MetricsLogger> logger_;
+  const int64_t last_step_;
+  const bool checkpointing_;
+  const FaultInjection faults_ = fault_injection_from_env();  // test-only: empty unless ESM2_FAULT_INJECT is set
+  Throughput throughput_;
+  TrainResult result_;
+  Clock::time_point run_start_;
+};
+
+GradReduceOptions grad_reduce_options(const TrainConfig& cfg) {
+  GradReduceOptions r;
+  r.bucket_elements = static_cast<size_t>(cfg.ddp_bucket_size);
+  r.overlap = cfg.overlap_grad_reduce;
+  r.wire = cfg.grad_reduce_dtype;
+  return r;
+}
+
+// The recompute mode, then (with pipeline stages) the 1F1B schedule over the model.
+std::unique_ptr<PipelineSchedule> configure_schedule(Esm2Model& model, const TrainConfig& cfg, int pp_size) {
+  model.set_recompute(cfg.recompute);
+  return pp_size > 1 ? std::make_unique<PipelineSchedule>(model) : nullptr;  // [pp]
+}
+
+std::unique_ptr<Corpus> open_valid_corpus(const TrainConfig& cfg) {
+  return cfg.valid_corpus.empty() ? nullptr : std::make_unique<Corpus>(Corpus::open(cfg.valid_corpus));
+}
+
+// Nothing is written until every input (corpora, starting checkpoint) has been opened: a failed start
+// leaves no run directory behind.
+Trainer::Trainer(const TrainConfig& cfg, Communicator& comm, Backend& backend)
+    : cfg_((validate_config(cfg, comm), cfg)),
+      comm_(comm),
+      backend_(backend),
+      root_(comm.is_root()),
+      run_dir_(fs::path(cfg.result_dir) / cfg.experiment_name),
+      ckpt_root_(run_dir_ / "checkpoints"),
+      // [dist] DP × TP × PP grid (src/parallel/parallel_layout.h): data is split over DP only; every rank
+      // of a DP replica's tensor/pipeline group sees the same batch.
+      groups_(make_parallel_groups(comm, cfg.tensor_parallel, cfg.pipeline_parallel)),
+      dp_(*groups_.dp),
+      train_corpus_(std::make_shared<const Corpus>(Corpus::open(cfg.train_corpus))),
+      data_(train_corpus_, cfg.data),
+      valid_corpus_(open_valid_corpus(cfg)),
+      validation_(valid_corpus_ ? make_validation(*valid_corpus_, cfg.data, cfg.limit_val_batches, dp_) : Validation{}),
+      model_(cfg.model, backend, ModelParallel{groups_.tp.get(), groups_.pp.get(), groups_.mp.get()}),
+      pipeline_(configure_schedule(model_, cfg, groups_.pp_size)),
+      reduce_(grad_reduce_options(cfg)),
+      // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
+      optim_(make_optimizer(model_, cfg.optim, dp_, cfg.distributed_optimizer, reduce_)),
+      start_(load_start_point(cfg, ckpt_root_, model_, *optim_)),
+      last_step_(cfg.early_stop_on_step > 0 ? std::min(cfg.early_stop_on_step, cfg.num_steps) : cfg.num_steps),
+      checkpointing_(!cfg.disable_checkpointing) {
+  if (root_) check_writable(run_dir_);
+  comm_.barrier("results directory check");
+  logger_ = std::make_unique<MetricsLogger>(run_dir_, root_, cfg.create_tensorboard_logger, state_.step > 0);
+}
+
+void Trainer::print_banner() const {
+  if (!root_) return;
+  const Optimizer& optim = *optim_;
+  const DataConfig& dc = cfg_.data;
+  fmt::print("esm2 train: {} on {} ({}), {} rank(s); {}\n", cfg_.experiment_name, backend_.name(),
+             precision_label(backend_), comm_.world_size(), start_.note);
+  // [dist]
+  fmt::print("parallel layout: DP {} × TP {} × PP {} ({} communicator), optimizer {}\n", groups_.dp_size,
+             groups_.tp_size, groups_.pp_size, comm_.name(),
+             groups_.dp_size > 1 && cfg_.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
+                                                               : "AdamW (replicated)");
+  if (const auto* zero = dynamic_cast<const ZeroAdamW*>(&optim))
+    fmt::print("gradient reduce-scatter: {} bucket(s) of ≤ {} parameters, {} on the wire, {}\n", zero->num_buckets(),
+               zero->bucket_length(), reduce_.wire == DType::BF16 ? "bf16" : "fp32",
+               zero->num_buckets() > 1 && reduce_.overlap && !pipeline_ ? "overlapped with the backward"
+                                                                       : "after the backward");
+  if (pipeline_) {  // [pp]
+    std::string split;
+    for (int st = 0; st < groups_.pp_size; ++st) {
+      const auto [b, e] = pipeline_stage_layers(cfg_.model.num_layers, groups_.pp_size, st);
+      split += fmt::format("{}{}", st ? "+" : "", e - b);
+    }
+    fmt::print("pipeline parallel: PP size {}, layers per stage {} (1F1B schedule)\n", groups_.pp_size, split);
+  }
+  fmt::print("{}", model_summary(cfg_.model, model_.full_params_info()));
+  if (groups_.tp_size == 1 && groups_.pp_size == 1)  // the plan is of the whole model on one rank
+    fmt::print("{}", format_memory_plan(plan_memory(cfg_.model, micro_batch_token_budget(cfg_), cfg_.recompute,
+                                                    backend_.activation_dtype())));
+  fmt::print("train corpus: {} ({} sequences, {} clusters); validation: {}\n", cfg_.train_corpus,
+             train_corpus_->num_sequences(), train_corpus_->num_clusters(),
+             valid_corpus_ ? fmt::format("{} sequences, {} batches", valid_corpus_->num_sequences(),
+                                         validation_.global_batches)
+                           : std::string("none"));
+  // Global batch = micro × world × accumulation / (TP × PP): model-parallel ranks share their batch.
+  fmt::print("batch: {} × {} DP rank(s) × {} accumulation; max length {}; lr {} (min {}, warmup {}, {} steps, {})\n",
+             dc.micro_batch_tokens > 0 ? fmt::format("{} tokens (packed)", dc.micro_batch_tokens)
+                                       : fmt::format("{} sequences", dc.micro_batch_size),
+             groups_.dp_size, dc.accumulate_grad_batches, dc.max_seq_length, cfg_.schedule.max_lr,
+             cfg_.schedule.min_lr, cfg_.schedule.warmup_steps, cfg_.schedule.total_steps,
+             schedule_kind_name(cfg_.schedule.kind));
+  std::fflush(stdout);
+}
+
+// Forward/backward over the step's micro-batches and the gradient reduction; the optimizer update is
+// left to the caller, which first applies the non-finite policy.
+StepOutcome Trainer::train_step() {
+  const auto t0 = Clock::now();
+  StepOutcome s;
+  s.data_before = state_.data;
+  s.batch = data_.next_step(state_.data, groups_.dp_rank, groups_.dp_size);
+  ESM2_CHECK(s.batch.global_num_labels > 0, "train: step {} has no labelled positions", state_.step);
+  model_.zero_grads();
+  const float grad_scale = 1.0f / static_cast<float>(s.batch.global_num_labels);
+  double loss_acc = 0;
+  if (pipeline_) {
+    loss_acc = pipeline_->train_step(s.batch.micro, grad_scale).loss_sum;  // [pp] 1F1B; loss on every stage
+  } else {
+    // [dist] The last micro-batch's backward starts the gradient reduction as buckets finish.
+    for (size_t i = 0; i < s.batch.micro.size(); ++i) {
+      if (i + 1 == s.batch.micro.size()) model_.set_grad_ready_hook(optim_->grad_ready_hook());
+      loss_acc += model_.forward_backward(s.batch.micro[i], grad_scale).loss_sum;
+    }
+    model_.set_grad_ready_hook(nullptr);
+  }
+  // Test-only fault, injected before the reduction so that it reaches what the optimizer reads
+  // (ZeRO-1 reads its reduced shard, not the model's gradient buffer).
+  if (faults_.poison_grad_at(state_.step)) {
+    const float nan = std::nanf("");
+    backend_.copy_to_device(model_.grad_data(), &nan, sizeof nan);
+  }
+  optim_->reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
+  if (dp_.world_size() > 1) dp_.allreduce_sum(&loss_acc, 1, "loss all-reduce");
+  s.loss = loss_acc / static_cast<double>(s.batch.global_num_labels);
+  s.lr = learning_rate(cfg_.schedule, state_.step);
+  s.grad_norm = optim_->grad_norm();
+  if (s.finite()) optim_->step_with_norm(s.lr, s.grad_norm);
+  else on_nonfinite_step(s);
+  s.seconds = seconds_since(t0);
+  return s;
+}
+
+// --on-nonfinite skip: the update is dropped and counted. stop: the weights (not yet updated) are
+// saved as the last good state if they are finite (their loss, and their validation loss when
+// there is validation data); otherwise the previous checkpoint stays the last good one.
+void Trainer::on_nonfinite_step(const StepOutcome& s) {
+  if (cfg_.on_nonfinite == OnNonfinite::Skip) {
+    ++state_.skipped_steps;
+    if (root_) fmt::print("warning: step {} skipped: non-finite loss/gradient (loss {}, grad norm {}); {} skipped so far\n",
+                          state_.step, s.loss, s.grad_norm, state_.skipped_steps);
+    return;
+  }
+  state_.data = s.data_before;
+  const std::string what = fmt::format("{} at step {} (loss {}, grad norm {})",
+                                       std::isfinite(s.loss) ? "gradient" : "loss", state_.step, s.loss, s.grad_norm);
+  const bool good = std::isfinite(s.loss) && (!valid_corpus_ || std::isfinite(mean_loss(validate())));
+  if (checkpointing_ && good) {
+    save_checkpoint(ckpt_root_, checkpoint_dir_name(state_.step), model_, *optim_, groups_.dp_rank == 0, state_, cfg_,
+                    start_.extra_tensors);  // [dist] collective
+    comm_.barrier("non-finite stop checkpoint");
+    if (root_) write_run_report();
+    comm_.barrier("non-finite stop report");
+    fail("train: non-finite {}; stopped after saving the last good state to {}", what,
+         (ckpt_root_ / checkpoint_dir_name(state_.step)).string());
+  }
+  stop_nonfinite(what);
+}
+
+// Writes the report and ends the job with the error, naming the checkpoint that stays the last good
+// state. [dist] Every rank gets here together; the error ends the job on every rank (abort_job), so
+// the others wait for rank 0's report.
+void Trainer::stop_nonfinite(const std::string& what) {
+  if (root_) write_run_report();
+  comm_.barrier("non-finite stop report");
+  const auto latest = checkpointing_ ? find_latest_checkpoint(ckpt_root_) : std::nullopt;
+  fail("train: non-finite {}; stopped; {}", what,
+       latest ? fmt::format("the last good state is {} (no checkpoint of this state was saved)", latest->string())
+              : std::string("no good state was saved"));
+}
+
+void Trainer::log_step(const StepOutcome& s) {
+  result_.last_train_loss = s.loss;
+  if (state_.step % cfg_.log_every_n_steps != 0 && state_.step != last_step_) return;
+  StepMetrics m;
+  m.step = state_.step;
+  m.loss = s.loss;
+  m.lr = s.lr;
+  m.grad_norm = s.grad_norm;
+  m.tokens_per_s = throughput_.take_window_tokens_per_s();
+  m.packing_efficiency = s.batch.global_token_slots > 0 ? static_cast<double>(s.batch.global_num_tokens) /
+                                                              static_cast<double>(s.batch.global_token_slots)
+                                                        : 0.0;
+  m.eta_s = throughput_.eta_s(last_step_ - state_.step);
+  m.consumed_tokens = state_.consumed_tokens;
+  m.num_steps = last_step_;
+  logger_->log_step(m);
+  state_.history.push_back({{"step", m.step}, {"train_loss", metric_json(s.loss)}, {"lr", s.lr},
+                            {"grad_norm", metric_json(s.grad_norm)}, {"tokens_per_s", m.tokens_per_s}});
+}
+
+std::pair<bool, bool> Trainer::stop_decision() const {
+  bool out_of_time = cfg_.max_time_s > 0 && wall_s() >= cfg_.max_time_s;
+  bool signal = stop_.requested();
+  if (comm_.world_size() > 1) {
+    // [dist] Clocks and signals are per rank: every rank must take the same decision this step.
+    double flags[2] = {out_of_time ? 1.0 : 0.0, signal ? 1.0 : 0.0};
+    comm_.allreduce_sum(flags, 2, "stop decision all-reduce");
+    out_of_time = flags[0] > 0;
+    signal = flags[1] > 0;
+  }
+  return {out_of_time, signal};
+}
+
+LossSum Trainer::validate() {
+  const LossSum v = run_validation(model_, pipeline_.get(), validation_, dp_);
+  ESM2_CHECK(v.num_labels > 0, "validation: no labelled positions in the validation batches");
+  return v;
+}
+
+// A non-finite validation loss goes through --on-nonfinite like a training one: the state is never
+// checkpointed (so never the best or latest good state); stop ends the run, skip goes on.
+void Trainer::validate_and_checkpoint(bool do_validation, bool final_save) {
+  double val_loss = std::nan("");
+  if (do_validation && valid_corpus_) {
+    const auto t0 = Clock::now();
+    const LossSum v = validate();
+    val_loss = mean_loss(v);
+    logger_->log_validation(state_.step, val_loss, v.num_labels, seconds_since(t0));
+    state_.history.push_back({{"step", state_.step}, {"val_loss", metric_json(val_loss)},
+                              {"val_ppl", metric_json(std::exp(val_loss))}});
+    result_.last_val_loss = val_loss;
+    if (!std::isfinite(val_loss)) {
+      if (cfg_.on_nonfinite == OnNonfinite::Stop) stop_nonfinite(fmt::format("validation loss at step {} ({})", state_.step, val_loss));
+      if (root_) fmt::print("warning: validation at step {} is non-finite; this state is not checkpointed\n", state_.step);
+      return;
+    }
+    if (result_.best_val_loss < 0 || val_loss < result_.best_val_loss) result_.best_val_loss = val_loss;
+  }
+  if (!checkpointing_) return;
+  if (!(cfg_.save_last_checkpoint || cfg_.save_best_checkpoint) && !final_save) return;
+  const std::string name = checkpoint_dir_name(state_.step);
+  if (root_) {
+    // Recorded before saving so that the checkpoint's own state lists it (a resumed run prunes it later).
+    auto& list = state_.checkpoints;
+    list.erase(std::remove_if(list.begin(), list.end(), [&](const CheckpointRecord& r) { return r.name == name; }),
+               list.end());
+    list.push_back({name, state_.step, std::isnan(val_loss) ? val_loss : monitored(cfg_, val_loss)});
+  }
+  // [dist] collective: ZeRO-1 moments to dp rank 0, then the model-parallel pieces to world rank 0
+  // while it writes.
+  save_checkpoint(ckpt_root_, name, model_, *optim_, groups_.dp_rank == 0, state_, cfg_, start_.extra_tensors);
+  if (!root_) return;
+  prune_checkpoints(ckpt_root_, state_, cfg_.save_best_checkpoint ? cfg_.save_top_k : 0,
+                    cfg_.save_last_checkpoint || final_save);
+}
+
+void Trainer::write_run_report() const {
+  if (!cfg_.write_report) return;
+  const std::string warn = write_report(run_dir_, report_of_run(cfg_, backend_, state_, result_, wall_s()));
+  if (!warn.empty()) fmt::print("warning: {}\n", warn);
+}
+
+TrainResult Trainer::run() {
+  print_banner();
+  run_start_ = Clock::now();
+  while (state_.step < last_step_) {
+    const StepOutcome s = train_step();
+    state_.step += 1;
+    state_.consumed_tokens += s.batch.global_num_tokens;
+    throughput_.add_step(s.seconds, s.batch.global_num_tokens, state_.step > 1 || start_.resumed);
+    log_step(s);
+    const auto [out_of_time, signal] = stop_decision();
+    const bool val_due = state_.step % cfg_.val_check_interval == 0;
+    const bool at_end = state_.step == last_step_ || out_of_time;
+    if (val_due || at_end || signal) validate_and_checkpoint(val_due || at_end, at_end || signal);
+    if (out_of_time && state_.step < last_step_) {
+      if (root_) fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; checkpoint saved, stopping\n",
+                            cfg_.max_time_s, state_.step);
+      break;
+    }
+    if (signal) {
+      result_.stopped_by_signal = true;
+      if (root_) fmt::print("esm2 train: signal {} received; checkpoint at step {} saved, exiting\n",
+                            stop_.signal_number(), state_.step);
+      break;
+    }
+  }
+  result_.steps_done = state_.step;
+  result_.real_tokens_per_s = throughput_.training_tokens_per_s();
+  result_.wall_time_s = wall_s();
+  if (root_ && cfg_.write_report) {
+    write_run_report();
+    fmt::print("esm2 train: done at step {}; training {:.0f} real tokens/s (steps only); wall time {:.1f} s "
+               "(incl. validation and checkpoints); report {}\n",
+               state_.step, result_.real_tokens_per_s, result_.wall_time_s, (run_dir_ / "report.html").string());
+  }
+  return result_;
 }
 
 }  // namespace
@@ -134,294 +578,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& comm) {
 }
 
 TrainResult run_training(const TrainConfig& cfg, Communicator& comm, Backend& backend) {
-  validate_config(cfg, comm);
-  const bool root = comm.is_root();
-  const fs::path run_dir = fs::path(cfg.result_dir) / cfg.experiment_name;
-  const fs::path ckpt_root = run_dir / "checkpoints";
-  if (root) check_writable(run_dir);
-  comm.barrier("results directory check");
-  // [dist] DP × TP × PP grid (src/parallel/parallel_layout.h): data is split over DP only; every rank of a
-  // DP replica's tensor/pipeline group sees the same batch.
-  ParallelGroups groups = make_parallel_groups(comm, cfg.tensor_parallel, cfg.pipeline_parallel);
-  Communicator& dp = *groups.dp;
-  const bool dp_root = groups.dp_rank == 0;
-
-  StopSignal stop;
-
-  // ---- data ----
-  auto train_corpus = std::make_shared<const Corpus>(Corpus::open(cfg.train_corpus));
-  const DataConfig& dc = cfg.data;
-  TrainData data(train_corpus, dc);
-  std::unique_ptr<Corpus> valid_corpus;
-  Validation validation;
-  if (!cfg.valid_corpus.empty()) {
-    valid_corpus = std::make_unique<Corpus>(Corpus::open(cfg.valid_corpus));
-    validation = make_validation(*valid_corpus, dc, cfg.limit_val_batches, dp);
-  }
-
-  // ---- model, optimizer, state ----
-  Esm2Model model(cfg.model, backend, ModelParallel{groups.tp.get(), groups.pp.get(), groups.mp.get()});
-  model.set_recompute(cfg.recompute);
-  // [pp] 1F1B over the pipeline group when the layers are split into stages.
-  const std::unique_ptr<PipelineSchedule> pipeline =
-      groups.pp_size > 1 ? std::make_unique<PipelineSchedule>(model) : nullptr;
-  // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
-  GradReduceOptions reduce;
-  reduce.bucket_elements = static_cast<size_t>(cfg.ddp_bucket_size);
-  reduce.overlap = cfg.overlap_grad_reduce;
-  reduce.wire = cfg.grad_reduce_dtype;
-  const std::unique_ptr<Optimizer> optim_owner =
-      make_optimizer(model, cfg.optim, dp, cfg.distributed_optimizer, reduce);
-  Optimizer& optim = *optim_owner;
-  TrainerState state;
-  std::string start_note = "from scratch";
-  std::optional<fs::path> resume_from;
-  // Tensors of the starting checkpoint that training does not touch (a published model's contact
-  // head): carried into every checkpoint so fine-tuning loses nothing.
-  std::map<std::string, RawTensor> extra_tensors;
-  if (cfg.resume_if_exists) resume_from = find_latest_checkpoint(ckpt_root);
-  if (resume_from) {
-    load_checkpoint(*resume_from, model, &optim, &state, &extra_tensors);
-    start_note = fmt::format("resumed from {} (step {})", resume_from->string(), state.step);
-  } else if (!cfg.restore_from_checkpoint_path.empty()) {
-    const fs::path p = cfg.restore_from_checkpoint_path;
-    if (is_training_checkpoint(p)) {
-      load_checkpoint(p, model, &optim, &state, &extra_tensors);
-      start_note = fmt::format("restored from {} (step {})", p.string(), state.step);
-    } else {
-      load_checkpoint(p, model, nullptr, nullptr, &extra_tensors);
-      start_note = fmt::format("weights from {} (fresh optimizer)", p.string());
-    }
-  } else if (!cfg.init_from.empty()) {
-    load_checkpoint(cfg.init_from, model, nullptr, nullptr, &extra_tensors);
-    start_note = fmt::format("weights from {} (fresh optimizer)", cfg.init_from);
-  } else {
-    model.init_weights(cfg.data.seed);
-  }
-
-  MetricsLogger logger(run_dir, root, cfg.create_tensorboard_logger, state.step > 0);
-  if (root) {
-    fmt::print("esm2 train: {} on {} ({}), {} rank(s); {}\n", cfg.experiment_name, backend.name(),
-               precision_label(backend), comm.world_size(), start_note);
-    // [dist]
-    fmt::print("parallel layout: DP {} × TP {} × PP {} ({} communicator), optimizer {}\n", groups.dp_size,
-               groups.tp_size, groups.pp_size, comm.name(),
-               groups.dp_size > 1 && cfg.distributed_optimizer ? "ZeRO-1 (moments sharded over ranks)"
-                                                                  : "AdamW (replicated)");
-    if (const auto* zero = dynamic_cast<const ZeroAdamW*>(&optim))
-      fmt::print("gradient reduce-scatter: {} bucket(s) of ≤ {} parameters, {} on the wire, {}\n",
-                 zero->num_buckets(), zero->bucket_length(), reduce.wire == DType::BF16 ? "bf16" : "fp32",
-                 zero->num_buckets() > 1 && reduce.overlap && !pipeline ? "overlapped with the backward"
-                                                                       : "after the backward");
-    if (pipeline) {  // [pp]
-      std::string split;
-      for (int st = 0; st < groups.pp_size; ++st) {
-        const auto [b, e] = pipeline_stage_layers(cfg.model.num_layers, groups.pp_size, st);
-        split += fmt::format("{}{}", st ? "+" : "", e - b);
-      }
-      fmt::print("pipeline parallel: PP size {}, layers per stage {} (1F1B schedule)\n", groups.pp_size, split);
-    }
-    fmt::print("{}", model_summary(cfg.model, model.full_params_info()));
-    if (groups.tp_size == 1 && groups.pp_size == 1)  // the plan is of the whole model on one rank
-      fmt::print("{}", format_memory_plan(plan_memory(cfg.model, micro_batch_token_budget(cfg), cfg.recompute,
-                                                      backend.activation_dtype())));
-    fmt::print("train corpus: {} ({} sequences, {} clusters); validation: {}\n", cfg.train_corpus,
-               train_corpus->num_sequences(), train_corpus->num_clusters(),
-               valid_corpus ? fmt::format("{} sequences, {} batches", valid_corpus->num_sequences(),
-                                          validation.global_batches)
-                            : std::string("none"));
-    // Global batch = micro × world × accumulation / (TP × PP): model-parallel ranks share their batch.
-    fmt::print("batch: {} × {} DP rank(s) × {} accumulation; max length {}; lr {} (min {}, warmup {}, {} steps, {})\n",
-               dc.micro_batch_tokens > 0 ? fmt::format("{} tokens (packed)", dc.micro_batch_tokens)
-                                         : fmt::format("{} sequences", dc.micro_batch_size),
-               groups.dp_size, dc.accumulate_grad_batches, dc.max_seq_length, cfg.schedule.max_lr,
-               cfg.schedule.min_lr, cfg.schedule.warmup_steps, cfg.schedule.total_steps,
-               schedule_kind_name(cfg.schedule.kind));
-    std::fflush(stdout);
-  }
-
-  TrainResult result;
-  const int64_t last_step = cfg.early_stop_on_step > 0 ? std::min(cfg.early_stop_on_step, cfg.num_steps) : cfg.num_steps;
-  const bool checkpointing = !cfg.disable_checkpointing;
-  double ema_step_s = 0;
-  double tokens_since_log = 0, seconds_since_log = 0, total_tokens_timed = 0, total_seconds_timed = 0;
-  const auto run_start = Clock::now();
-  const FaultInjection faults = fault_injection_from_env();  // test-only: empty unless ESM2_FAULT_INJECT is set
-
-  auto validate_and_checkpoint = [&](bool do_validation, bool final_save) {
-    double val_loss = std::nan("");
-    if (do_validation && valid_corpus) {
-      const auto t0 = Clock::now();
-      const LossSum v = run_validation(model, pipeline.get(), validation, dp);
-      ESM2_CHECK(v.num_labels > 0, "validation: no labelled positions in the validation batches");
-      val_loss = v.loss_sum / static_cast<double>(v.num_labels);
-      result.last_val_loss = val_loss;
-      if (result.best_val_loss < 0 || val_loss < result.best_val_loss) result.best_val_loss = val_loss;
-      logger.log_validation(state.step, val_loss, v.num_labels, seconds_since(t0));
-      nlohmann::json h = {{"step", state.step}, {"val_loss", val_loss}, {"val_ppl", std::exp(val_loss)}};
-      state.history.push_back(h);
-    }
-    if (!checkpointing) return;
-    if (!(cfg.save_last_checkpoint || cfg.save_best_checkpoint) && !final_save) return;
-    const std::string name = checkpoint_dir_name(state.step);
-    if (root) {
-      // Recorded before saving so that the checkpoint's own state lists it (a resumed run prunes it later).
-      state.checkpoints.erase(std::remove_if(state.checkpoints.begin(), state.checkpoints.end(),
-                                             [&](const CheckpointRecord& r) { return r.name == name; }),
-                              state.checkpoints.end());
-      state.checkpoints.push_back({name, state.step, std::isnan(val_loss) ? val_loss : monitored(cfg, val_loss)});
-    }
-    // [dist] collective: ZeRO-1 moments to dp rank 0, then the model-parallel pieces to world rank 0
-    // while it writes.
-    save_checkpoint(ckpt_root, name, model, optim, dp_root, state, cfg, extra_tensors);
-    if (!root) return;
-    prune_checkpoints(ckpt_root, state, cfg.save_best_checkpoint ? cfg.save_top_k : 0,
-                      cfg.save_last_checkpoint || final_save);
-  };
-
-  while (state.step < last_step) {
-    const auto t0 = Clock::now();
-    const DataPosition data_before = state.data;  // a stop on a non-finite step checkpoints the state before it
-    StepBatch batch = data.next_step(state.data, groups.dp_rank, groups.dp_size);
-    ESM2_CHECK(batch.global_num_labels > 0, "train: step {} has no labelled positions", state.step);
-    model.zero_grads();
-    const float grad_scale = 1.0f / static_cast<float>(batch.global_num_labels);
-    double loss_acc = 0;
-    if (pipeline) {
-      loss_acc = pipeline->train_step(batch.micro, grad_scale).loss_sum;  // [pp] 1F1B; loss on every stage
-    } else {
-      // [dist] The last micro-batch's backward starts the gradient reduction as buckets finish.
-      for (size_t i = 0; i < batch.micro.size(); ++i) {
-        if (i + 1 == batch.micro.size()) model.set_grad_ready_hook(optim.grad_ready_hook());
-        loss_acc += model.forward_backward(batch.micro[i], grad_scale).loss_sum;
-      }
-      model.set_grad_ready_hook(nullptr);
-    }
-    // Test-only fault, injected before the reduction so that it reaches what the optimizer reads
-    // (ZeRO-1 reads its reduced shard, not the model's gradient buffer).
-    if (faults.poison_grad_at(state.step)) {
-      const float nan = std::nanf("");
-      backend.copy_to_device(model.grad_data(), &nan, sizeof nan);
-    }
-    optim.reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
-    if (dp.world_size() > 1) dp.allreduce_sum(&loss_acc, 1, "loss all-reduce");
-    const double loss = loss_acc / static_cast<double>(batch.global_num_labels);
-    const double lr = learning_rate(cfg.schedule, state.step);
-    const double gnorm = optim.grad_norm();
-    const bool finite = std::isfinite(loss) && std::isfinite(gnorm);
-    if (!finite) {
-      if (cfg.on_nonfinite == OnNonfinite::Stop) {
-        state.data = data_before;
-        if (checkpointing) {
-          // The weights are still those of the last good step: save them for inspection/resume.
-          save_checkpoint(ckpt_root, checkpoint_dir_name(state.step), model, optim, dp_root, state, cfg,
-                          extra_tensors);  // [dist] collective
-          // [dist] The error below ends the job on every rank (abort_job): the other ranks must not get
-          // there while rank 0 is still writing.
-          comm.barrier("non-finite stop checkpoint");
-        }
-        fail("train: non-finite {} at step {} (loss {}, grad norm {}); stopped{}", std::isfinite(loss) ? "gradient" : "loss",
-             state.step, loss, gnorm,
-             checkpointing ? fmt::format(" after saving the last good state to {}",
-                                         (ckpt_root / checkpoint_dir_name(state.step)).string())
-                           : "");
-      }
-      ++state.skipped_steps;
-      if (root) fmt::print("warning: step {} skipped: non-finite loss/gradient (loss {}, grad norm {}); {} skipped so far\n",
-                           state.step, loss, gnorm, state.skipped_steps);
-    } else {
-      optim.step_with_norm(lr, gnorm);
-    }
-    state.step += 1;
-    state.consumed_tokens += batch.global_num_tokens;
-    const double step_s = seconds_since(t0);
-    if (state.step > 1 || resume_from) {  // the first step pays one-time allocation costs
-      total_tokens_timed += static_cast<double>(batch.global_num_tokens);
-      total_seconds_timed += step_s;
-    }
-    ema_step_s = ema_step_s == 0 ? step_s : 0.9 * ema_step_s + 0.1 * step_s;
-    tokens_since_log += static_cast<double>(batch.global_num_tokens);
-    seconds_since_log += step_s;
-    result.last_train_loss = loss;
-
-    if (state.step % cfg.log_every_n_steps == 0 || state.step == last_step) {
-      StepMetrics m;
-      m.step = state.step;
-      m.loss = loss;
-      m.lr = lr;
-      m.grad_norm = gnorm;
-      m.tokens_per_s = tokens_since_log / std::max(seconds_since_log, 1e-9);
-      m.packing_efficiency = batch.global_token_slots > 0
-                                 ? static_cast<double>(batch.global_num_tokens) / static_cast<double>(batch.global_token_slots)
-                                 : 0.0;
-      m.eta_s = ema_step_s * static_cast<double>(last_step - state.step);
-      m.consumed_tokens = state.consumed_tokens;
-      m.num_steps = last_step;
-      logger.log_step(m);
-      state.history.push_back({{"step", m.step}, {"train_loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
-                               {"tokens_per_s", m.tokens_per_s}});
-      tokens_since_log = seconds_since_log = 0;
-    }
-
-    const bool val_due = state.step % cfg.val_check_interval == 0;
-    bool out_of_time = cfg.max_time_s > 0 && seconds_since(run_start) >= cfg.max_time_s;
-    bool stopping = stop.requested();
-    if (comm.world_size() > 1) {
-      // [dist] Clocks and signals are per rank: every rank must take the same decision this step.
-      double flags[2] = {out_of_time ? 1.0 : 0.0, stopping ? 1.0 : 0.0};
-      comm.allreduce_sum(flags, 2, "stop decision all-reduce");
-      out_of_time = flags[0] > 0;
-      stopping = flags[1] > 0;
-    }
-    const bool at_end = state.step == last_step || out_of_time;
-    if (val_due || at_end || stopping) validate_and_checkpoint(val_due || at_end, at_end || stopping);
-    if (out_of_time && state.step < last_step) {
-      if (root) fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; checkpoint saved, stopping\n",
-                           cfg.max_time_s, state.step);
-      break;
-    }
-    if (stopping) {
-      result.stopped_by_signal = true;
-      if (root) fmt::print("esm2 train: signal {} received; checkpoint at step {} saved, exiting\n", stop.signal_number(), state.step);
-      break;
-    }
-  }
-  result.steps_done = state.step;
-  result.real_tokens_per_s = total_seconds_timed > 0 ? total_tokens_timed / total_seconds_timed : 0;
-
-  if (root && cfg.write_report) {
-    ReportData rd;
-    rd.title = fmt::format("esm2.cpp training report: {}", cfg.experiment_name);
-    rd.summary = {{"model", fmt::format("{} layers, hidden {}, heads {}, ffn {} ({} parameters)", cfg.model.num_layers,
-                                        cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.ffn_hidden_size,
-                                        format_param_count(double(cfg.model.num_parameters())))},
-                  {"backend", fmt::format("{} ({})", backend.name(), precision_label(backend))},
-                  {"steps", fmt::format("{}", state.step)},
-                  {"tokens trained", fmt::format("{}", state.consumed_tokens)},
-                  {"real tokens/s", fmt::format("{:.0f}", result.real_tokens_per_s)},
-                  {"last train loss", fmt::format("{:.4f}", result.last_train_loss)},
-                  {"last val loss / ppl", result.last_val_loss >= 0 ? fmt::format("{:.4f} / {:.3f}", result.last_val_loss,
-                                                                                  std::exp(result.last_val_loss))
-                                                                    : std::string("n/a")}};
-    for (const auto& h : state.history) {
-      const int64_t s = h["step"].get<int64_t>();
-      if (h.contains("train_loss")) {
-        rd.train_loss.push_back({s, h["train_loss"].get<double>()});
-        rd.train_ppl.push_back({s, std::exp(h["train_loss"].get<double>())});
-        rd.lr.push_back({s, h["lr"].get<double>()});
-        rd.tokens_per_s.push_back({s, h["tokens_per_s"].get<double>()});
-      }
-      if (h.contains("val_loss")) {
-        rd.val_loss.push_back({s, h["val_loss"].get<double>()});
-        rd.val_ppl.push_back({s, h["val_ppl"].get<double>()});
-      }
-    }
-    const std::string warn = write_report(run_dir, rd);
-    if (!warn.empty()) fmt::print("warning: {}\n", warn);
-    fmt::print("esm2 train: done at step {}; real tokens/s {:.0f}; report {}\n", state.step, result.real_tokens_per_s,
-               (run_dir / "report.html").string());
-  }
-  return result;
+  return Trainer(cfg, comm, backend).run();
 }
 
 }  // namespace esm2

@@ -13,10 +13,11 @@ class Backend;
 struct TrainResult {
   int64_t steps_done = 0;          // optimizer steps completed (global step counter at exit)
   double last_train_loss = 0;
-  double last_val_loss = -1;       // -1 when no validation ran
+  double last_val_loss = -1;       // -1 when no validation ran; NaN/inf when it diverged
   double best_val_loss = -1;
   bool stopped_by_signal = false;
-  double real_tokens_per_s = 0;    // average over the run after the first step
+  double real_tokens_per_s = 0;    // training throughput: step time only, after the first step
+  double wall_time_s = 0;          // the step loop's wall time, validation and checkpoints included
 };
 
 // Most tokens one micro-batch can hold: --micro-batch-tokens, or --micro-batch-size × --max-seq-length.

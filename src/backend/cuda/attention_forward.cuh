@@ -19,8 +19,8 @@ void launch_attention_forward(void* out, float* lse, const void* qkv, const Atte
                               float* scratch, cudaStream_t s);
 // True when launch_attention_forward/backward take the tensor-core path for this dtype and head dim.
 bool attention_uses_mma(DType dt, int D);
-// The head dim the kernels run at for head dim D: D itself where a kernel exists (16, 32, 64, 128; 24
-// in fp32), else the next of 16/32/64/128 (zero padding). Throws for odd D or D > 128.
+// The head dim the kernels run at for head dim D: D itself where a kernel exists (16, 24, 32, 64, 128),
+// else the next of 16/32/64/128 (zero padding). Throws for odd D or D > 128.
 int attention_kernel_head_dim(DType dt, int D);
 
 namespace attn_pad {

@@ -503,9 +503,9 @@ class CudaBackend final : public Backend {
     ESM2_CHECK(std::string(v) == "1", "ESM2_ATTENTION_NONDETERMINISTIC={}: must be 0 or 1", v);
     return true;
   }
-  AttnRoute attn_route_ = attention_route_from_env();
+  [[maybe_unused]] AttnRoute attn_route_ = attention_route_from_env();
   int64_t cudnn_calls_ = 0;
-  bool attn_nondeterministic_ = nondeterministic_from_env();
+  [[maybe_unused]] bool attn_nondeterministic_ = nondeterministic_from_env();
 #ifdef ESM2_HAVE_CUDNN
   // Which route `auto` takes per head dim. Until cuDNN's route has been measured on a GPU (fwd+bwd,
   // bench/results/cuda/attention/), every head dim keeps the mma kernels; ESM2_ATTENTION=cudnn opts in.
