@@ -20,7 +20,7 @@ const esm2::SequenceTable& sequences() {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const auto path = esm2::fuzz::input_file("clusters.tsv", data, size);
+  const auto path = esm2::fuzz::memory_file(data, size);
   esm2::fuzz::expect_result_or_error([&] { (void)esm2::read_cluster_tsv(path, sequences()); });
   return 0;
 }

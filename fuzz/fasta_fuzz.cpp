@@ -4,7 +4,7 @@
 #include "fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const auto path = esm2::fuzz::input_file("input.fasta", data, size);
+  const auto path = esm2::fuzz::memory_file(data, size);
   esm2::fuzz::expect_result_or_error([&] {
     esm2::SequenceTable table;
     esm2::read_fasta(path, table);

@@ -14,7 +14,7 @@ build=${ESM2_FUZZ_BUILD_DIR:-build-asan}
 jobs=$(nproc)
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-  -DESM2_SANITIZE=ON -DESM2_FUZZ=ON -DESM2_CUDA=OFF -DESM2_MPI=OFF -DESM2_BUILD_BENCH=OFF >/dev/null
+  -DESM2_SANITIZE=ON -DESM2_FUZZ=ON -DESM2_CUDA=OFF -DESM2_MPI=OFF -DESM2_BUILD_BENCH=OFF -DESM2_WERROR=ON >/dev/null
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   for f in fuzz/*_fuzz.cpp; do targets+=("$(basename "$f" .cpp)"); done

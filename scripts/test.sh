@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 jobs=$(nproc)
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+# ESM2_WERROR: the C++ must stay free of -Wall -Wextra warnings under g++ (here) and clang (below).
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
@@ -19,7 +20,7 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 # does not survive a 5-10x slowdown; scripts/fuzz.sh below runs the readers under ASan as well.
 CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-  -DESM2_SANITIZE=ON -DESM2_FUZZ=ON -DESM2_CUDA=OFF -DESM2_MPI=OFF -DESM2_BUILD_BENCH=OFF >/dev/null
+  -DESM2_SANITIZE=ON -DESM2_FUZZ=ON -DESM2_CUDA=OFF -DESM2_MPI=OFF -DESM2_BUILD_BENCH=OFF -DESM2_WERROR=ON >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j "$jobs" -L '^(core|data|backend|comm|model|io|parallel|optim|train|infer)$'

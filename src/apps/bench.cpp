@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "apps/cli_checks.h"
 #include "apps/command.h"
 #include "apps/enum_option.h"
 #include "backend/backend.h"
@@ -35,7 +36,7 @@ struct BenchArgs {
   int64_t micro_batch_tokens = 16384;
   int max_seq_length = 1024, steps = 5, warmup = 1, threads = 0;
   double peak_tflops = 0;
-  bool profile = false;
+  bool profile = false, force = false;
 };
 
 // Σ over sequences of L² / Σ L: the attention length each token sees on average (performance.md).
@@ -70,22 +71,25 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   app.add_option("--data", a->data, "Corpus directory (made by `esm2 prepare`) whose length distribution is used")->required();
   app.add_option("--preset", a->preset, "Model preset")->capture_default_str();
-  app.add_option("--micro-batch-tokens", a->micro_batch_tokens, "Packed token budget per step")->capture_default_str();
+  app.add_option("--micro-batch-tokens", a->micro_batch_tokens, "Packed token budget per step")
+      ->check(esm2::apps::at_least(1))->capture_default_str();
   app.add_option("--max-seq-length", a->max_seq_length, "Longest sequence (tokens)")->capture_default_str();
   app.add_option("--steps", a->steps, "Timed steps")->capture_default_str();
   app.add_option("--warmup", a->warmup, "Untimed warm-up steps")->capture_default_str();
   esm2::apps::add_enum_option(app, "--backend", a->backend, esm2::kBackendKindNames, "auto, cpu or cuda");
   esm2::apps::add_enum_option(app, "--precision", a->precision, esm2::kPrecisionNames, "auto, 32, bf16-mixed");
-  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->capture_default_str();
+  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(esm2::apps::at_least(0))->capture_default_str();
   app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)");
   esm2::apps::add_enum_option(app, "--recompute", a->recompute, esm2::kRecomputeNames,
                               "Activations recomputed in the backward: none, selective or full");
   app.add_option("--json", a->json_out, "Write the results as JSON to this file");
+  esm2::apps::add_force_flag(app, a->force);
   app.add_flag("--profile", a->profile,
                "Also time every backend op of the timed steps (each op synchronised: the shares are meaningful, the "
                "profiled step is slower) and print the table; throughput is measured on separate unprofiled steps");
   auto run = [a]() -> int {
     ESM2_CHECK(a->steps >= 1, "bench: --steps must be >= 1");
+    esm2::apps::check_output_free(a->json_out, a->force, "--json");
     auto backend_owner = esm2::make_backend(a->backend, a->precision, a->threads);
     // The model always talks to the timing wrapper; it measures only while enabled (the profile pass).
     esm2::TimingBackend timing(*backend_owner);

@@ -16,12 +16,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
+enum class EmbedFormat { Npy, Safetensors };
+constexpr esm2::EnumName<EmbedFormat> kEmbedFormatNames[] = {{"npy", EmbedFormat::Npy},
+                                                             {"safetensors", EmbedFormat::Safetensors}};
+
 struct EmbedArgs {
   esm2::apps::InferOptions common;
   fs::path fasta, output;
   int layer = -1;
   bool per_residue = false, mean = false, logits = false, skip_invalid = false;
-  std::string format = "npy";
+  EmbedFormat format = EmbedFormat::Npy;
 };
 
 void write_npy_dir(const fs::path& out, const esm2::Embeddings& e, const std::vector<esm2::ProteinRecord>& recs,
@@ -90,16 +94,16 @@ esm2::apps::RunFn setup_embed(CLI::App& app) {
                  "npy: a directory (mean.npy, per_residue.npy, per_residue_offsets.npy, ids.txt); safetensors: one file")
       ->required();
   app.add_option("--layer", a->layer,
-                 "Representation after this many layers (0 = embeddings; default: the last, after the final LayerNorm)");
+                 "Representation after this many layers (0 = embeddings; default: the last, after the final LayerNorm)")
+      ->check(esm2::apps::at_least(0));
   app.add_flag("--per-residue", a->per_residue, "Write per-residue embeddings (residues only, no <cls>/<eos>)");
   app.add_flag("--mean", a->mean, "Write mean-pooled embeddings (the default when --per-residue is not given)");
   app.add_flag("--include-logits", a->logits,
                "Also write the padded batch: input_ids and attention_mask [N, Lmax] int64, logits [N, Lmax, 33] f32");
-  app.add_option("--format", a->format, "npy or safetensors")->capture_default_str();
+  esm2::apps::add_enum_option(app, "--format", a->format, kEmbedFormatNames, "npy or safetensors");
   app.add_flag("--skip-invalid", a->skip_invalid, "Drop records with invalid letters or no residues (counted) instead of failing");
   return [a]() -> int {
-    ESM2_CHECK(a->format == "npy" || a->format == "safetensors", "embed: --format '{}' is not npy or safetensors",
-               a->format);
+    esm2::apps::check_output_free(a->output, a->common.force, "--output");
     int64_t skipped = 0;
     const auto recs = esm2::read_protein_fasta(a->fasta, a->skip_invalid, &skipped);
     ESM2_CHECK(!recs.empty(), "{}: no valid sequences to embed", a->fasta.string());
@@ -112,7 +116,7 @@ esm2::apps::RunFn setup_embed(CLI::App& app) {
     opt.micro_batch_tokens = a->common.micro_batch_tokens;
     const esm2::Embeddings e = esm2::embed(*m.model, recs, opt);
     const int layer = a->layer < 0 ? m.model->config().num_layers : a->layer;
-    if (a->format == "npy") write_npy_dir(a->output, e, recs, opt.mean, opt.per_residue);
+    if (a->format == EmbedFormat::Npy) write_npy_dir(a->output, e, recs, opt.mean, opt.per_residue);
     else write_safetensors(a->output, e, recs, opt.mean, opt.per_residue, layer);
     std::printf("embedded %zu sequences (%lld residues) from %s, layer %d, hidden %d%s -> %s\n", recs.size(),
                 static_cast<long long>(e.offsets.back()), a->fasta.c_str(), layer, e.hidden,

@@ -135,6 +135,8 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
     ESM2_CHECK(a->limit_batches == -1 || a->limit_batches > 0, "eval: --limit-batches {} must be positive (or -1: all)",
                a->limit_batches);
     ESM2_CHECK(a->per_sequence.empty() || a->pppl, "eval: --per-sequence needs --pseudo-perplexity");
+    esm2::apps::check_output_free(a->json_out, a->common.force, "--json");
+    esm2::apps::check_output_free(a->per_sequence, a->common.force, "--per-sequence");
     // Inputs are opened before the model is loaded so that a bad path fails fast.
     std::vector<std::pair<std::string, esm2::Corpus>> inputs;
     std::vector<std::unique_ptr<TempCorpus>> temps;

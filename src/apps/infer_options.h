@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <string>
 
+#include "apps/cli_checks.h"
 #include "apps/enum_option.h"
 #include "backend/backend_factory.h"
 #include "infer/inference.h"
@@ -16,6 +17,7 @@ struct InferOptions {
   Precision precision = Precision::Auto;
   int threads = 0;
   int64_t micro_batch_tokens = 16384;
+  bool force = false;  // replace existing outputs
 
   void add_to(CLI::App& app) {
     app.add_option("--checkpoint", checkpoint,
@@ -23,11 +25,12 @@ struct InferOptions {
         ->required();
     app.add_option("--micro-batch-tokens", micro_batch_tokens,
                    "Token budget of one packed forward pass (a longer sequence gets a pass of its own)")
-        ->capture_default_str();
+        ->check(at_least(1))->capture_default_str();
     add_enum_option(app, "--backend", backend, kBackendKindNames,
                     "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda");
     add_enum_option(app, "--precision", precision, kPrecisionNames, "auto, 32 or bf16-mixed (CUDA only)");
-    app.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
+    app.add_option("--threads", threads, "CPU threads (0: all cores)")->check(at_least(0))->capture_default_str();
+    add_force_flag(app, force);
   }
   InferenceModel load() const { return load_inference_model(checkpoint, backend, precision, threads); }
 };

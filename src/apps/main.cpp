@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "apps/command.h"
 #include "core/config_file.h"
@@ -17,6 +19,42 @@ std::vector<Command>& command_registry() {
   return registry;
 }
 }  // namespace esm2::apps
+
+namespace {
+
+// CLI11 prints a negated flag as "--no-x{false}", the value it stores, which reads as the pair's
+// default; the on/off pairs state their default in their description instead.
+class HelpFormatter : public CLI::Formatter {
+ public:
+  std::string make_option_name(const CLI::Option* opt, bool positional) const override {
+    std::string s = CLI::Formatter::make_option_name(opt, positional);
+    for (const std::string v : {"{false}", "{true}"})
+      for (size_t at = s.find(v); at != std::string::npos; at = s.find(v)) s.erase(at, v.size());
+    return s;
+  }
+};
+
+// CLI11's message as one line, with the subcommand named and unexpected arguments in the order given
+// (CLI11's own message lists them backwards, as the parser is handed them reversed).
+std::string parse_error_message(const CLI::App& app, const CLI::ParseError& e) {
+  std::string where;
+  for (const CLI::App* sub : app.get_subcommands()) where = sub->get_name() + ": ";
+  std::string what = e.what();
+  if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
+    const std::vector<std::string> extras = app.remaining(true);
+    what = extras.size() == 1 ? "unexpected argument" : "unexpected arguments";
+    for (const auto& x : extras) what += " '" + x + "'";
+    what += " (--help lists the flags)";
+  } else if (dynamic_cast<const CLI::RequiredError*>(&e) && app.get_subcommands().empty()) {
+    const std::vector<std::string> given = app.remaining();
+    what = given.empty() ? "a command is required: esm2 <command> [OPTIONS] (esm2 --help lists the commands)"
+                         : "unknown command '" + given.front() + "' (esm2 --help lists the commands)";
+  }
+  std::replace(what.begin(), what.end(), '\n', ' ');
+  return where + what;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // A file-size limit (ulimit -f) must make write() fail with EFBIG, reported like a full disk and
@@ -37,8 +75,10 @@ int main(int argc, char** argv) {
     }
   }
   using namespace esm2::apps;
-  CLI::App app{"esm2.cpp — pretrain ESM-2 protein language models (version " ESM2_VERSION ")"};
+  // Named, so that usage lines read "esm2 train [OPTIONS]".
+  CLI::App app{"esm2.cpp — pretrain ESM-2 protein language models (version " ESM2_VERSION ")", "esm2"};
   app.require_subcommand(1);
+  app.formatter(std::make_shared<HelpFormatter>());
   app.set_version_flag("--version", std::string(ESM2_VERSION));
   auto& commands = command_registry();
   std::sort(commands.begin(), commands.end(), [](auto& a, auto& b) { return a.name < b.name; });
@@ -57,7 +97,10 @@ int main(int argc, char** argv) {
     std::reverse(args.begin(), args.end());
     app.parse(args);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0 through CLI11; every parse error follows the one error contract.
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+    std::fprintf(stderr, "esm2: error: %s\n", parse_error_message(app, e).c_str());
+    return 1;
   } catch (const esm2::Error& e) {
     std::fprintf(stderr, "esm2: error: %s\n", e.what());
     return 1;

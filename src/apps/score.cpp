@@ -76,6 +76,8 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
     ESM2_CHECK(!(!a->mutations.empty() && !a->dms.empty()), "score: give --mutations or --dms, not both");
     ESM2_CHECK(!a->mutations.empty() || !a->dms.empty() || !a->matrix.empty(),
                "score: nothing to do: give --mutations, --dms or --matrix");
+    esm2::apps::check_output_free(a->output, a->common.force, "--output");
+    esm2::apps::check_output_free(a->matrix, a->common.force, "--matrix");
     const std::vector<int32_t> wt = wild_type(*a);
     // Parse every variant before loading the model: a typo fails at once.
     std::vector<std::string> names, rows;
@@ -108,11 +110,14 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
 
     auto m = a->common.load();
     const int64_t budget = a->common.micro_batch_tokens;
+    // Scores are printed with 5 decimals: a variant's masked copy is packed with others, and fp32
+    // sums in GEMMs of another shape move its score by ~1e-7 (up to ~1e-6 for large log-probs), so
+    // digits past the fifth would depend on what else is in the batch.
     if (!variants.empty()) {
       const auto scores = esm2::masked_marginal_scores(*m.model, wt, variants, budget);
       std::string csv = a->dms.empty() ? "variant,score\n" : header + ",esm2_score\n";
       for (size_t i = 0; i < scores.size(); ++i)
-        csv += a->dms.empty() ? fmt::format("{},{:.9g}\n", names[i], scores[i]) : fmt::format("{},{:.9g}\n", rows[i], scores[i]);
+        csv += a->dms.empty() ? fmt::format("{},{:.5f}\n", names[i], scores[i]) : fmt::format("{},{:.5f}\n", rows[i], scores[i]);
       if (a->output.empty()) std::fputs(csv.c_str(), stdout);
       else esm2::write_file_atomically(a->output, csv);
     }
@@ -123,7 +128,7 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
       csv += "\n";
       for (size_t i = 0; i < wt.size(); ++i) {
         csv += fmt::format("{},{}", i + 1, esm2::kVocab[wt[i]]);
-        for (int k = 0; k < esm2::kNumStandardAminoAcids; ++k) csv += fmt::format(",{:.9g}", mat[i * esm2::kNumStandardAminoAcids + k]);
+        for (int k = 0; k < esm2::kNumStandardAminoAcids; ++k) csv += fmt::format(",{:.5f}", mat[i * esm2::kNumStandardAminoAcids + k]);
         csv += "\n";
       }
       esm2::write_file_atomically(a->matrix, csv);

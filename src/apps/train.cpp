@@ -1,16 +1,21 @@
 // `esm2 train`: the reference's train_esm2 flags (bionemo-semantics.md), plus packing, presets and a
 // config file. Every flag maps to one TrainConfig field (src/train/train_config.h).
 #include <cmath>
+#include <ctime>
+#include <nlohmann/json.hpp>
 
+#include "apps/cli_checks.h"
 #include "apps/command.h"
 #include "apps/enum_option.h"
 #include "backend/backend_factory.h"
+#include "core/atomic_dir.h"
 #include "core/error.h"
 #include "comm/communicator.h"
 #include "comm/local_launcher.h"
 #include "io/hf_config.h"
 #include "train/checkpoint.h"
 #include "train/memory_plan.h"
+#include "train/report.h"
 #include "train/trainer.h"
 #ifdef ESM2_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -33,10 +38,11 @@ struct TrainArgs {
   int num_layers = 0, hidden_size = 0, num_attention_heads = 0, ffn_hidden_size = 0;
   bool gelu_tanh = false;
   double lr = 4e-4, min_lr = -1;
-  int64_t warmup_steps = 2000, scheduler_num_steps = -1;
+  int64_t warmup_steps = -1, scheduler_num_steps = -1;  // -1: see the flags' help
   bool tensorboard = true, no_report = false;
   bool save_best = true, save_last = true;
-  int gpus = 0;
+  int gpus = 0;       // --gpus / --num-gpus: GPUs (ranks) per node
+  int num_nodes = 1;  // --num-nodes
 };
 
 // `esm2 train --gpus N`: this process becomes the launcher of N workers that re-run the same command
@@ -49,7 +55,7 @@ int launch_gpu_workers(const TrainArgs& a) {
   ESM2_CHECK(a.gpus <= visible, "train: --gpus {}: only {} GPU(s) visible on this node", a.gpus, visible);
   esm2::WorkerLaunch l;
   l.program = esm2::own_executable();
-  l.argv = esm2::without_option(esm2::own_command_line(), "--gpus");
+  l.argv = esm2::without_option(esm2::without_option(esm2::own_command_line(), "--gpus"), "--num-gpus");
   l.num_workers = a.gpus;
   // Made here, so this process runs NCCL's bootstrap root while the workers join.
   l.extra_env = {"ESM2_NCCL_ID=" + esm2::nccl_unique_id_hex()};
@@ -117,8 +123,50 @@ void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
              from.string(), esm2::enum_name(kGeluNames, m.gelu_tanh));
 }
 
+// A prepared corpus as the report describes it; counts from its manifest (left out when unreadable:
+// opening the corpus reports that properly).
+nlohmann::json dataset_info(const std::string& role, const fs::path& dir) {
+  nlohmann::json d = {{"role", role}, {"path", dir.string()}};
+  std::error_code ec;
+  int64_t bytes = 0;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.is_regular_file(ec)) bytes += static_cast<int64_t>(e.file_size(ec));
+  d["bytes"] = bytes;
+  try {
+    const auto m = nlohmann::json::parse(esm2::read_file(dir / "manifest.json"));
+    for (const char* k : {"num_sequences", "num_clusters", "num_residues"})
+      if (m.contains(k) && m[k].is_number_integer()) d[std::string(k).substr(4)] = m[k];
+  } catch (const std::exception&) {
+  }
+  return d;
+}
+
+// Everything the report's "Run" table shows that only the command line knows.
+nlohmann::json run_info(const CLI::App& app, const TrainConfig& cfg) {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char started[32];
+  std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  std::string command;
+  for (const auto& arg : esm2::own_command_line()) command += (command.empty() ? "" : " ") + arg;
+  nlohmann::json info = {
+      {"started_utc", started},
+      {"git_revision", ESM2_GIT_REVISION},
+      {"command", command},
+      {"model", fmt::format("{} layers, hidden {}, {} heads, FFN {}, {} parameters", cfg.model.num_layers,
+                            cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.ffn_hidden_size,
+                            esm2::with_thousands(cfg.model.num_parameters()))},
+      {"flags", app.config_to_str(true, false)},
+      {"datasets", nlohmann::json::array()}};
+  info["datasets"].push_back(dataset_info("training", cfg.train_corpus));
+  if (!cfg.valid_corpus.empty()) info["datasets"].push_back(dataset_info("validation", cfg.valid_corpus));
+  return info;
+}
+
 esm2::apps::RunFn setup_train(CLI::App& app) {
   using esm2::apps::add_enum_option;
+  using esm2::apps::at_least;
   auto a = std::make_shared<TrainArgs>();
   TrainConfig& c = a->cfg;
   esm2::DataConfig& d = c.data;
@@ -135,9 +183,9 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--min-seq-length", d.min_seq_length, "Sequences shorter than this (tokens) are not sampled")
       ->group("Data")->capture_default_str();
   app.add_option("--micro-batch-tokens", d.micro_batch_tokens, "Packed mode: token budget per micro-batch (default 16384 when --micro-batch-size is not given)")
-      ->group("Data");
+      ->group("Data")->check(at_least(1));
   app.add_option("--micro-batch-size", d.micro_batch_size, "Reference mode: sequences per micro-batch (padded batches; compute skips the padding)")
-      ->group("Data");
+      ->group("Data")->check(at_least(1));
   app.add_option("--accumulate-grad-batches", d.accumulate_grad_batches, "Micro-batches per optimizer step and rank")
       ->group("Data")->capture_default_str();
   add_enum_option(app, "--random-mask-strategy", d.mask_strategy, esm2::kMaskStrategyNames,
@@ -146,7 +194,8 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--mask-prob", d.mask_prob, "Fraction of positions selected for the loss")->group("Data")->capture_default_str();
   app.add_option("--mask-token-prob", d.mask_token_prob, "Of the selected: fraction replaced by <mask>")->group("Data")->capture_default_str();
   app.add_option("--random-token-prob", d.random_token_prob, "Of the selected: fraction replaced by a random token")->group("Data")->capture_default_str();
-  app.add_option("--seed", d.seed, "Seed of sampling, masking and initialisation")->group("Data")->capture_default_str();
+  app.add_option("--seed", d.seed, "Seed of sampling, masking and initialisation (a whole number >= 0)")
+      ->group("Data")->check(esm2::apps::unsigned_integer())->capture_default_str();
 
   // Model
   app.add_option("--preset", a->preset, "Model shape: demo, 8M, esm2_t6_8M, 35M, 150M, 650M, 3B, 15B (a checkpoint to start from decides the shape; "
@@ -163,26 +212,29 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
 
   // Optimisation
   app.add_option("--num-steps", c.num_steps, "Optimizer steps")->group("Optimization")->capture_default_str();
-  app.add_option("--lr", a->lr, "Peak learning rate")->group("Optimization")->capture_default_str();
-  app.add_option("--min-lr", a->min_lr, "Final learning rate (default lr/10)")->group("Optimization");
-  app.add_option("--warmup-steps", a->warmup_steps, "Linear warmup steps")->group("Optimization")->capture_default_str();
+  app.add_option("--lr", a->lr, "Peak learning rate")->group("Optimization")->check(at_least(0))->capture_default_str();
+  app.add_option("--min-lr", a->min_lr, "Final learning rate (default lr/10)")->group("Optimization")->check(at_least(0));
+  app.add_option("--warmup-steps", a->warmup_steps,
+                 "Linear warmup steps; must be below the schedule's steps (default: the reference's 2000, at most a "
+                 "tenth of the schedule's steps)")
+      ->group("Optimization")->check(at_least(0));
   app.add_option("--scheduler-num-steps", a->scheduler_num_steps, "Steps over which the lr decays (default --num-steps)")
       ->group("Optimization");
   add_enum_option(app, "--lr-schedule", c.schedule.kind, esm2::kScheduleKindNames,
                   "warmup_anneal_decay_hold (reference), cosine or constant")
       ->group("Optimization");
   app.add_option("--weight-decay", c.optim.weight_decay, "Decoupled AdamW weight decay on weight matrices")
-      ->group("Optimization")->capture_default_str();
+      ->group("Optimization")->check(at_least(0))->capture_default_str();
   app.add_flag("--decay-embeddings", c.optim.decay_embeddings, "Also apply weight decay to the embedding matrix")->group("Optimization");
   app.add_option("--adam-beta1", c.optim.beta1, "AdamW beta1")->group("Optimization")->capture_default_str();
   app.add_option("--adam-beta2", c.optim.beta2, "AdamW beta2")->group("Optimization")->capture_default_str();
-  app.add_option("--adam-eps", c.optim.eps, "AdamW epsilon")->group("Optimization")->capture_default_str();
+  app.add_option("--adam-eps", c.optim.eps, "AdamW epsilon")->group("Optimization")->check(at_least(0))->capture_default_str();
   app.add_option("--clip-grad", c.optim.clip_grad, "Global gradient-norm clipping threshold (0 disables)")
-      ->group("Optimization")->capture_default_str();
+      ->group("Optimization")->check(at_least(0))->capture_default_str();
   app.add_option("--early-stop-on-step", c.early_stop_on_step, "Stop (with a checkpoint) at this step; the schedule still spans --num-steps")
       ->group("Optimization");
   app.add_option("--max-time", c.max_time_s, "Stop after this many seconds of training (validation and checkpoint first); 0: no limit")
-      ->group("Optimization");
+      ->group("Optimization")->check(at_least(0));
   add_enum_option(app, "--on-nonfinite", c.on_nonfinite, esm2::kOnNonfiniteNames,
                   "Non-finite loss, gradient or validation loss: stop (keep the last finite state, write the report, exit 1) "
                   "or skip (drop the step; never checkpoint a non-finite validation)")
@@ -192,7 +244,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--val-check-interval", c.val_check_interval, "Validate (and checkpoint) every N steps")
       ->group("Checkpoints and logs")->capture_default_str();
   app.add_option("--limit-val-batches", c.limit_val_batches, "Validation batches: a whole number of batches, or a fraction in (0,1) of the set")
-      ->group("Checkpoints and logs")->capture_default_str();
+      ->group("Checkpoints and logs")->check(at_least(0))->capture_default_str();
   app.add_option("--log-every-n-steps", c.log_every_n_steps, "Progress line / metrics every N steps")
       ->group("Checkpoints and logs")->capture_default_str();
   app.add_option("--result-dir", c.result_dir, "Directory for runs")->group("Checkpoints and logs")->capture_default_str();
@@ -205,10 +257,10 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                  "a Hugging Face model directory gives weights only")
       ->group("Checkpoints and logs");
   app.add_option("--save-top-k", c.save_top_k, "Keep the k best checkpoints by the monitored metric (-1: all)")
-      ->group("Checkpoints and logs")->capture_default_str();
-  app.add_flag("--save-best-checkpoint,!--no-save-best-checkpoint", a->save_best, "Keep the top-k checkpoints")
+      ->group("Checkpoints and logs")->check(at_least(-1))->capture_default_str();
+  app.add_flag("--save-best-checkpoint,!--no-save-best-checkpoint", a->save_best, "Keep the top-k checkpoints (default on)")
       ->group("Checkpoints and logs");
-  app.add_flag("--save-last-checkpoint,!--no-save-last-checkpoint", a->save_last, "Keep the latest checkpoint")
+  app.add_flag("--save-last-checkpoint,!--no-save-last-checkpoint", a->save_last, "Keep the latest checkpoint (default on)")
       ->group("Checkpoints and logs");
   app.add_flag("--disable-checkpointing", c.disable_checkpointing, "Write no checkpoints")->group("Checkpoints and logs");
   add_enum_option(app, "--metric-to-monitor-for-checkpoints", c.metric_to_monitor, esm2::kMonitorMetricNames,
@@ -225,7 +277,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Execution");
   add_enum_option(app, "--precision", c.precision, esm2::kPrecisionNames, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU)")
       ->group("Execution");
-  app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->check(at_least(0))->capture_default_str();
   add_enum_option(app, "--recompute", c.recompute, esm2::kRecomputeNames,
                   "Activations recomputed in the backward: none, selective (LayerNorms + attention residual; "
                   "~3% FLOPs, 25% less activation memory) or full (the layer up to the FFN; ~22% FLOPs)")
@@ -248,13 +300,18 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--ddp-bucket-size", c.ddp_bucket_size,
                  "Parameters per ZeRO-1 gradient bucket (rounded up to a multiple of the DP size)")
       ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--gpus", a->gpus,
+  app.add_option("--gpus,--num-gpus", a->gpus,
                  "Train on N GPUs of this node: starts N worker processes joined by NCCL (no MPI needed); "
-                 "global batch = micro-batch × N × accumulation")
+                 "global batch = micro-batch × N × accumulation. Under mpirun/srun (which start the ranks) it is "
+                 "checked against the ranks started per node instead")
       ->group("Execution")->check(CLI::PositiveNumber);
+  app.add_option("--num-nodes", a->num_nodes,
+                 "Nodes of the job (the reference's flag): more than 1 needs mpirun/srun, and --num-gpus × --num-nodes "
+                 "must equal the ranks they started")
+      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--collective-timeout", c.collective_timeout_s,
                  "Seconds a collective may take before every rank is aborted (\"rank R: timed out in <what>\")")
-      ->group("Execution")->capture_default_str();
+      ->group("Execution")->check(at_least(1e-3))->capture_default_str();
   app.add_option("--tensor-model-parallel-size", c.tensor_parallel,
                  "Tensor-parallel ranks per model replica (heads and FFN columns split; docs/dist.md)")
       ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
@@ -266,10 +323,14 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     TrainConfig cfg = a->cfg;
     cfg.preset = a->preset;
     model_config(*a, *app_ptr, cfg);
+    cfg.run_info = run_info(*app_ptr, cfg);
     cfg.schedule.max_lr = a->lr;
     cfg.schedule.min_lr = a->min_lr >= 0 ? a->min_lr : a->lr / 10;
-    cfg.schedule.warmup_steps = a->warmup_steps;
     cfg.schedule.total_steps = a->scheduler_num_steps > 0 ? a->scheduler_num_steps : cfg.num_steps;
+    // The reference's 2000 warmup steps would keep a short run (the default 1000 steps) below its peak
+    // learning rate throughout, so the default shrinks with the schedule.
+    cfg.schedule.warmup_steps =
+        a->warmup_steps >= 0 ? a->warmup_steps : std::min<int64_t>(2000, cfg.schedule.total_steps / 10);
     cfg.create_tensorboard_logger = a->tensorboard;
     cfg.save_best_checkpoint = a->save_best;
     cfg.save_last_checkpoint = a->save_last;
@@ -280,13 +341,27 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     const esm2::LaunchInfo launch = esm2::detect_launch();
     // A one-task launcher environment (sbatch/salloc set SLURM_NTASKS=1 without srun) is a single process:
     // --gpus may start its workers there.
-    const bool under_parallel_launcher = launch.multi_process() && launch.world != 1 && launch.launcher != "esm2 --gpus";
-    ESM2_CHECK(a->gpus == 0 || !under_parallel_launcher,
-               "train: --gpus starts its own workers; under a parallel launcher ({}) leave it out (one rank per GPU)",
-               launch.launcher);
-    if (a->gpus > 0 && launch.launcher != "esm2 --gpus") return launch_gpu_workers(*a);
-    ESM2_CHECK(a->gpus == 0 || a->gpus == launch.world, "train: --gpus {} in a worker of a {}-GPU launch", a->gpus,
-               launch.world);
+    const bool worker = launch.launcher == "esm2 --gpus";
+    const bool under_parallel_launcher = launch.multi_process() && launch.world != 1 && !worker;
+    if (under_parallel_launcher) {
+      // The reference's --num-gpus/--num-nodes describe the job the launcher started: a command line
+      // ported from train_esm2 runs unchanged when they agree with it, and stops at once when not.
+      const std::string started = fmt::format("the launcher started {} ({} is set)", launch.world, launch.launcher);
+      ESM2_CHECK(a->gpus == 0 || a->gpus * a->num_nodes == launch.world,
+                 "train: --num-gpus {} × --num-nodes {} = {} ranks, but {}; make them agree (one rank per GPU) or "
+                 "leave them out",
+                 a->gpus, a->num_nodes, a->gpus * a->num_nodes, started);
+      ESM2_CHECK(launch.world % a->num_nodes == 0, "train: --num-nodes {} does not divide the {} ranks: {}",
+                 a->num_nodes, launch.world, started);
+    } else {
+      ESM2_CHECK(a->num_nodes == 1,
+                 "train: --num-nodes {}: a multi-node job is started by srun or mpirun (one rank per GPU), but this "
+                 "process was started alone",
+                 a->num_nodes);
+      if (a->gpus > 0 && !worker) return launch_gpu_workers(*a);
+      ESM2_CHECK(a->gpus == 0 || a->gpus == launch.world, "train: --gpus {} in a worker of a {}-GPU launch", a->gpus,
+                 launch.world);
+    }
     // NCCL under `--gpus` or mpirun/srun with the cuda backend, MPI with the cpu backend, else one local
     // rank. Each rank's GPU is its local rank, so the backend comes first. An error on one rank ends
     // the whole job: the others would otherwise wait in their next collective.

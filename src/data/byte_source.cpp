@@ -2,6 +2,9 @@
 
 #include <zlib.h>
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -42,11 +45,17 @@ struct ByteSource::Prefetch {
 ByteSource::ByteSource(const std::filesystem::path& path) : path_(path) {
   file_ = std::fopen(path.c_str(), "rb");
   ESM2_CHECK(file_ != nullptr, "{}: cannot open: {}", path.string(), std::strerror(errno));
-  in_.resize(kChunk);
-  out_.resize(kChunk);
+  // Buffers sized to the file, so that opening a small file (a fuzz input, one FASTA record) does not
+  // allocate and zero 2 MiB: under ASan that made the FASTA and cluster fuzzers 50x slower than the rest.
+  struct stat st {};
+  const bool regular = ::fstat(::fileno(file_), &st) == 0 && S_ISREG(st.st_mode);
+  const size_t size = regular ? static_cast<size_t>(st.st_size) : kChunk;
+  in_.resize(std::clamp<size_t>(size + 1, 2, kChunk));
   in_len_ = read_raw(in_.data(), in_.size());
   gzip_ = in_len_ >= 2 && in_[0] == 0x1f && in_[1] == 0x8b;
   if (gzip_) {
+    // The decompressed chunk may be any size: a small one only means more calls to next().
+    out_.resize(std::clamp<size_t>(16 * size, size_t{64} << 10, kChunk));
     z_ = std::make_unique<Inflate>();
     // 15 + 16: zlib window 2^15, gzip header and trailer (CRC and length are checked by zlib).
     ESM2_CHECK(inflateInit2(&z_->s, 15 + 16) == Z_OK, "{}: inflateInit2 failed", path.string());

@@ -67,8 +67,9 @@ std::string encoding_name(int32_t e) {
   return e >= 0 && e < 10 ? names[e] : fmt::format("unknown ({})", e);
 }
 
-// Pages larger than this are corrupt (Parquet page sizes are i32; writers use ~1 MiB).
-constexpr int64_t kMaxPageBytes = int64_t{1} << 31;
+// A page claiming more than this is corrupt: writers emit pages of ~1 MiB (parquet-mr and arrow
+// default to 1 MiB), and trusting a corrupt header's size would allocate up to 2 GiB per page.
+constexpr int32_t kMaxPageBytes = int32_t{1} << 30;
 
 // ---- metadata ----
 struct SchemaNode {
@@ -711,10 +712,11 @@ class ChunkDecoder {
       if (h.compressed_size < 0 || static_cast<size_t>(h.compressed_size) > bytes_.size() - pos)
         fail_page("compressed size {} runs past the chunk's end ({} bytes left)", h.compressed_size,
                   bytes_.size() - pos);
-      if (h.uncompressed_size < 0 || h.uncompressed_size > chunk_.total_uncompressed ||
-          h.uncompressed_size >= kMaxPageBytes)
+      if (h.uncompressed_size < 0 || h.uncompressed_size > chunk_.total_uncompressed)
         fail_page("uncompressed size {} is negative or larger than the chunk's {}", h.uncompressed_size,
                   chunk_.total_uncompressed);
+      if (h.uncompressed_size > kMaxPageBytes)
+        fail_page("uncompressed size {} exceeds the {} bytes a page may hold", h.uncompressed_size, kMaxPageBytes);
       const uint8_t* body = bytes_.data() + pos;
       pos += static_cast<size_t>(h.compressed_size);
       if (h.has_crc && static_cast<uint32_t>(crc32(0, body, static_cast<uInt>(h.compressed_size))) != h.crc)

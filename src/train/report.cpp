@@ -2,8 +2,10 @@
 
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -15,7 +17,63 @@
 namespace fs = std::filesystem;
 
 namespace esm2 {
+
+std::vector<double> nice_ticks(double lo, double hi, int target) {
+  std::vector<double> out;
+  if (!(hi > lo) || !std::isfinite(lo) || !std::isfinite(hi) || target < 1) return out;
+  const double mag = std::pow(10.0, std::floor(std::log10((hi - lo) / target)));
+  // Of the round steps near the range / target, the one whose tick count is closest to the target.
+  double step = mag;
+  double best = 1e300;
+  for (double m : {1.0, 2.0, 5.0, 10.0}) {
+    const double n = std::floor(hi / (m * mag) + 1e-9) - std::ceil(lo / (m * mag) - 1e-9) + 1;
+    if (std::abs(n - target) < best) best = std::abs(n - target), step = m * mag;
+  }
+  // Multiples of step, computed as integers times step so that 0.30000000000000004 never appears.
+  for (double k = std::ceil(lo / step - 1e-9); k * step <= hi + 1e-9 * step; k += 1) out.push_back(k * step);
+  return out;
+}
+
+std::string with_thousands(int64_t v) {
+  std::string digits = std::to_string(v < 0 ? -v : v), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return (v < 0 ? "-" : "") + out;
+}
+
 namespace {
+
+// A tick label: integers with thousands separators, others with the digits the tick step needs.
+std::string tick_label(double v, double step) {
+  if (std::abs(v) < 1e-12 * std::max(1.0, step)) return "0";
+  if (step >= 1 && std::abs(v) < 9e15 && v == std::floor(v)) return with_thousands(static_cast<int64_t>(v));
+  if (std::abs(v) < 1e-3 || std::abs(v) >= 1e7) return fmt::format("{:.3g}", v);
+  const int decimals = std::max(0, static_cast<int>(std::ceil(-std::log10(step) - 1e-9)));
+  return fmt::format("{:.{}f}", v, decimals);
+}
+
+std::string utc_now() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::time_t parse_utc(const std::string& s) {
+  std::tm tm{};
+  if (!strptime(s.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm)) return -1;
+  return timegm(&tm);
+}
+
+std::string duration_text(double s) {
+  const auto t = static_cast<int64_t>(std::llround(s));
+  return t >= 3600 ? fmt::format("{}h {:02}m {:02}s", t / 3600, t / 60 % 60, t % 60)
+                   : fmt::format("{}m {:02}s", t / 60, t % 60);
+}
 
 std::string write_series(const fs::path& path, const std::vector<ReportPoint>& pts) {
   std::string s;
@@ -58,21 +116,43 @@ std::string svg_chart(const std::string& ylabel, const std::vector<std::pair<std
   y0 -= pad, y1 += pad;
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
   auto py = [&](double y) { return T + (y1 - y) / (y1 - y0) * (H - T - B); };
-  auto label_of = [logy](double y) { return fmt::format("{:.4g}", logy ? std::pow(10.0, y) : y); };
   std::string svg = fmt::format(
       "<svg xmlns='http://www.w3.org/2000/svg' width='{0}' height='{1}' font-family='sans-serif' font-size='12'>"
       "<rect x='{2}' y='{3}' width='{4}' height='{5}' fill='none' stroke='#888'/>",
       W, H, L, T, W - L - R, H - T - B);
-  for (int i = 0; i <= 4; ++i) {  // five y ticks, three x ticks
-    const double y = y0 + (y1 - y0) * i / 4;
+  // Round ticks: on a log axis at 1, 2, 5 × 10^k (or plain round values when the range spans less
+  // than that allows), on linear axes at multiples of 1, 2 or 5 × 10^k.
+  std::vector<std::pair<double, std::string>> yticks;  // (axis position, label)
+  if (logy) {
+    std::vector<double> values;
+    for (double e = std::floor(y0); e <= std::ceil(y1); e += 1)
+      for (double m : {1.0, 2.0, 5.0}) {
+        const double v = m * std::pow(10.0, e);
+        if (std::log10(v) >= y0 && std::log10(v) <= y1) values.push_back(v);
+      }
+    if (values.size() < 3) values = nice_ticks(std::pow(10.0, y0), std::pow(10.0, y1), 5);
+    for (double v : values) {
+      if (v <= 0) continue;
+      const double step = std::pow(10.0, std::floor(std::log10(v)));
+      yticks.push_back({std::log10(v), tick_label(v, values.size() >= 2 ? std::min(step, values[1] - values[0]) : step)});
+    }
+  } else {
+    const auto values = nice_ticks(y0, y1, 5);
+    const double step = values.size() >= 2 ? values[1] - values[0] : 1;
+    for (double v : values) yticks.push_back({v, tick_label(v, step)});
+  }
+  for (const auto& [y, text] : yticks)
     svg += fmt::format("<text x='{}' y='{:.1f}' text-anchor='end'>{}</text><line x1='{}' x2='{}' y1='{:.1f}' y2='{:.1f}' "
                        "stroke='#eee'/>",
-                       L - 6, py(y) + 4, label_of(y), L, W - R, py(y), py(y));
-  }
-  for (int i = 0; i <= 2; ++i) {
-    const double x = x0 + (x1 - x0) * i / 2;
-    svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>{:.0f}</text>", px(x), H - B + 18, x);
-  }
+                       L - 6, py(y) + 4, text, L, W - R, py(y), py(y));
+  std::vector<double> xticks;  // steps are whole numbers
+  for (double x : nice_ticks(x0, x1, 8))
+    if (x == std::floor(x)) xticks.push_back(x);
+  const double xstep = xticks.size() >= 2 ? xticks[1] - xticks[0] : 1;
+  for (double x : xticks)
+    svg += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>{}</text><line x1='{:.1f}' x2='{:.1f}' y1='{}' "
+                       "y2='{}' stroke='#888'/>",
+                       px(x), H - B + 18, tick_label(x, std::max(1.0, xstep)), px(x), px(x), H - B, H - B + 5);
   svg += fmt::format("<text x='{}' y='{}' text-anchor='middle'>step</text>", (L + W - R) / 2, H - 8);
   svg += fmt::format("<text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>{}</text>", (T + H - B) / 2,
                      (T + H - B) / 2, html_escape(ylabel) + (logy ? " (log)" : ""));
@@ -94,12 +174,51 @@ std::string svg_chart(const std::string& ylabel, const std::vector<std::pair<std
   return svg + "</svg>";
 }
 
+// The "Run" table: how the run was made, from ReportData::run_info.
+std::string run_info_html(const nlohmann::json& info) {
+  if (!info.is_object() || info.empty()) return "";
+  std::string rows;
+  auto row = [&](const std::string& k, const std::string& v) {
+    rows += fmt::format("<tr><th>{}</th><td>{}</td></tr>", html_escape(k), v);
+  };
+  auto text = [&](const char* key) { return info.contains(key) && info[key].is_string() ? info[key].get<std::string>() : ""; };
+  if (!text("started_utc").empty()) row("started (UTC)", html_escape(text("started_utc")));
+  if (!text("finished_utc").empty()) row("finished (UTC)", html_escape(text("finished_utc")));
+  if (info.contains("wall_time_s") && info["wall_time_s"].is_number())
+    row("wall time", html_escape(duration_text(info["wall_time_s"].get<double>())));
+  if (!text("git_revision").empty()) row("source revision", html_escape(text("git_revision")));
+  if (!text("model").empty()) row("model shape", html_escape(text("model")));
+  if (info.contains("datasets") && info["datasets"].is_array())
+    for (const auto& ds : info["datasets"]) {
+      if (!ds.is_object()) continue;
+      auto num = [&](const char* k) {
+        return ds.contains(k) && ds[k].is_number_integer() ? with_thousands(ds[k].get<int64_t>()) : std::string("?");
+      };
+      row(ds.value("role", std::string("data")) + " data",
+          fmt::format("<code>{}</code>: {} sequences, {} clusters, {} residues, {} bytes on disk",
+                      html_escape(ds.value("path", std::string())), num("sequences"), num("clusters"), num("residues"),
+                      num("bytes")));
+    }
+  if (!text("command").empty()) row("command", "<code>" + html_escape(text("command")) + "</code>");
+  if (!text("flags").empty()) row("all flags", "<pre>" + html_escape(text("flags")) + "</pre>");
+  return "<h2>Run</h2><table>" + rows + "</table>";
+}
+
 }  // namespace
 
-std::string write_report(const fs::path& dir, const ReportData& d) {
+std::string write_report(const fs::path& dir, const ReportData& d_in) {
   fs::create_directories(dir);
   const fs::path data_dir = dir / "report_data";
   fs::create_directories(data_dir);
+  ReportData d = d_in;
+  // Written at the end of the run: the finish time and wall time are now. A rebuilt report (esm2
+  // report) keeps those of the saved run_info.
+  if (d.run_info.is_object() && !d.run_info.empty() && !d.run_info.contains("finished_utc")) {
+    d.run_info["finished_utc"] = utc_now();
+    const std::time_t t0 = parse_utc(d.run_info.value("started_utc", std::string()));
+    if (t0 >= 0) d.run_info["wall_time_s"] = std::difftime(std::time(nullptr), t0);
+  }
+  if (d.run_info.is_object() && !d.run_info.empty()) write_file(data_dir / "run_info.json", d.run_info.dump(1) + "\n");
   struct Plot {
     std::string png, ylabel;
     std::vector<std::pair<std::string, const std::vector<ReportPoint>*>> series;
@@ -151,6 +270,7 @@ std::string write_report(const fs::path& dir, const ReportData& d) {
       html_escape(d.title));
   for (const auto& [k, v] : d.summary) html += fmt::format("<tr><th>{}</th><td>{}</td></tr>", html_escape(k), html_escape(v));
   html += "</table>";
+  html += run_info_html(d.run_info);
   for (const auto& p : plots) {
     const std::string svg = svg_chart(p.ylabel, p.series, p.logy);
     if (svg.empty()) continue;
@@ -227,15 +347,25 @@ ReportData report_data_from_metrics(const fs::path& path, const std::string& tit
   for (const auto& p : d.tokens_per_s) tps_sum += p.value;
   tps_n = static_cast<int64_t>(d.tokens_per_s.size());
   ESM2_CHECK(!d.train_loss.empty() || !d.val_loss.empty(), "{}: no training or validation records", path.string());
-  d.summary = {{"steps", fmt::format("{}", last_step)},
-               {"tokens trained", fmt::format("{}", consumed)},
-               {"mean logged real tokens/s", tps_n ? fmt::format("{:.0f}", tps_sum / double(tps_n)) : std::string("n/a")},
+  d.summary = {{"steps", with_thousands(last_step)},
+               {"tokens trained", with_thousands(consumed)},
+               {"mean logged real tokens/s",
+                tps_n ? with_thousands(std::llround(tps_sum / double(tps_n))) : std::string("n/a")},
                {"last train loss", d.train_loss.empty() ? std::string("n/a")
                                                         : fmt::format("{:.4f}", d.train_loss.back().value)},
                {"last val loss / ppl", d.val_loss.empty() ? std::string("n/a")
                                                           : fmt::format("{:.4f} / {:.3f}", d.val_loss.back().value,
                                                                         std::exp(d.val_loss.back().value))},
                {"source", path.string()}};
+  // The run's metadata, kept by the report written at the end of training (absent for --no-report).
+  const fs::path info = path.parent_path() / "report_data" / "run_info.json";
+  if (fs::exists(info)) {
+    try {
+      d.run_info = nlohmann::json::parse(read_file(info));
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: malformed run metadata: {}", info.string(), e.what());
+    }
+  }
   return d;
 }
 

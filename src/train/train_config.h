@@ -60,6 +60,7 @@ struct TrainConfig {
   bool save_last_checkpoint = true, save_best_checkpoint = true, disable_checkpointing = false;
   MonitorMetric metric_to_monitor = MonitorMetric::ValLoss;
   bool write_report = true;
+  nlohmann::json run_info;  // how the run was made, for the report (ReportData::run_info)
 
   // --- execution ---
   BackendKind backend = BackendKind::Auto;

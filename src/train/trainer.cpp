@@ -46,10 +46,15 @@ void validate_config(const TrainConfig& c, const Communicator& comm) {
   ESM2_CHECK(c.data.max_seq_length <= c.model.max_position_embeddings,
              "train: --max-seq-length {} exceeds the model's max_position_embeddings {}", c.data.max_seq_length,
              c.model.max_position_embeddings);
-  ESM2_CHECK(c.schedule.max_lr > 0, "train: --lr must be > 0");
+  ESM2_CHECK(std::isfinite(c.schedule.max_lr) && c.schedule.max_lr > 0, "train: --lr {} must be a finite number > 0",
+             c.schedule.max_lr);
   ESM2_CHECK(c.schedule.min_lr >= 0 && c.schedule.min_lr <= c.schedule.max_lr,
              "train: --min-lr must be in [0, --lr] (got {} with --lr {})", c.schedule.min_lr, c.schedule.max_lr);
   ESM2_CHECK(c.schedule.warmup_steps >= 0, "train: --warmup-steps must be >= 0");
+  ESM2_CHECK(c.schedule.warmup_steps < c.schedule.total_steps,
+             "train: --warmup-steps {} is not below the schedule's {} steps (--num-steps, or --scheduler-num-steps): "
+             "the learning rate would never reach --lr",
+             c.schedule.warmup_steps, c.schedule.total_steps);
   ESM2_CHECK(c.optim.weight_decay >= 0, "train: --weight-decay must be >= 0");
   ESM2_CHECK(c.optim.beta1 >= 0 && c.optim.beta1 < 1 && c.optim.beta2 >= 0 && c.optim.beta2 < 1,
              "train: Adam betas must be in [0, 1)");
@@ -201,13 +206,14 @@ ReportData report_of_run(const TrainConfig& cfg, const Backend& backend, const T
                          const TrainResult& result, double wall_s) {
   ReportData rd;
   rd.title = fmt::format("esm2.cpp training report: {}", cfg.experiment_name);
+  rd.run_info = cfg.run_info;
   rd.summary = {{"model", fmt::format("{} layers, hidden {}, heads {}, ffn {} ({} parameters)", cfg.model.num_layers,
                                       cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.ffn_hidden_size,
                                       format_param_count(double(cfg.model.num_parameters())))},
                 {"backend", fmt::format("{} ({})", backend.name(), precision_label(backend))},
-                {"steps", fmt::format("{}", state.step)},
-                {"tokens trained", fmt::format("{}", state.consumed_tokens)},
-                {"training real tokens/s (steps only)", fmt::format("{:.0f}", result.real_tokens_per_s)},
+                {"steps", with_thousands(state.step)},
+                {"tokens trained", with_thousands(state.consumed_tokens)},
+                {"training real tokens/s (steps only)", with_thousands(std::llround(result.real_tokens_per_s))},
                 {"wall time (incl. validation, checkpoints)", fmt::format("{:.1f} s", wall_s)},
                 {"last train loss", fmt::format("{:.4f}", result.last_train_loss)},
                 {"last val loss / ppl", result.last_val_loss < 0 ? std::string("n/a")

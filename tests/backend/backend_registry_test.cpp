@@ -37,7 +37,9 @@ TEST(BackendRegistry, MakeBackendChoosesAmongRegisteredBackends) {
   // auto: the first accelerator with a visible device, else the CPU.
   const BackendRegistration* cuda = find_backend("cuda");
   const bool gpu = cuda && cuda->device_count() > 0;
-  if (!gpu) EXPECT_EQ(make_backend(BackendKind::Auto, Precision::Auto, 1)->name(), "cpu");
+  if (!gpu) {
+    EXPECT_EQ(make_backend(BackendKind::Auto, Precision::Auto, 1)->name(), "cpu");
+  }
   if (!cuda) {
     try {
       make_backend(BackendKind::Cuda, Precision::Auto, 1);

@@ -394,6 +394,138 @@ TEST(ThriftCompact, HandmadeStruct) {
   EXPECT_NE(e.find("field has Thrift type i32, expected binary"), std::string::npos) << e;
 }
 
+namespace {
+
+// LEB128 of v, padded with continuation bytes to `width` bytes (a valid, non-minimal encoding).
+std::vector<uint8_t> varint(uint64_t v, size_t width = 0) {
+  std::vector<uint8_t> out;
+  do {
+    out.push_back(static_cast<uint8_t>((v & 0x7f) | 0x80));
+    v >>= 7;
+  } while (v != 0);
+  while (out.size() < width) out.push_back(0x80);
+  out.back() &= 0x7f;
+  return out;
+}
+
+// Where the first column chunk of the first row group keeps its total_uncompressed_size in the
+// footer (byte range of the varint), and where its first page starts in the file.
+struct FirstChunk {
+  size_t total_at = 0, total_end = 0;
+  int64_t first_page = -1;
+};
+
+FirstChunk first_chunk(const std::vector<uint8_t>& footer) {
+  ThriftCompactReader r(footer.data(), footer.size(), "footer");
+  FirstChunk c;
+  int64_t data = -1, dict = -1;
+  int16_t id;
+  ThriftType t, et;
+  r.begin_struct();  // FileMetaData
+  while (r.next_field(id, t)) {
+    if (id != 4) {
+      r.skip(t);
+      continue;
+    }
+    EXPECT_GE(r.read_list_begin(t, et), 1u);  // row_groups
+    r.begin_struct();
+    while (r.next_field(id, t)) {
+      if (id != 1) {
+        r.skip(t);
+        continue;
+      }
+      EXPECT_GE(r.read_list_begin(t, et), 1u);  // columns
+      r.begin_struct();
+      while (r.next_field(id, t)) {
+        if (id != 3) {
+          r.skip(t);
+          continue;
+        }
+        r.begin_struct();  // ColumnMetaData
+        while (r.next_field(id, t)) {
+          if (id == 6) {
+            c.total_at = r.position();
+            r.read_i64(t);
+            c.total_end = r.position();
+          } else if (id == 9) {
+            data = r.read_i64(t);
+          } else if (id == 11) {
+            dict = r.read_i64(t);
+          } else {
+            r.skip(t);
+          }
+        }
+        c.first_page = dict > 0 ? std::min(dict, data) : data;
+        return c;
+      }
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+// A page header claiming 1 GiB + 7 bytes (its chunk's metadata agreeing) is refused before anything
+// of that size is allocated. Made in place from the CRC fixture: the page header drops its CRC field
+// (optional) and spends those bytes on a 5-byte uncompressed size; the footer's chunk total grows.
+TEST(ParquetCorrupt, HugePageSizeIsRefused) {
+  if (!expected()["files"].contains("train_checksum.parquet")) GTEST_SKIP() << "pyarrow wrote no CRC fixture";
+  const auto bytes = slurp(kDir / "train_checksum.parquet");
+  const size_t footer_at = bytes.size() - 8 - footer_length(bytes);
+  const std::vector<uint8_t> footer(bytes.begin() + static_cast<std::ptrdiff_t>(footer_at), bytes.end() - 8);
+  const FirstChunk c = first_chunk(footer);
+  ASSERT_GT(c.total_end, c.total_at);
+  ASSERT_GT(c.first_page, 3);
+
+  // The page header's fields: 1 type, 2 uncompressed size, 3 compressed size, 4 crc, then the
+  // page's own header struct (5, 7 or 8).
+  const uint8_t* page = bytes.data() + c.first_page;
+  ThriftCompactReader r(page, footer_at - static_cast<size_t>(c.first_page), "page header");
+  std::vector<std::pair<int16_t, size_t>> fields;  // (id, offset of its header byte)
+  int16_t id;
+  ThriftType t;
+  r.begin_struct();
+  for (size_t at = r.position(); r.next_field(id, t); at = r.position()) {
+    fields.push_back({id, at});
+    if (id >= 5) break;
+    r.skip(t);
+  }
+  ASSERT_EQ(fields.size(), 5u);
+  ASSERT_EQ(fields[3].first, 4) << "the fixture's page has no CRC field";
+  const size_t region = fields[4].second - fields[1].second;  // fields 2..4
+  const int32_t huge = (int32_t{1} << 30) + 7;
+  std::vector<uint8_t> header = {0x15};  // field +1, i32
+  for (uint8_t b : varint(static_cast<uint64_t>(huge) << 1)) header.push_back(b);  // zigzag
+  ThriftCompactReader f3(page + fields[2].second + 1, 10, "compressed size");
+  ThriftType i32 = ThriftType::I32;
+  const int32_t compressed = f3.read_i32(i32);
+  const size_t width = region - header.size() - 1;
+  ASSERT_LE(width, 10u);
+  header.push_back(0x15);
+  for (uint8_t b : varint(static_cast<uint64_t>(compressed) << 1, width)) header.push_back(b);
+  ASSERT_EQ(header.size(), region);
+  std::vector<uint8_t> out = bytes;
+  std::copy(header.begin(), header.end(), out.begin() + c.first_page + static_cast<std::ptrdiff_t>(fields[1].second));
+  uint8_t& next = out[static_cast<size_t>(c.first_page) + fields[4].second];
+  ASSERT_NE(next & 0xf0, 0) << "short-form field header expected";
+  next = static_cast<uint8_t>(((fields[4].first - 3) << 4) | (next & 0x0f));  // now follows field 3
+
+  std::vector<uint8_t> new_footer(footer.begin(), footer.begin() + static_cast<std::ptrdiff_t>(c.total_at));
+  for (uint8_t b : varint(uint64_t{1} << 41)) new_footer.push_back(b);  // zigzag of 2^40
+  new_footer.insert(new_footer.end(), footer.begin() + static_cast<std::ptrdiff_t>(c.total_end), footer.end());
+  out.resize(footer_at);
+  out.insert(out.end(), new_footer.begin(), new_footer.end());
+  const auto len = static_cast<uint32_t>(new_footer.size());
+  for (int k = 0; k < 4; ++k) out.push_back(static_cast<uint8_t>(len >> (8 * k)));
+  for (char ch : std::string("PAR1")) out.push_back(static_cast<uint8_t>(ch));
+
+  Scratch s;
+  const auto& p = s.write(out);
+  const std::string e = error_of([&] { read_train(p); });
+  EXPECT_NE(e.find("uncompressed size 1073741831 exceeds the 1073741824 bytes a page may hold"), std::string::npos)
+      << e;
+}
+
 TEST(ThriftCompact, DeepNestingAndHugeCountsFail) {
   std::vector<uint8_t> deep(200, 0x1c);  // field +1 of type struct, nested 200 times
   deep.insert(deep.end(), 200, 0x00);

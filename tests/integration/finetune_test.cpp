@@ -138,6 +138,6 @@ TEST_F(FineTune, ConflictingShapeFlagIsAnError) {
 
   // Agreeing flags are fine.
   r = run_cli("train" + kRun + data_args() + " --result-dir " + root.string() + " --init-from-hf " +
-              hf_model().string() + " --hidden-size 32 --num-layers 2 --num-steps 1 --val-check-interval 1");
+              hf_model().string() + " --hidden-size 32 --num-layers 2 --num-steps 2 --val-check-interval 2");
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }

@@ -60,7 +60,10 @@ TEST(ScoreFixture, MatchesTransformers) {
   ASSERT_TRUE(fs::exists(ckpt / "config.json")) << ckpt;
   const std::string wt = fx.at("wild_type");
   std::string mutations;
-  for (const auto& v : fx.at("variants")) mutations += (mutations.empty() ? "" : ",") + v.at("variant").get<std::string>();
+  for (const auto& v : fx.at("variants")) {
+    if (!mutations.empty()) mutations += ',';
+    mutations += v.at("variant").get<std::string>();
+  }
   ASSERT_FALSE(mutations.empty());
 
   const fs::path dir = scratch_dir("score-fixture");

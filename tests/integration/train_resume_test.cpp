@@ -123,7 +123,7 @@ TEST_F(TrainCli, BadInputIsOneClearError) {
       {" --precision bf16-mixed --backend cpu", "fp32 only"},
   };
   for (const auto& c : cases) {
-    const auto r = run_cli("train" + kTinyModel + data_args() + " --num-steps 2 --val-check-interval 3 --result-dir " + root.string() +
+    const auto r = run_cli("train" + kTinyModel + data_args() + " --num-steps 3 --val-check-interval 3 --result-dir " + root.string() +
                            " --experiment-name bad" + c.args);
     EXPECT_NE(r.exit_code, 0) << c.args;
     EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.args << "\n" << r.output;

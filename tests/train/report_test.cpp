@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <regex>
 #include <sstream>
 
@@ -61,6 +62,55 @@ TEST(Report, HtmlCarriesEveryCurveAsSvg) {
   ASSERT_EQ(vp.size(), 3u);
   EXPECT_NEAR(vp[1].second, 0.5 * (vp[0].second + vp[2].second), 0.2);
   EXPECT_NEAR(vp[1].first, 0.5 * (vp[0].first + vp[2].first), 0.2);
+}
+
+TEST(Report, TicksAreRoundNumbers) {
+  EXPECT_EQ(nice_ticks(0, 1000, 8), (std::vector<double>{0, 200, 400, 600, 800, 1000}));
+  EXPECT_EQ(nice_ticks(3, 47, 8), (std::vector<double>{5, 10, 15, 20, 25, 30, 35, 40, 45}));
+  const auto lr = nice_ticks(0, 0.0021, 5);
+  ASSERT_EQ(lr.size(), 5u);
+  EXPECT_DOUBLE_EQ(lr[1], 0.0005);
+  EXPECT_DOUBLE_EQ(lr[4], 0.002);
+  EXPECT_TRUE(nice_ticks(1, 1, 5).empty());
+  EXPECT_EQ(with_thousands(0), "0");
+  EXPECT_EQ(with_thousands(999), "999");
+  EXPECT_EQ(with_thousands(1000), "1,000");
+  EXPECT_EQ(with_thousands(-1234567), "-1,234,567");
+}
+
+// The axes of a real-looking run: round tick labels with thousands separators, at least 5 x ticks,
+// and the run's metadata table; the metadata is kept for `esm2 report` to rebuild the same table.
+TEST(Report, AxesAndRunMetadata) {
+  const auto dir = esm2::testing::scratch_dir("report-axes");
+  ReportData d;
+  d.title = "axes";
+  for (int s = 0; s <= 12000; s += 100) {
+    d.train_loss.push_back({s, 3.0 - s / 10000.0});
+    d.train_ppl.push_back({s, std::exp(3.0 - s / 10000.0)});
+    d.lr.push_back({s, 4e-4 * s / 12000.0});
+    d.tokens_per_s.push_back({s, 12345.0 + s});
+  }
+  d.run_info = {{"started_utc", "2026-12-07T01:00:00Z"},
+                {"git_revision", "abc123"},
+                {"command", "esm2 train --num-steps 12000"},
+                {"model", "2 layers, hidden 32"},
+                {"flags", "num-steps=12000\nlr=0.0004"},
+                {"datasets", {{{"role", "training"}, {"path", "/data/c"}, {"sequences", 1234567}, {"bytes", 10}}}}};
+  ASSERT_EQ(write_report(dir, d).find("gnuplot failed"), std::string::npos);
+  const std::string html = read_file(dir / "report.html");
+  for (const char* want : {">2,000</text>", ">12,000</text>", ">14,000</text>", ">0.0001</text>", "<h2>Run</h2>",
+                           "abc123", "1,234,567 sequences", "lr=0.0004", "started (UTC)", "wall time"})
+    EXPECT_NE(html.find(want), std::string::npos) << want;
+  EXPECT_EQ(html.find("12345.6"), std::string::npos) << "tick labels are round";
+  const auto saved = nlohmann::json::parse(read_file(dir / "report_data" / "run_info.json"));
+  EXPECT_EQ(saved.at("git_revision"), "abc123");
+  EXPECT_TRUE(saved.contains("finished_utc"));
+  EXPECT_TRUE(saved.contains("wall_time_s"));
+
+  // esm2 report's path: metrics.jsonl beside report_data/ brings the table back.
+  std::ofstream(dir / "metrics.jsonl") << "{\"step\": 1, \"train_loss\": 3.0}\n";
+  const ReportData again = report_data_from_metrics(dir / "metrics.jsonl", "again");
+  EXPECT_EQ(again.run_info.at("finished_utc"), saved.at("finished_utc"));
 }
 
 }  // namespace

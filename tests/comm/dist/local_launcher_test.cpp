@@ -150,14 +150,21 @@ TEST(TrainGpusFlag, RefusedWithAReasonWithoutNcclOrGpus) {
   const bool no_gpu = r.output.find("only 0 GPU(s) visible") != std::string::npos;
   EXPECT_TRUE(no_nccl || no_gpu) << r.output;
   // Inside a one-task Slurm allocation (sbatch/salloc set SLURM_NTASKS=1 without srun) --gpus still
-  // starts its workers; with several tasks srun is the launcher and --gpus is refused.
+  // starts its workers; with several tasks srun is the launcher, and --gpus (the reference's
+  // --num-gpus) is checked against the ranks it started instead of starting workers.
   setenv("SLURM_NTASKS", "1", 1);
   const auto one = esm2::testing::run_cli("train --gpus 2 --train-data /nonexistent --num-steps 1");
   setenv("SLURM_NTASKS", "2", 1);
   const auto two = esm2::testing::run_cli("train --gpus 2 --train-data /nonexistent --num-steps 1");
+  const auto four = esm2::testing::run_cli("train --gpus 4 --train-data /nonexistent --num-steps 1");
   unsetenv("SLURM_NTASKS");
-  EXPECT_EQ(one.output.find("under a parallel launcher"), std::string::npos) << one.output;
-  EXPECT_NE(two.output.find("under a parallel launcher (SLURM_NTASKS)"), std::string::npos) << two.output;
+  EXPECT_EQ(one.output.find("the launcher started"), std::string::npos) << one.output;
+  EXPECT_NE(one.exit_code, 0);
+  EXPECT_EQ(two.output.find("the launcher started"), std::string::npos) << two.output;  // 2 × 1 = 2 ranks
+  EXPECT_NE(two.output.find("/nonexistent"), std::string::npos) << two.output;
+  EXPECT_NE(four.output.find("--num-gpus 4 × --num-nodes 1 = 4 ranks, but the launcher started 2 (SLURM_NTASKS"),
+            std::string::npos)
+      << four.output;
   if (visible) setenv("CUDA_VISIBLE_DEVICES", visible, 1); else unsetenv("CUDA_VISIBLE_DEVICES");
 }
 

@@ -521,7 +521,7 @@ TEST_F(PipelineParallel, CheckpointSavedAtTwoStagesResumesOnOne) {
   EXPECT_LE(dw, kWeightAbsTol);
   std::printf("PP=2 checkpoint resumed at PP=1: max |Δweight| after 3 more steps %.3g\n", dw);
 
-  const auto bad = train(2, tiny_model(1) + data_args() + " --num-steps 1 --result-dir " + root.string() +
+  const auto bad = train(2, tiny_model(1) + data_args() + " --num-steps 3 --result-dir " + root.string() +
                                 " --pipeline-model-parallel-size 2 --experiment-name bad");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--pipeline-model-parallel-size 2 exceeds the number of layers 1"), std::string::npos)

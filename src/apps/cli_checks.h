@@ -1,0 +1,53 @@
+// Rules shared by the subcommands' flags: value checks run by CLI11 while parsing (so a bad value is
+// one error naming the flag and the value, before anything is read or written), and the one rule
+// for outputs: an existing output is replaced only with --force.
+#pragma once
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "core/error.h"
+
+namespace esm2::apps {
+
+// A finite number >= lo (integers and floating point alike; "inf", "nan" and "-5" fail with the value named).
+inline CLI::Validator at_least(double lo) {
+  return CLI::Validator(
+      [lo](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || end != s.c_str() + s.size()) return fmt::format("'{}' is not a number", s);
+        if (!std::isfinite(v) || v < lo) return fmt::format("{} must be a finite number >= {}", s, lo);
+        return {};
+      },
+      "");
+}
+
+// A whole number >= 0 written without a sign: an unsigned option would otherwise take "-1" as 2^64-1.
+inline CLI::Validator unsigned_integer() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
+          return fmt::format("{} must be a whole number >= 0", s);
+        return {};
+      },
+      "");
+}
+
+// --force: the one overwrite rule of every command that writes a file or directory.
+inline void add_force_flag(CLI::App& app, bool& force) {
+  app.add_flag("--force", force, "Replace outputs that already exist (without it an existing output is an error)");
+}
+
+// Checked before any work, so that a refused output costs nothing and writes nothing.
+inline void check_output_free(const std::filesystem::path& path, bool force, const char* flag) {
+  if (path.empty() || force) return;
+  ESM2_CHECK(!std::filesystem::exists(path), "{} {}: already exists (pass --force to replace it)", flag,
+             path.string());
+}
+
+}  // namespace esm2::apps

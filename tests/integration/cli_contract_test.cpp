@@ -1,0 +1,152 @@
+// The CLI's error contract, driven through the real binary: every bad value is one line
+// `esm2: error: …` on stderr naming the flag and the value, exit status 1, and nothing written.
+// Most rows fail while parsing or validating, before any corpus is read, so the suite takes seconds.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+
+#include "cli_runner.h"
+#include "core/atomic_dir.h"
+
+using namespace esm2::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Row {
+  std::string args, expect;
+};
+
+// A failure of the contract: exit 1 and exactly one output line, the error naming `expect`.
+void expect_one_line_error(const CliResult& r, const std::string& args, const std::string& expect) {
+  EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+  EXPECT_EQ(r.output.rfind("esm2: error: ", 0), 0u) << args << "\n" << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << args << "\n" << r.output;
+  EXPECT_NE(r.output.find(expect), std::string::npos) << args << "\nexpected: " << expect << "\ngot: " << r.output;
+}
+
+fs::path hf_model() { return source_dir() / "tests/fixtures/hf/tiny-hd16/model"; }
+
+class CliContract : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new fs::path(scratch_dir("cli-contract"));
+    ASSERT_EQ(prepare_sample_corpus(*root_ / "corpus").exit_code, 0);
+  }
+  static void TearDownTestSuite() { delete root_; }
+  // A training command that would run: each row adds one bad value to it.
+  static std::string train() {
+    return "train" + kTinyModelShape + " --train-data " + (*root_ / "corpus").string() +
+           " --num-steps 2 --backend cpu --threads 1 --result-dir " + (*root_ / "results").string() +
+           " --experiment-name run";
+  }
+  static inline fs::path* root_ = nullptr;
+};
+
+TEST_F(CliContract, BadTrainingValuesAreRejectedNamingTheFlagAndNothingIsWritten) {
+  const std::vector<Row> rows = {
+      {" --micro-batch-tokens 0", "--micro-batch-tokens: 0 must be a finite number >= 1"},
+      {" --micro-batch-tokens -5", "--micro-batch-tokens: -5 must be a finite number >= 1"},
+      {" --micro-batch-size 0", "--micro-batch-size: 0 must be a finite number >= 1"},
+      {" --lr inf", "--lr: inf must be a finite number >= 0"},
+      {" --lr nan", "--lr: nan must be a finite number >= 0"},
+      {" --lr 0", "--lr 0 must be a finite number > 0"},
+      {" --threads -1", "--threads: -1 must be a finite number >= 0"},
+      {" --max-time -5", "--max-time: -5 must be a finite number >= 0"},
+      {" --seed -1", "--seed: -1 must be a whole number >= 0"},
+      {" --mask-prob 2", "--mask-prob 2 is outside [0, 1]"},
+      {" --mask-token-prob 0.9 --random-token-prob 0.2", "--mask-token-prob 0.9 + --random-token-prob 0.2"},
+      {" --num-steps abc", "--num-steps"},
+      {" --warmup-steps 2", "--warmup-steps 2 is not below the schedule's 2 steps"},
+      {" --num-steps 1000 --warmup-steps 2000", "--warmup-steps 2000 is not below the schedule's 1000 steps"},
+      {" --backend gpu", "--backend: gpu not in {auto,cpu,cuda}"},
+      {" --num-nodes 2", "--num-nodes 2: a multi-node job is started by srun or mpirun"},
+      {" --bogus 1 --more", "train: unexpected arguments '--bogus' '1' '--more'"},
+  };
+  for (const auto& row : rows) {
+    const auto r = run_cli(train() + row.args);
+    expect_one_line_error(r, row.args, row.expect);
+    EXPECT_FALSE(fs::exists(*root_ / "results")) << row.args << ": a refused start wrote its results directory";
+  }
+}
+
+// The reference's --num-gpus/--num-nodes are checked against the ranks mpirun/srun started (here an
+// Open MPI environment without MPI: the check comes before any communicator).
+TEST_F(CliContract, LaunchFlagsMustAgreeWithTheLauncher) {
+  setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  setenv("OMPI_COMM_WORLD_RANK", "0", 1);
+  const auto r = run_cli(train() + " --num-gpus 1");
+  const auto nodes = run_cli(train() + " --num-nodes 3");
+  unsetenv("OMPI_COMM_WORLD_SIZE");
+  unsetenv("OMPI_COMM_WORLD_RANK");
+  expect_one_line_error(r, "--num-gpus 1", "--num-gpus 1 × --num-nodes 1 = 1 ranks, but the launcher started 2");
+  expect_one_line_error(nodes, "--num-nodes 3", "--num-nodes 3 does not divide the 2 ranks");
+  EXPECT_FALSE(fs::exists(*root_ / "results"));
+}
+
+TEST_F(CliContract, ParseErrorsFollowTheContract) {
+  expect_one_line_error(run_cli(""), "(none)", "a command is required");
+  expect_one_line_error(run_cli("nosuch --x"), "nosuch", "unknown command 'nosuch'");
+  expect_one_line_error(run_cli("train"), "train", "train: --train-data is required");
+  expect_one_line_error(run_cli("train --train-data x --lr"), "--lr", "--lr");
+  expect_one_line_error(run_cli("eval --checkpoint " + hf_model().string() + " --fasta x.fa --micro-batch-tokens 0"),
+                        "eval", "eval: --micro-batch-tokens: 0 must be a finite number >= 1");
+  expect_one_line_error(run_cli("eval --checkpoint " + hf_model().string() + " --data " + (*root_ / "corpus").string() +
+                                " --mask-prob 2"),
+                        "eval --mask-prob", "--mask-prob 2 is outside [0, 1]");
+  expect_one_line_error(run_cli("embed --checkpoint " + hf_model().string() + " --fasta x.fa --output y --layer -1"),
+                        "embed --layer", "embed: --layer: -1 must be a finite number >= 0");
+}
+
+// A run that starts writes the report's "Run" table from the command line (2 tiny steps).
+TEST_F(CliContract, ReportNamesHowTheRunWasMade) {
+  const auto r = run_cli(train() + " --no-tensorboard --disable-checkpointing --experiment-name ok");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string html = esm2::read_file(*root_ / "results/ok/report.html");
+  for (const char* want : {"<h2>Run</h2>", "source revision", "500 sequences, 500 clusters, 207,145 residues",
+                           "2 layers, hidden 32, 2 heads, FFN 64", "num-steps=2", "wall time"})
+    EXPECT_NE(html.find(want), std::string::npos) << want;
+  fs::remove_all(*root_ / "results");
+}
+
+TEST_F(CliContract, HelpNamesTheProgramAndTheOnOffDefaults) {
+  const auto r = run_cli("train --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("Usage: esm2 train [OPTIONS]"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("{false}"), std::string::npos) << "a negated flag's stored value reads as its default";
+  EXPECT_NE(r.output.find("Keep the top-k checkpoints (default on)"), std::string::npos);
+  const auto v = run_cli("--version");
+  EXPECT_EQ(v.exit_code, 0);
+  EXPECT_EQ(v.output, std::string(ESM2_VERSION) + "\n");
+}
+
+// One overwrite rule for every command that writes: an existing output is an error (before the
+// model is loaded) unless --force is given.
+TEST_F(CliContract, ExistingOutputsAreReplacedOnlyWithForce) {
+  const fs::path dir = *root_ / "outputs";
+  fs::create_directories(dir);
+  {
+    std::ofstream(dir / "in.fasta") << ">a\nMKTAYIAKQR\n>b\nQISFVKSHFSRQ\n";
+  }
+  const std::string embed = "embed --threads 1 --checkpoint " + hf_model().string() + " --fasta " +
+                            (dir / "in.fasta").string() + " --output " + (dir / "emb").string();
+  ASSERT_EQ(run_cli(embed).exit_code, 0);
+  const auto again = run_cli(embed);
+  expect_one_line_error(again, "embed twice", "--output " + (dir / "emb").string() + ": already exists (pass --force");
+  EXPECT_EQ(run_cli(embed + " --force").exit_code, 0);
+
+  const std::string score = "score --threads 1 --checkpoint " + hf_model().string() +
+                            " --sequence MKTAYIAKQR --mutations K2A --output " + (dir / "s.csv").string();
+  ASSERT_EQ(run_cli(score).exit_code, 0);
+  expect_one_line_error(run_cli(score), "score twice", "--output " + (dir / "s.csv").string() + ": already exists");
+  EXPECT_EQ(run_cli(score + " --force").exit_code, 0);
+
+  const std::string eval = "eval --threads 1 --checkpoint " + hf_model().string() + " --fasta " +
+                           (dir / "in.fasta").string() + " --json " + (dir / "e.json").string();
+  ASSERT_EQ(run_cli(eval).exit_code, 0);
+  expect_one_line_error(run_cli(eval), "eval twice", "--json " + (dir / "e.json").string() + ": already exists");
+}
+
+}  // namespace

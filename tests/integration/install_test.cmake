@@ -1,0 +1,21 @@
+# ctest's install_test: `cmake --install` of the build into a scratch prefix must give a working
+# <prefix>/bin/esm2 (its --version prints the project version; its usage names the program).
+file(REMOVE_RECURSE "${PREFIX}")
+execute_process(COMMAND "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}" RESULT_VARIABLE rc
+                OUTPUT_VARIABLE out ERROR_VARIABLE out)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "cmake --install failed (${rc}):\n${out}")
+endif()
+set(exe "${PREFIX}/bin/esm2")
+if(NOT EXISTS "${exe}")
+  message(FATAL_ERROR "cmake --install put no esm2 into ${PREFIX}/bin:\n${out}")
+endif()
+execute_process(COMMAND "${exe}" --version RESULT_VARIABLE rc OUTPUT_VARIABLE version OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT rc EQUAL 0 OR NOT version STREQUAL "${VERSION}")
+  message(FATAL_ERROR "installed esm2 --version: exit ${rc}, printed '${version}', expected '${VERSION}'")
+endif()
+execute_process(COMMAND "${exe}" prepare --help RESULT_VARIABLE rc OUTPUT_VARIABLE help)
+if(NOT rc EQUAL 0 OR NOT help MATCHES "Usage: esm2 prepare")
+  message(FATAL_ERROR "installed esm2 prepare --help: exit ${rc}, printed:\n${help}")
+endif()
+message(STATUS "installed ${exe}: version ${version}")
