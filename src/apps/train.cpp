@@ -252,6 +252,10 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Checkpoints and logs")->capture_default_str();
   app.add_flag("--resume-if-exists", c.resume_if_exists, "Resume from the run's latest checkpoint if there is one")
       ->group("Checkpoints and logs");
+  app.add_flag("--force", c.force,
+               "Replace an existing run in <result-dir>/<experiment-name> (without it, or --resume-if-exists, "
+               "an existing run is an error)")
+      ->group("Checkpoints and logs");
   app.add_option("--restore-from-checkpoint-path", c.restore_from_checkpoint_path,
                  "Start from this checkpoint: a training checkpoint restores optimizer, step and data position; "
                  "a Hugging Face model directory gives weights only")

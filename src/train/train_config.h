@@ -55,6 +55,7 @@ struct TrainConfig {
   std::string result_dir = "results", experiment_name = "esm2";
   bool create_tensorboard_logger = true;
   bool resume_if_exists = false;
+  bool force = false;  // replace an existing run in the run directory (without it, that is an error)
   std::string restore_from_checkpoint_path;
   int save_top_k = 2;
   bool save_last_checkpoint = true, save_best_checkpoint = true, disable_checkpointing = false;

@@ -81,6 +81,18 @@ void check_writable(const fs::path& dir) {
   fs::remove(dir / ".write-probe", ec);
 }
 
+// The overwrite rule every writing command follows (docs/cli.md): a run directory that already holds a
+// run (metrics or checkpoints) is continued only with --resume-if-exists and replaced only with --force;
+// without either, starting over would mix two runs' checkpoints and metrics in one directory.
+void claim_run_dir(const fs::path& dir, const TrainConfig& cfg) {
+  if (cfg.resume_if_exists || !(fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "checkpoints"))) return;
+  ESM2_CHECK(cfg.force, "{}: already holds a run; add --resume-if-exists to continue it or --force to replace it",
+             dir.string());
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  ESM2_CHECK(!ec, "{}: cannot remove the previous run (--force): {}", dir.string(), ec.message());
+}
+
 struct Validation {
   std::vector<MicroBatch> batches;  // this rank's share, fixed masks
   int64_t global_batches = 0;
@@ -328,7 +340,10 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& comm, Backend& backend)
       start_(load_start_point(cfg, ckpt_root_, model_, *optim_)),
       last_step_(cfg.early_stop_on_step > 0 ? std::min(cfg.early_stop_on_step, cfg.num_steps) : cfg.num_steps),
       checkpointing_(!cfg.disable_checkpointing) {
-  if (root_) check_writable(run_dir_);
+  if (root_) {
+    claim_run_dir(run_dir_, cfg_);
+    check_writable(run_dir_);
+  }
   comm_.barrier("results directory check");
   logger_ = std::make_unique<MetricsLogger>(run_dir_, root_, cfg.create_tensorboard_logger, state_.step > 0);
 }

@@ -136,3 +136,33 @@ TEST_F(TrainLoop, FinalLineSeparatesTrainingThroughputFromWallTime) {
   EXPECT_NE(line.find(" real tokens/s (steps only); wall time "), std::string::npos) << line;
   EXPECT_NE(line.find(" s (incl. validation and checkpoints)"), std::string::npos) << line;
 }
+
+// One overwrite rule for every writing command: a second fresh start into a run directory that holds a
+// run is refused (the first run's checkpoints untouched), --resume-if-exists continues it and --force
+// replaces it (nothing of the first run left).
+TEST_F(TrainLoop, ExistingRunIsContinuedOrReplacedOnlyWhenAsked) {
+  const std::string args = "--num-steps 3 --val-check-interval 3 --lr 1e-3";
+  const auto first = train("twice", args);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const fs::path run = *root_ / "twice";
+  ASSERT_EQ(latest("twice"), "step-00000003");
+  const std::string bytes = esm2::read_file(run / "checkpoints/step-00000003/model.safetensors");
+
+  const auto again = train("twice", args);
+  EXPECT_EQ(again.exit_code, 1) << again.output;
+  EXPECT_NE(again.output.find("esm2: error: " + run.string() + ": already holds a run; add --resume-if-exists"),
+            std::string::npos)
+      << again.output;
+  EXPECT_EQ(esm2::read_file(run / "checkpoints/step-00000003/model.safetensors"), bytes);
+
+  const auto resumed = train("twice", args + " --resume-if-exists");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+
+  esm2::write_file(run / "marker", "from the first run\n");
+  const auto replaced = train("twice", "--num-steps 2 --val-check-interval 2 --lr 1e-3 --force");
+  EXPECT_EQ(replaced.exit_code, 0) << replaced.output;
+  EXPECT_FALSE(fs::exists(run / "marker"));
+  EXPECT_FALSE(fs::exists(run / "checkpoints/step-00000003"));
+  EXPECT_EQ(latest("twice"), "step-00000002");
+}
