@@ -87,17 +87,19 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   app.add_flag("--profile", a->profile,
                "Also time every backend op of the timed steps (each op synchronised: the shares are meaningful, the "
                "profiled step is slower) and print the table; throughput is measured on separate unprofiled steps");
-  auto run = [a]() -> int {
+  // backend_owner outlives run(): the out-of-memory message below asks it for its workspaces.
+  auto run = [a](std::unique_ptr<esm2::Backend>& backend_owner) -> int {
     ESM2_CHECK(a->steps >= 1, "bench: --steps must be >= 1");
     esm2::apps::check_output_free(a->json_out, a->force, "--json");
-    auto backend_owner = esm2::make_backend(a->backend, a->precision, a->threads);
+    backend_owner = esm2::make_backend(a->backend, a->precision, a->threads);
     // The model always talks to the timing wrapper; it measures only while enabled (the profile pass).
     esm2::TimingBackend timing(*backend_owner);
     timing.set_enabled(false);
     esm2::Backend* backend = &timing;
     esm2::ModelConfig mc = esm2::model_preset(a->preset);
     const esm2::Recompute recompute = a->recompute;
-    const esm2::MemoryPlan plan = esm2::plan_memory(mc, a->micro_batch_tokens, recompute, backend->activation_dtype());
+    const esm2::MemoryPlan plan = esm2::plan_memory(mc, a->micro_batch_tokens, recompute, backend->activation_dtype(),
+                                                    esm2::workspace_query(*backend_owner));
     fmt::print("{}", esm2::format_memory_plan(plan));
     std::fflush(stdout);
     auto corpus = std::make_shared<const esm2::Corpus>(esm2::Corpus::open(a->data));
@@ -203,11 +205,13 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   };
   // A device allocation failure becomes one line saying which micro-batch fits (memory_plan.h).
   return [a, run]() -> int {
+    std::unique_ptr<esm2::Backend> backend;
     try {
-      return run();
+      return run(backend);
     } catch (const esm2::OutOfDeviceMemory& e) {
+      const esm2::WorkspaceQuery none = [](const esm2::WorkspaceShape&) { return size_t{0}; };
       throw esm2::Error(esm2::out_of_memory_message(e, esm2::model_preset(a->preset), a->micro_batch_tokens,
-                                                    a->recompute));
+                                                    a->recompute, backend ? esm2::workspace_query(*backend) : none));
     }
   };
 }

@@ -385,7 +385,8 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                                         "plan covers a single GPU holding the whole model, not this {}-rank layout)",
                                         comm->rank(), e.what(), comm->world_size()));
         throw esm2::Error(
-            esm2::out_of_memory_message(e, cfg.model, esm2::micro_batch_token_budget(cfg), cfg.recompute));
+            esm2::out_of_memory_message(e, cfg.model, esm2::micro_batch_token_budget(cfg), cfg.recompute,
+                                        esm2::workspace_query(*backend)));
       }
     };
     if (comm->world_size() == 1) {

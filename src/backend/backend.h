@@ -94,6 +94,13 @@ struct AttentionShape {
   const float* inv_freq = nullptr;      // [D/2] device fp32 rotary inverse frequencies
 };
 
+// The shape of one micro-batch, as a backend sizes its scratch by it (the memory planner's question).
+struct WorkspaceShape {
+  int64_t tokens = 0;
+  int64_t hidden = 0, ffn = 0, vocab = 0;
+  int heads = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -117,6 +124,10 @@ class Backend {
   virtual size_t device_bytes_in_use() const { return 0; }
   // What this backend allocated (now, at most) beside the device totals; zeros on host backends.
   virtual DeviceMemory device_memory() { return {}; }
+  // Device bytes this backend allocates for a micro-batch of this shape beyond the arena, parameters
+  // and weight copies (op scratch at its largest, library workspaces): the memory planner asks it
+  // rather than knowing any backend's internals. 0 on host backends.
+  virtual size_t workspace_bytes(const WorkspaceShape& shape) const { return 0; }
 
   // ---- dense ----
   virtual void gemm(const GemmArgs& g) = 0;

@@ -47,6 +47,7 @@ class TimingBackend final : public Backend {
   void synchronize() override { in_.synchronize(); }
   size_t device_bytes_in_use() const override { return in_.device_bytes_in_use(); }
   DeviceMemory device_memory() override { return in_.device_memory(); }
+  size_t workspace_bytes(const WorkspaceShape& shape) const override { return in_.workspace_bytes(shape); }
   void gemm(const GemmArgs& g) override;
   void bias_backward(float* db, const void* dy, int64_t M, int64_t N) override;
   void add(void* out, const void* a, const void* b, size_t n) override;

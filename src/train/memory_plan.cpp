@@ -7,7 +7,6 @@
 namespace esm2 {
 namespace {
 
-constexpr size_t kLtWorkspace = size_t{32} << 20;  // cuda::LtRunner's cuBLASLt workspace
 constexpr int64_t kTokenStep = 256;
 
 double mib(size_t b) { return static_cast<double>(b) / 1048576.0; }
@@ -19,24 +18,14 @@ size_t gemm_weight_elements(const ModelConfig& c) {
   return c.num_layers * (4 * d * d + 2 * d * f) + d * d + v * d;
 }
 
-// Device scratch the CUDA backend grows on demand for T tokens (cuda_backend.cpp, Slot): a slot grows
-// to max(request, 1.5 × its size), so it stays below 1.5 × the largest request.
-size_t scratch_bytes(const ModelConfig& c, size_t T) {
-  const size_t C = c.hidden_size, F = c.ffn_hidden_size, H = c.num_attention_heads, V = c.vocab_size;
-  // attention: forward rotated q,k (T·C floats), backward Δ[H,T] rounded to 64 + T·C floats
-  const size_t attention = (T * H + 63) / 64 * 64 + T * C;
-  // column reductions in chunks of 128 rows: bias grads (widest F or 3C), LayerNorm grads (2 × C),
-  // embedding grads (chunks of 1024 rows × V × C)
-  const size_t chunks = (T + 127) / 128;
-  const size_t columns =
-      std::max({chunks * std::max(F, 3 * C), 2 * chunks * C, (T + 1023) / 1024 * V * C});
-  return (attention + columns) * 4 * 3 / 2;
-}
-
 }  // namespace
 
+WorkspaceQuery workspace_query(const Backend& backend) {
+  return [&backend](const WorkspaceShape& shape) { return backend.workspace_bytes(shape); };
+}
+
 MemoryPlan plan_memory(const ModelConfig& cfg, int64_t micro_batch_tokens, Recompute recompute,
-                       DType activation_dtype) {
+                       DType activation_dtype, const WorkspaceQuery& workspace) {
   MemoryPlan p;
   p.micro_batch_tokens = micro_batch_tokens;
   p.recompute = recompute;
@@ -48,14 +37,20 @@ MemoryPlan plan_memory(const ModelConfig& cfg, int64_t micro_batch_tokens, Recom
   p.adam = 8 * n;
   p.weight_copies = activation_dtype == DType::BF16 ? 2 * gemm_weight_elements(cfg) : 0;
   p.activations = activation_arena_bytes(cfg, micro_batch_tokens, micro_batch_tokens, recompute, activation_dtype);
-  // ids, cu_seqlens, head rows and their labels: int32 each
-  p.workspaces = scratch_bytes(cfg, T) + kLtWorkspace + 4 * (4 * T + 1);
+  const WorkspaceShape shape{.tokens = static_cast<int64_t>(T),
+                             .hidden = cfg.hidden_size,
+                             .ffn = cfg.ffn_hidden_size,
+                             .vocab = cfg.vocab_size,
+                             .heads = cfg.num_attention_heads};
+  p.workspaces = workspace(shape) + 4 * (4 * T + 1);  // + ids, cu_seqlens, head rows, labels (int32)
   return p;
 }
 
 int64_t largest_micro_batch_tokens(const ModelConfig& cfg, Recompute recompute, DType activation_dtype,
-                                   size_t budget_bytes) {
-  auto fits = [&](int64_t t) { return plan_memory(cfg, t, recompute, activation_dtype).total() <= budget_bytes; };
+                                   size_t budget_bytes, const WorkspaceQuery& workspace) {
+  auto fits = [&](int64_t t) {
+    return plan_memory(cfg, t, recompute, activation_dtype, workspace).total() <= budget_bytes;
+  };
   if (!fits(kTokenStep)) return 0;
   // the plan grows with the tokens: find the first step that does not fit by doubling, then bisect
   int64_t lo = 1, hi = 2;  // in steps: lo fits, hi does not
@@ -80,20 +75,20 @@ std::string format_memory_plan(const MemoryPlan& p) {
 }
 
 std::string out_of_memory_message(const OutOfDeviceMemory& e, const ModelConfig& cfg, int64_t micro_batch_tokens,
-                                  Recompute recompute) {
+                                  Recompute recompute, const WorkspaceQuery& workspace) {
   const DType activation_dtype = e.activation_dtype;
   const size_t budget = e.free + e.held;
-  const MemoryPlan plan = plan_memory(cfg, micro_batch_tokens, recompute, activation_dtype);
+  const MemoryPlan plan = plan_memory(cfg, micro_batch_tokens, recompute, activation_dtype, workspace);
   std::string msg = fmt::format("{}: the plan for --micro-batch-tokens {} with --recompute {} needs {:.0f} MiB of the "
                                 "{:.0f} MiB this process can use",
                                 e.what(), micro_batch_tokens, recompute_name(recompute), mib(plan.total()), mib(budget));
-  const int64_t n = largest_micro_batch_tokens(cfg, recompute, activation_dtype, budget);
+  const int64_t n = largest_micro_batch_tokens(cfg, recompute, activation_dtype, budget, workspace);
   if (n > 0)
     msg += fmt::format("; the largest --micro-batch-tokens that fits with --recompute {} is {}", recompute_name(recompute), n);
   else
     msg += fmt::format("; no --micro-batch-tokens fits with --recompute {}", recompute_name(recompute));
   if (recompute != Recompute::Full) {
-    const int64_t nf = largest_micro_batch_tokens(cfg, Recompute::Full, activation_dtype, budget);
+    const int64_t nf = largest_micro_batch_tokens(cfg, Recompute::Full, activation_dtype, budget, workspace);
     if (nf > n) msg += fmt::format(" (with --recompute full: {})", nf);
   }
   if (n == 0 && recompute == Recompute::Full)

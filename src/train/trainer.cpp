@@ -375,7 +375,7 @@ void Trainer::print_banner() const {
   fmt::print("{}", model_summary(cfg_.model, model_.full_params_info()));
   if (groups_.tp_size == 1 && groups_.pp_size == 1)  // the plan is of the whole model on one rank
     fmt::print("{}", format_memory_plan(plan_memory(cfg_.model, micro_batch_token_budget(cfg_), cfg_.recompute,
-                                                    backend_.activation_dtype())));
+                                                    backend_.activation_dtype(), workspace_query(backend_))));
   fmt::print("train corpus: {} ({} sequences, {} clusters); validation: {}\n", cfg_.train_corpus,
              train_corpus_->num_sequences(), train_corpus_->num_clusters(),
              valid_corpus_ ? fmt::format("{} sequences, {} batches", valid_corpus_->num_sequences(),

@@ -127,6 +127,25 @@ class CudaBackend final : public Backend {
     cuda::launch_convert(dst, act_, tmp, DType::F32, n, stream_);
   }
   void synchronize() override { ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // The scratch slots at their largest for this shape (a slot grows to at most 1.5 × its largest
+  // request, see scratch()), asked of the same functions the ops size their scratch with, plus the
+  // cuBLASLt workspace. The small Convert/Reduce/Word slots are left out.
+  size_t workspace_bytes(const WorkspaceShape& w) const override {
+    const int64_t T = w.tokens, C = w.hidden;
+    AttentionShape a;
+    a.T = T;
+    a.H = w.heads;
+    a.D = w.heads > 0 ? static_cast<int>(C / w.heads) : 0;
+    a.S = 1;
+    a.max_seqlen = static_cast<int>(std::min<int64_t>(T, 1 << 30));
+    const size_t attention =
+        std::max(cuda::attention_forward_scratch_floats(a), cuda::attention_backward_scratch_floats(a));
+    size_t columns = std::max(cuda::layernorm_backward_scratch_floats(T, C),
+                              cuda::embedding_backward_scratch_floats(T, C, static_cast<int>(w.vocab)));
+    for (int64_t n : {3 * C, C, w.ffn, w.vocab}) columns = std::max(columns, cuda::bias_backward_scratch_floats(T, n));
+    return (attention + columns) * sizeof(float) * 3 / 2 + cuda::LtRunner::kWorkspaceBytes;
+  }
+
   size_t device_bytes_in_use() const override {
     size_t free_b = 0, total_b = 0;
     return cudaMemGetInfo(&free_b, &total_b) == cudaSuccess ? total_b - free_b : 0;

@@ -44,7 +44,7 @@ struct Desc {
 
 LtRunner::LtRunner() {
   ESM2_CUBLAS_CHECK(cublasLtCreate(&handle_));
-  workspace_bytes_ = 32u << 20;
+  workspace_bytes_ = kWorkspaceBytes;
   ESM2_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
 }
 

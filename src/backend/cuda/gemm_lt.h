@@ -32,6 +32,8 @@ struct LtGemm {
 
 class LtRunner {
  public:
+  static constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLASLt's workspace, allocated once
+
   LtRunner();
   ~LtRunner();
   LtRunner(const LtRunner&) = delete;
@@ -47,6 +49,7 @@ class LtRunner {
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
+
   size_t workspace_bytes_ = 0;
   struct Cached {
     bool ok = false;
