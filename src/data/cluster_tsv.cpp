@@ -7,6 +7,16 @@
 
 namespace esm2 {
 
+std::pair<std::string_view, std::string_view> split_cluster_line(std::string_view line, const std::string& file,
+                                                                 uint64_t line_number) {
+  const size_t tab = line.find('\t');
+  ESM2_CHECK(tab != std::string_view::npos && line.find('\t', tab + 1) == std::string_view::npos,
+             "{}: line {}: expected 'cluster<TAB>member'", file, line_number);
+  std::string_view rep = line.substr(0, tab), member = line.substr(tab + 1);
+  ESM2_CHECK(!rep.empty() && !member.empty(), "{}: line {}: empty cluster or member id", file, line_number);
+  return {rep, member};
+}
+
 ClusterTable read_cluster_tsv(const std::filesystem::path& path, const SequenceTable& sequences) {
   const std::string file = path.string();
   constexpr uint32_t kNone = UINT32_MAX;
@@ -18,11 +28,7 @@ ClusterTable read_cluster_tsv(const std::filesystem::path& path, const SequenceT
   std::string_view line;
   while (lines.next(line)) {
     if (line.empty()) continue;
-    size_t tab = line.find('\t');
-    ESM2_CHECK(tab != std::string_view::npos && line.find('\t', tab + 1) == std::string_view::npos,
-               "{}: line {}: expected 'cluster<TAB>member'", file, lines.line_number());
-    std::string_view rep = line.substr(0, tab), member = line.substr(tab + 1);
-    ESM2_CHECK(!rep.empty() && !member.empty(), "{}: line {}: empty cluster or member id", file, lines.line_number());
+    const auto [rep, member] = split_cluster_line(line, file, lines.line_number());
     int64_t seq = sequences.find(member);
     ESM2_CHECK(seq >= 0, "{}: line {}: member '{}' is not among the sequences", file, lines.line_number(), member);
     ESM2_CHECK(cluster_of[seq] == kNone, "{}: line {}: member '{}' already listed on line {}", file,

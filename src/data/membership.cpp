@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "data/cluster_tsv.h"
 #include "data/id_hash.h"
 
 namespace esm2 {
@@ -38,11 +39,7 @@ FileDigest read_tsv(const std::filesystem::path& path, const MembershipPairFn& o
   std::string_view line;
   while (lines.next(line)) {
     if (line.empty()) continue;
-    size_t tab = line.find('\t');
-    ESM2_CHECK(tab != std::string_view::npos && line.find('\t', tab + 1) == std::string_view::npos,
-               "{}: line {}: expected 'cluster<TAB>member'", file, lines.line_number());
-    std::string_view rep = line.substr(0, tab), member = line.substr(tab + 1);
-    ESM2_CHECK(!rep.empty() && !member.empty(), "{}: line {}: empty cluster or member id", file, lines.line_number());
+    const auto [rep, member] = split_cluster_line(line, file, lines.line_number());
     on_pair(rep, member, lines.line_number());
   }
   return {lines.source().raw_bytes(), lines.source().raw_crc32()};

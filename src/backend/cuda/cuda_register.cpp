@@ -10,7 +10,7 @@ void register_cuda_backend() {
        .accelerator = true,
        .device_count = cuda_device_count,
        .make = [](Precision precision, int, int device) -> std::unique_ptr<Backend> {
-         // bf16-mixed is the GPU default; fp16 and pure-bf16 weights are not implemented, and asking for
+         // bf16-mixed is the GPU default; fp16 and pure-bf16 weights are not supported, and asking for
          // them is an error rather than a silent substitution.
          ESM2_CHECK(precision == Precision::Auto || precision == Precision::Fp32 || precision == Precision::Bf16Mixed,
                     "--precision {}: the CUDA backend computes in bf16-mixed (bf16 activations, fp32 weights) or "
