@@ -8,12 +8,14 @@ Same recipe as esm2.cpp, HF-style execution:
             random tokens from the 33-token vocabulary, our ids): scripts/esm2_corpus.py;
   batches   random (not length-sorted) sequences right-padded per micro-batch (multiple of 8), as an
             HF DataCollator does (with --compile to --max-seq-length: one static shape); a step takes sequences until it holds >= --tokens-per-step real tokens
-            (our packed step's size), split into micro-batches of --micro-batch-size sequences;
+            (our packed step's size), split into micro-batches of --micro-batch-size sequences; or, with
+            --sequences-per-step N, N sequences (the HF Trainer's per_device_train_batch_size);
   loss      sum of cross-entropy over the step's labelled positions / their count (as ours);
   optimizer torch.optim.AdamW(fused=True), betas (0.9, 0.98), eps 1e-8, weight decay 0.01 on weight
             matrices except the embedding (ours), global-norm clipping 1.0, bf16 autocast, SDPA;
   schedule  WarmupAnnealDecayHold as src/optim/schedule.h: lr = max_lr·t/W for t < W, then
-            max(max_lr·(1 − (t−W)/(T−W)), min_lr). T is --num-steps, or with --num-steps 0 it is fixed
+            max(max_lr·(1 − (t−W)/(T−W)), min_lr); with --min-lr 0 this is the HF Trainer's "linear"
+            schedule (get_linear_schedule_with_warmup). T is --num-steps, or with --num-steps 0 it is fixed
             after --calibration-steps timed steps so that the schedule ends when --schedule-time
             seconds of training have passed (all calls together).
 Writes into --out: metrics.jsonl (train loss, lr, tokens/s, consumed tokens, elapsed seconds),
@@ -133,8 +135,9 @@ class Baseline:
         if not os.path.exists(p):
             return False
         s = self.torch.load(p, map_location=self.dev, weights_only=False)
-        for key in ("preset", "tokens_per_step", "micro_batch_size", "max_seq_length", "lr", "warmup_steps"):
-            if s["args"][key] != getattr(self.args, key):
+        for key in ("preset", "tokens_per_step", "sequences_per_step", "micro_batch_size", "max_seq_length", "lr",
+                    "warmup_steps"):
+            if s["args"].get(key, 0) != getattr(self.args, key):
                 raise SystemExit(f"hf_pretrain: {p}: --{key.replace('_', '-')} was {s['args'][key]}, "
                                  f"now {getattr(self.args, key)}; resume with the same settings")
         self.model.load_state_dict(s["model"])
@@ -171,7 +174,7 @@ class Baseline:
         # ahead of time is not trained when the run stops.
         self.data_state = (self.sampler.state(), self.mask_rng.bit_generator.state)
         samples, tokens = [], 0
-        while tokens < a.tokens_per_step:
+        while (len(samples) < a.sequences_per_step) if a.sequences_per_step > 0 else (tokens < a.tokens_per_step):
             t = self.sampler.next()
             samples.append(ec.mask_tokens(t, self.mask_rng))
             tokens += len(t)
@@ -267,6 +270,8 @@ def main():
     ap.add_argument("--resume", action="store_true", help="continue from --out/state when it exists")
     ap.add_argument("--tokens-per-step", type=int, default=131072, help="real tokens per optimizer step (ours: "
                     "micro-batch-tokens x accumulate-grad-batches)")
+    ap.add_argument("--sequences-per-step", type=int, default=0, help="> 0: a step is this many sequences "
+                    "(the HF recipe's batch) instead of --tokens-per-step real tokens")
     ap.add_argument("--micro-batch-size", type=int, default=64, help="sequences per padded micro-batch")
     ap.add_argument("--max-seq-length", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
@@ -301,6 +306,7 @@ def main():
     summary = b.run()
     summary.update({"preset": args.preset, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "tokens_per_step": args.tokens_per_step,
+                    "sequences_per_step": args.sequences_per_step,
                     "micro_batch_size": args.micro_batch_size, "compile": args.compile,
                     "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30})
     with open(os.path.join(args.out, "summary.json"), "w") as f:

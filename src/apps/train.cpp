@@ -1,7 +1,9 @@
 // `esm2 train`: the reference's train_esm2 flags (bionemo-semantics.md), plus packing, presets and a
 // config file. Every flag maps to one TrainConfig field (src/train/train_config.h).
+#include <chrono>
 #include <cmath>
 #include <ctime>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "apps/cli_checks.h"
@@ -15,6 +17,7 @@
 #include "io/hf_config.h"
 #include "train/checkpoint.h"
 #include "train/memory_plan.h"
+#include "train/recipe.h"
 #include "train/report.h"
 #include "train/trainer.h"
 #ifdef ESM2_HAVE_CUDA
@@ -37,6 +40,7 @@ struct TrainArgs {
   std::string preset = "demo";
   int num_layers = 0, hidden_size = 0, num_attention_heads = 0, ffn_hidden_size = 0;
   bool gelu_tanh = false;
+  esm2::RecipeKind recipe = esm2::RecipeKind::Tuned;
   double lr = 4e-4, min_lr = -1;
   int64_t warmup_steps = -1, scheduler_num_steps = -1;  // -1: see the flags' help
   bool tensorboard = true, no_report = false;
@@ -123,6 +127,45 @@ void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
              from.string(), esm2::enum_name(kGeluNames, m.gelu_tanh));
 }
 
+// The recipe's value for every optimisation and batch setting that no flag (or config-file key) gave,
+// then the schedule from the lengths. --time-budget decides the length itself: --num-steps only caps
+// it, and a schedule length or a stop time of its own would contradict it.
+void apply_recipe(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
+  const esm2::Recipe r = esm2::training_recipe(a.recipe, a.preset);
+  cfg.recipe_label = r.label;
+  const auto unset = [&](const char* flag) { return app.count(flag) == 0; };
+  const double lr = unset("--lr") ? r.lr : a.lr;
+  cfg.schedule.max_lr = lr;
+  cfg.schedule.min_lr = a.min_lr >= 0 ? a.min_lr : r.min_lr_ratio * lr;
+  if (unset("--lr-schedule")) cfg.schedule.kind = r.schedule;
+  if (unset("--lr-decay-fraction")) cfg.schedule.decay_fraction = r.decay_fraction;
+  if (unset("--adam-beta1")) cfg.optim.beta1 = r.optim.beta1;
+  if (unset("--adam-beta2")) cfg.optim.beta2 = r.optim.beta2;
+  if (unset("--adam-eps")) cfg.optim.eps = r.optim.eps;
+  if (unset("--weight-decay")) cfg.optim.weight_decay = r.optim.weight_decay;
+  if (unset("--clip-grad")) cfg.optim.clip_grad = r.optim.clip_grad;
+  esm2::DataConfig& d = cfg.data;
+  if (unset("--micro-batch-tokens") && unset("--micro-batch-size") && unset("--accumulate-grad-batches")) {
+    d.micro_batch_tokens = r.micro_batch_tokens;
+    d.accumulate_grad_batches = r.accumulate_grad_batches;
+  } else if (d.micro_batch_size == 0 && d.micro_batch_tokens == 0) {
+    d.micro_batch_tokens = 16384;
+  }
+  if (cfg.time_budget_s > 0) {
+    ESM2_CHECK(unset("--max-time"), "train: give at most one of --time-budget (which already ends the run in time) and --max-time");
+    ESM2_CHECK(a.scheduler_num_steps <= 0, "train: --scheduler-num-steps conflicts with --time-budget, which sets the "
+               "schedule's length from the measured throughput");
+    if (unset("--num-steps")) cfg.num_steps = std::numeric_limits<int64_t>::max();
+    if (a.warmup_steps >= 0) cfg.schedule.warmup_steps = a.warmup_steps;
+    else cfg.warmup_rule = r.warmup;
+    return;
+  }
+  cfg.schedule.total_steps = a.scheduler_num_steps > 0 ? a.scheduler_num_steps : cfg.num_steps;
+  // The reference's 2000 warmup steps would keep a short run (the default 1000 steps) below its peak
+  // learning rate throughout, so the recipes' warm-up is a share of the schedule.
+  cfg.schedule.warmup_steps = a.warmup_steps >= 0 ? a.warmup_steps : r.warmup.steps(cfg.schedule.total_steps);
+}
+
 // A prepared corpus as the report describes it; counts from its manifest (left out when unreadable:
 // opening the corpus reports that properly).
 nlohmann::json dataset_info(const std::string& role, const fs::path& dir) {
@@ -182,12 +225,12 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Data")->capture_default_str();
   app.add_option("--min-seq-length", d.min_seq_length, "Sequences shorter than this (tokens) are not sampled")
       ->group("Data")->capture_default_str();
-  app.add_option("--micro-batch-tokens", d.micro_batch_tokens, "Packed mode: token budget per micro-batch (default 16384 when --micro-batch-size is not given)")
+  app.add_option("--micro-batch-tokens", d.micro_batch_tokens, "Packed mode: token budget per micro-batch (default: the recipe's when no batch flag is given, else 16384 when --micro-batch-size is not given)")
       ->group("Data")->check(at_least(1));
   app.add_option("--micro-batch-size", d.micro_batch_size, "Reference mode: sequences per micro-batch (padded batches; compute skips the padding)")
       ->group("Data")->check(at_least(1));
-  app.add_option("--accumulate-grad-batches", d.accumulate_grad_batches, "Micro-batches per optimizer step and rank")
-      ->group("Data")->capture_default_str();
+  app.add_option("--accumulate-grad-batches", d.accumulate_grad_batches, "Micro-batches per optimizer step and rank (default: the recipe's when no batch flag is given, else 1)")
+      ->group("Data");
   add_enum_option(app, "--random-mask-strategy", d.mask_strategy, esm2::kMaskStrategyNames,
                   "Random replacement tokens: all_tokens (33-token vocab) or amino_acids_only")
       ->group("Data");
@@ -211,26 +254,39 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Model");
 
   // Optimisation
-  app.add_option("--num-steps", c.num_steps, "Optimizer steps")->group("Optimization")->capture_default_str();
-  app.add_option("--lr", a->lr, "Peak learning rate")->group("Optimization")->check(at_least(0))->capture_default_str();
+  // The recipe fills every hyperparameter below that no flag sets (src/train/recipe.h, docs/recipes.md).
+  add_enum_option(app, "--recipe", a->recipe, esm2::kRecipeNames,
+                  "Defaults of the optimisation flags and the batch: tuned (the preset's time-to-quality row; "
+                  "esm2-paper for presets without one) or esm2-paper (the reference's recipe); explicit flags win")
+      ->group("Optimization");
+  app.add_option("--num-steps", c.num_steps, "Optimizer steps (default 1000; with --time-budget: a cap on the planned steps)")
+      ->group("Optimization");
+  app.add_option("--time-budget", c.time_budget_s,
+                 "Wall seconds for the whole run (start-up, validation, checkpoints): times a few steps and a "
+                 "validation, sets the schedule's length to what fits and records it (a resumed run keeps it)")
+      ->group("Optimization")->check(at_least(0));
+  app.add_option("--lr", a->lr, "Peak learning rate (default: the recipe's)")->group("Optimization")->check(at_least(0));
   app.add_option("--min-lr", a->min_lr, "Final learning rate (default lr/10)")->group("Optimization")->check(at_least(0));
   app.add_option("--warmup-steps", a->warmup_steps,
-                 "Linear warmup steps; must be below the schedule's steps (default: the reference's 2000, at most a "
-                 "tenth of the schedule's steps)")
+                 "Linear warmup steps; must be below the schedule's steps (default: the recipe's share of the "
+                 "schedule: esm2-paper a tenth, at most the reference's 2000)")
       ->group("Optimization")->check(at_least(0));
   app.add_option("--scheduler-num-steps", a->scheduler_num_steps, "Steps over which the lr decays (default --num-steps)")
       ->group("Optimization");
   add_enum_option(app, "--lr-schedule", c.schedule.kind, esm2::kScheduleKindNames,
-                  "warmup_anneal_decay_hold (reference), cosine or constant")
+                  "warmup_anneal_decay_hold (reference), cosine, warmup_stable_decay or constant (default: the recipe's)")
+      ->group("Optimization")->default_str("");
+  app.add_option("--lr-decay-fraction", c.schedule.decay_fraction,
+                 "warmup_stable_decay: share of the schedule's steps in the final linear decay (default: the recipe's)")
       ->group("Optimization");
-  app.add_option("--weight-decay", c.optim.weight_decay, "Decoupled AdamW weight decay on weight matrices")
-      ->group("Optimization")->check(at_least(0))->capture_default_str();
+  app.add_option("--weight-decay", c.optim.weight_decay, "Decoupled AdamW weight decay on weight matrices (default: the recipe's)")
+      ->group("Optimization")->check(at_least(0));
   app.add_flag("--decay-embeddings", c.optim.decay_embeddings, "Also apply weight decay to the embedding matrix")->group("Optimization");
-  app.add_option("--adam-beta1", c.optim.beta1, "AdamW beta1")->group("Optimization")->capture_default_str();
-  app.add_option("--adam-beta2", c.optim.beta2, "AdamW beta2")->group("Optimization")->capture_default_str();
-  app.add_option("--adam-eps", c.optim.eps, "AdamW epsilon")->group("Optimization")->check(at_least(0))->capture_default_str();
-  app.add_option("--clip-grad", c.optim.clip_grad, "Global gradient-norm clipping threshold (0 disables)")
-      ->group("Optimization")->check(at_least(0))->capture_default_str();
+  app.add_option("--adam-beta1", c.optim.beta1, "AdamW beta1 (default: the recipe's)")->group("Optimization");
+  app.add_option("--adam-beta2", c.optim.beta2, "AdamW beta2 (default: the recipe's)")->group("Optimization");
+  app.add_option("--adam-eps", c.optim.eps, "AdamW epsilon (default: the recipe's)")->group("Optimization")->check(at_least(0));
+  app.add_option("--clip-grad", c.optim.clip_grad, "Global gradient-norm clipping threshold, 0 disables (default: the recipe's)")
+      ->group("Optimization")->check(at_least(0));
   app.add_option("--early-stop-on-step", c.early_stop_on_step, "Stop (with a checkpoint) at this step; the schedule still spans --num-steps")
       ->group("Optimization");
   app.add_option("--max-time", c.max_time_s, "Stop after this many seconds of training (validation and checkpoint first); 0: no limit")
@@ -324,22 +380,18 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
 
   return [a, app_ptr = &app]() -> int {
+    // --time-budget counts the start-up too: the backend (CUDA context) and the corpora come next.
+    const auto started = std::chrono::steady_clock::now();
     TrainConfig cfg = a->cfg;
     cfg.preset = a->preset;
     model_config(*a, *app_ptr, cfg);
     cfg.run_info = run_info(*app_ptr, cfg);
-    cfg.schedule.max_lr = a->lr;
-    cfg.schedule.min_lr = a->min_lr >= 0 ? a->min_lr : a->lr / 10;
-    cfg.schedule.total_steps = a->scheduler_num_steps > 0 ? a->scheduler_num_steps : cfg.num_steps;
-    // The reference's 2000 warmup steps would keep a short run (the default 1000 steps) below its peak
-    // learning rate throughout, so the default shrinks with the schedule.
-    cfg.schedule.warmup_steps =
-        a->warmup_steps >= 0 ? a->warmup_steps : std::min<int64_t>(2000, cfg.schedule.total_steps / 10);
+    apply_recipe(*a, *app_ptr, cfg);
+    cfg.started_at = started;
     cfg.create_tensorboard_logger = a->tensorboard;
     cfg.save_best_checkpoint = a->save_best;
     cfg.save_last_checkpoint = a->save_last;
     cfg.write_report = !a->no_report;
-    if (cfg.data.micro_batch_size == 0 && cfg.data.micro_batch_tokens == 0) cfg.data.micro_batch_tokens = 16384;
     // [dist] `--gpus N` starts the workers and waits; a worker (ESM2_RANK set) trains. A config file
     // naming gpus reaches the workers too: there it must agree with the world they were started in.
     const esm2::LaunchInfo launch = esm2::detect_launch();

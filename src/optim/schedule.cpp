@@ -9,7 +9,7 @@ namespace esm2 {
 
 ScheduleKind parse_schedule_kind(const std::string& name) {
   if (const auto k = parse_enum(kScheduleKindNames, name)) return *k;
-  fail("unknown lr schedule '{}' (known: warmup_anneal_decay_hold, constant, cosine)", name);
+  fail("unknown lr schedule '{}' (known: warmup_anneal_decay_hold, cosine, warmup_stable_decay, constant)", name);
 }
 
 std::string schedule_kind_name(ScheduleKind k) { return enum_name(kScheduleKindNames, k); }
@@ -26,6 +26,14 @@ double learning_rate(const ScheduleConfig& c, int64_t t) {
     case ScheduleKind::Cosine: {
       const double p = std::min(progress, 1.0);
       return c.min_lr + 0.5 * (c.max_lr - c.min_lr) * (1.0 + std::cos(M_PI * p));
+    }
+    case ScheduleKind::WarmupStableDecay: {
+      const int64_t decay = std::max<int64_t>(1, std::llround(c.decay_fraction * static_cast<double>(c.total_steps)));
+      const int64_t start = std::max(c.warmup_steps, c.total_steps - decay);
+      if (t < start) return c.max_lr;
+      if (t >= c.total_steps) return c.min_lr;
+      const double q = static_cast<double>(t - start) / static_cast<double>(c.total_steps - start);
+      return c.max_lr - (c.max_lr - c.min_lr) * q;
     }
   }
   return c.max_lr;

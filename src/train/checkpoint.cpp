@@ -20,16 +20,33 @@ namespace fs = std::filesystem;
 
 namespace esm2 {
 
+nlohmann::json BudgetPlan::to_json() const {
+  return {{"budget_s", budget_s}, {"num_steps", num_steps}, {"warmup_steps", warmup_steps}, {"step_s", step_s},
+          {"eval_s", eval_s}};
+}
+
+BudgetPlan BudgetPlan::from_json(const nlohmann::json& j) {
+  BudgetPlan b;
+  b.budget_s = j.at("budget_s").get<double>();
+  b.num_steps = j.at("num_steps").get<int64_t>();
+  b.warmup_steps = j.at("warmup_steps").get<int64_t>();
+  b.step_s = j.at("step_s").get<double>();
+  b.eval_s = j.at("eval_s").get<double>();
+  return b;
+}
+
 nlohmann::json TrainerState::to_json() const {
   nlohmann::json ckpts = nlohmann::json::array();
   for (const auto& c : checkpoints)
     ckpts.push_back({{"name", c.name}, {"step", c.step}, {"metric", std::isnan(c.metric) ? nlohmann::json() : nlohmann::json(c.metric)}});
-  return {{"step", step},
-          {"data_position", data.to_json()},
-          {"skipped_steps", skipped_steps},
-          {"consumed_tokens", consumed_tokens},
-          {"history", history},
-          {"checkpoints", ckpts}};
+  nlohmann::json j = {{"step", step},
+                      {"data_position", data.to_json()},
+                      {"skipped_steps", skipped_steps},
+                      {"consumed_tokens", consumed_tokens},
+                      {"history", history},
+                      {"checkpoints", ckpts}};
+  if (budget) j["time_budget"] = budget->to_json();
+  return j;
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string& where) {
@@ -43,6 +60,12 @@ TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string&
     for (const auto& c : j.at("checkpoints"))
       s.checkpoints.push_back({c.at("name").get<std::string>(), c.at("step").get<int64_t>(),
                                c.at("metric").is_null() ? std::nan("") : c.at("metric").get<double>()});
+    if (j.contains("time_budget")) {
+      s.budget = BudgetPlan::from_json(j.at("time_budget"));
+      ESM2_CHECK(s.budget->num_steps >= 1 && s.budget->warmup_steps >= 0 && s.budget->warmup_steps < s.budget->num_steps,
+                 "{}: malformed trainer state: time_budget warmup_steps {} and num_steps {} are not a schedule", where,
+                 s.budget->warmup_steps, s.budget->num_steps);
+    }
     return s;
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed trainer state: {}", where, e.what());

@@ -27,6 +27,18 @@ struct CheckpointRecord {
   double metric = 0;     // monitored metric (lower is better); NaN when none
 };
 
+// The schedule length a --time-budget run fixed from its measured throughput. Recorded in the
+// trainer state so that a resumed run keeps it instead of measuring again (exact resume).
+struct BudgetPlan {
+  double budget_s = 0;        // --time-budget of the run that made the plan
+  int64_t num_steps = 0;      // the schedule's (and the run's) steps
+  int64_t warmup_steps = 0;
+  double step_s = 0;          // measured seconds per step (forward, backward, reduction)
+  double eval_s = 0;          // seconds per validation + checkpoint (validation measured, checkpoint estimated)
+  nlohmann::json to_json() const;
+  static BudgetPlan from_json(const nlohmann::json& j);
+};
+
 struct TrainerState {
   int64_t step = 0;               // optimizer steps completed
   DataPosition data;              // next sample of the training stream
@@ -34,6 +46,7 @@ struct TrainerState {
   int64_t consumed_tokens = 0;    // real tokens trained on (global)
   nlohmann::json history = nlohmann::json::array();  // [{step, train_loss, lr, grad_norm, val_loss?, …}]
   std::vector<CheckpointRecord> checkpoints;          // existing checkpoints, oldest first
+  std::optional<BudgetPlan> budget;                   // set by --time-budget
   nlohmann::json to_json() const;
   static TrainerState from_json(const nlohmann::json& j, const std::string& where);
 };

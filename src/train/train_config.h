@@ -1,7 +1,9 @@
 // Everything `esm2 train` is configured with. Field names follow the reference's train_esm2 flags
 // (bionemo-semantics.md); the CLI (src/apps/train.cpp) binds one flag to each field.
 #pragma once
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "backend/backend_factory.h"
@@ -12,6 +14,7 @@
 #include "model/recompute.h"
 #include "optim/optimizer_config.h"
 #include "optim/schedule.h"
+#include "train/recipe.h"
 
 namespace esm2 {
 
@@ -47,6 +50,15 @@ struct TrainConfig {
   int64_t early_stop_on_step = -1;  // stop (with checkpoint) at this step though the schedule runs to num_steps
   OnNonfinite on_nonfinite = OnNonfinite::Stop;
   double max_time_s = 0;              // > 0: stop (validation + checkpoint) once this much wall time has passed
+  // --time-budget: > 0 makes the whole run (start-up, validation, checkpoints) end within this many
+  // seconds. The trainer times a few steps and a validation, then fixes the schedule's length to what
+  // fits; num_steps only caps it. The plan is recorded in the trainer state, and a resumed run keeps it.
+  double time_budget_s = 0;
+  // With time_budget_s: the warm-up as a share of the planned length (unset: schedule.warmup_steps).
+  std::optional<WarmupRule> warmup_rule;
+  // Where time_budget_s is counted from (the CLI: before the backend starts); unset: the trainer's start.
+  std::optional<std::chrono::steady_clock::time_point> started_at;
+  std::string recipe_label;  // for the banner: which recipe filled the unset hyperparameters
 
   // --- validation / logging / checkpoints ---
   int64_t val_check_interval = 100;

@@ -51,10 +51,16 @@ void validate_config(const TrainConfig& c, const Communicator& comm) {
   ESM2_CHECK(c.schedule.min_lr >= 0 && c.schedule.min_lr <= c.schedule.max_lr,
              "train: --min-lr must be in [0, --lr] (got {} with --lr {})", c.schedule.min_lr, c.schedule.max_lr);
   ESM2_CHECK(c.schedule.warmup_steps >= 0, "train: --warmup-steps must be >= 0");
-  ESM2_CHECK(c.schedule.warmup_steps < c.schedule.total_steps,
+  ESM2_CHECK(c.time_budget_s > 0 || c.schedule.warmup_steps < c.schedule.total_steps,
              "train: --warmup-steps {} is not below the schedule's {} steps (--num-steps, or --scheduler-num-steps): "
              "the learning rate would never reach --lr",
              c.schedule.warmup_steps, c.schedule.total_steps);
+  ESM2_CHECK(c.schedule.decay_fraction > 0 && c.schedule.decay_fraction <= 1,
+             "train: --lr-decay-fraction must be in (0, 1] (got {})", c.schedule.decay_fraction);
+  ESM2_CHECK(std::isfinite(c.time_budget_s) && c.time_budget_s >= 0, "train: --time-budget must be >= 0 (got {})",
+             c.time_budget_s);
+  ESM2_CHECK(c.time_budget_s == 0 || c.max_time_s == 0,
+             "train: give at most one of --time-budget (which already ends the run in time) and --max-time");
   ESM2_CHECK(c.optim.weight_decay >= 0, "train: --weight-decay must be >= 0");
   ESM2_CHECK(c.optim.beta1 >= 0 && c.optim.beta1 < 1 && c.optim.beta2 >= 0 && c.optim.beta2 < 1,
              "train: Adam betas must be in [0, 1)");
@@ -198,6 +204,7 @@ class Throughput {
     return r;
   }
   double eta_s(int64_t steps_left) const { return ema_step_s_ * static_cast<double>(steps_left); }
+  double ema_step_s() const { return ema_step_s_; }
   double training_tokens_per_s() const { return total_seconds_ > 0 ? total_tokens_ / total_seconds_ : 0; }
 
  private:
@@ -260,20 +267,29 @@ class Trainer {
 
  private:
   void print_banner() const;
+  void plan_time_budget();
+  void apply_budget(const BudgetPlan& p);
+  double compute_gradients(const StepBatch& batch);
   StepOutcome train_step();
   void on_nonfinite_step(const StepOutcome& s);
   void log_step(const StepOutcome& s);
   std::pair<bool, bool> stop_decision() const;  // (out of time, signal), agreed by every rank
   void validate_and_checkpoint(bool do_validation, bool final_save);
+  void validate_and_checkpoint_timed(bool do_validation, bool final_save);
   LossSum validate();
   void stop_nonfinite(const std::string& what);
   void write_run_report() const;
   double wall_s() const { return seconds_since(run_start_); }
+  bool over_budget() const;
+  int64_t stop_step(int64_t num_steps) const {
+    return cfg_.early_stop_on_step > 0 ? std::min(cfg_.early_stop_on_step, num_steps) : num_steps;
+  }
 
   const TrainConfig& cfg_;
   Communicator& comm_;
   Backend& backend_;
   const bool root_;
+  const Clock::time_point job_start_;  // --time-budget counts from here
   const fs::path run_dir_, ckpt_root_;
   ParallelGroups groups_;
   Communicator& dp_;
@@ -289,7 +305,9 @@ class Trainer {
   StartPoint start_;
   TrainerState& state_ = start_.state;
   std::unique_ptr<MetricsLogger> logger_;
-  const int64_t last_step_;
+  ScheduleConfig schedule_;  // cfg.schedule, with the length of a --time-budget plan
+  int64_t last_step_;
+  double eval_reserve_s_ = 0;  // --time-budget: the longest validation + checkpoint so far (or the plan's)
   const bool checkpointing_;
   const FaultInjection faults_ = fault_injection_from_env();  // test-only: empty unless ESM2_FAULT_INJECT is set
   Throughput throughput_;
@@ -322,6 +340,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& comm, Backend& backend)
       comm_(comm),
       backend_(backend),
       root_(comm.is_root()),
+      job_start_(cfg.started_at.value_or(Clock::now())),
       run_dir_(fs::path(cfg.result_dir) / cfg.experiment_name),
       ckpt_root_(run_dir_ / "checkpoints"),
       // [dist] DP × TP × PP grid (src/parallel/parallel_layout.h): data is split over DP only; every rank
@@ -338,8 +357,21 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& comm, Backend& backend)
       // [dist] ZeRO-1 (moments sharded over ranks) when world > 1, unless --no-distributed-optimizer.
       optim_(make_optimizer(model_, cfg.optim, dp_, cfg.distributed_optimizer, reduce_)),
       start_(load_start_point(cfg, ckpt_root_, model_, *optim_)),
-      last_step_(cfg.early_stop_on_step > 0 ? std::min(cfg.early_stop_on_step, cfg.num_steps) : cfg.num_steps),
+      schedule_(cfg.schedule),
+      last_step_(stop_step(cfg.num_steps)),
       checkpointing_(!cfg.disable_checkpointing) {
+  // A run planned by --time-budget keeps its schedule when it continues (exact resume), whatever the
+  // flags of the continuing command. A --time-budget plan starts at step 0: a checkpoint of a run
+  // without one has no budget to continue.
+  if (state_.budget) {
+    apply_budget(*state_.budget);
+    eval_reserve_s_ = state_.budget->eval_s;
+  } else {
+    ESM2_CHECK(cfg.time_budget_s == 0 || state_.step == 0,
+               "train: --time-budget plans a schedule from step 0, but this run starts at step {} from a checkpoint "
+               "of a run without --time-budget; continue it with --num-steps (and --max-time to bound the call)",
+               state_.step);
+  }
   if (root_) {
     claim_run_dir(run_dir_, cfg_);
     check_writable(run_dir_);
@@ -382,13 +414,116 @@ void Trainer::print_banner() const {
                                          validation_.global_batches)
                            : std::string("none"));
   // Global batch = micro × world × accumulation / (TP × PP): model-parallel ranks share their batch.
-  fmt::print("batch: {} × {} DP rank(s) × {} accumulation; max length {}; lr {} (min {}, warmup {}, {} steps, {})\n",
+  const bool planned_later = cfg_.time_budget_s > 0 && !state_.budget;
+  fmt::print("batch: {} × {} DP rank(s) × {} accumulation; max length {}; lr {} (min {}, {}, {}){}\n",
              dc.micro_batch_tokens > 0 ? fmt::format("{} tokens (packed)", dc.micro_batch_tokens)
                                        : fmt::format("{} sequences", dc.micro_batch_size),
-             groups_.dp_size, dc.accumulate_grad_batches, dc.max_seq_length, cfg_.schedule.max_lr,
-             cfg_.schedule.min_lr, cfg_.schedule.warmup_steps, cfg_.schedule.total_steps,
-             schedule_kind_name(cfg_.schedule.kind));
+             groups_.dp_size, dc.accumulate_grad_batches, dc.max_seq_length, schedule_.max_lr, schedule_.min_lr,
+             planned_later ? fmt::format("warmup and steps from the {} s time budget", cfg_.time_budget_s)
+                           : fmt::format("warmup {}, {} steps", schedule_.warmup_steps, schedule_.total_steps),
+             schedule_kind_name(schedule_.kind),
+             cfg_.recipe_label.empty() ? std::string() : fmt::format("; recipe {}", cfg_.recipe_label));
+  fmt::print("AdamW: beta1 {}, beta2 {}, eps {}, weight decay {}, clip {}{}\n", cfg_.optim.beta1, cfg_.optim.beta2,
+             cfg_.optim.eps, cfg_.optim.weight_decay, cfg_.optim.clip_grad,
+             schedule_.kind == ScheduleKind::WarmupStableDecay
+                 ? fmt::format("; lr decay over the last {} of the steps", schedule_.decay_fraction)
+                 : std::string());
   std::fflush(stdout);
+}
+
+// Forward/backward over a step's micro-batches into freshly zeroed gradients; returns the loss sum.
+double Trainer::compute_gradients(const StepBatch& batch) {
+  model_.zero_grads();
+  const float grad_scale = 1.0f / static_cast<float>(batch.global_num_labels);
+  double loss_acc = 0;
+  if (pipeline_) {
+    loss_acc = pipeline_->train_step(batch.micro, grad_scale).loss_sum;  // [pp] 1F1B; loss on every stage
+  } else {
+    // [dist] The last micro-batch's backward starts the gradient reduction as buckets finish.
+    for (size_t i = 0; i < batch.micro.size(); ++i) {
+      if (i + 1 == batch.micro.size()) model_.set_grad_ready_hook(optim_->grad_ready_hook());
+      loss_acc += model_.forward_backward(batch.micro[i], grad_scale).loss_sum;
+    }
+    model_.set_grad_ready_hook(nullptr);
+  }
+  return loss_acc;
+}
+
+void Trainer::apply_budget(const BudgetPlan& p) {
+  schedule_.total_steps = p.num_steps;
+  schedule_.warmup_steps = p.warmup_steps;
+  last_step_ = stop_step(p.num_steps);
+}
+
+// --time-budget: times a step (forward, backward, reduction, gradient norm) and a validation pass, then
+// fixes the schedule's length to what the rest of the budget holds. The timed steps change nothing:
+// the first real step recomputes the gradients and the data position is rewound, so the run trains
+// exactly as a --num-steps run of the planned length would (tested).
+void Trainer::plan_time_budget() {
+  constexpr int kUntimed = 1, kTimed = 3;  // the first step pays one-time allocations and plans
+  const DataPosition start = state_.data;
+  double timed_s = 0;
+  for (int i = 0; i < kUntimed + kTimed; ++i) {
+    const auto t0 = Clock::now();
+    const StepBatch batch = data_.next_step(state_.data, groups_.dp_rank, groups_.dp_size);
+    compute_gradients(batch);
+    optim_->reduce_gradients();
+    (void)optim_->grad_norm();  // reads the norm on the host: the step's device work is done
+    if (i >= kUntimed) timed_s += seconds_since(t0);
+  }
+  state_.data = start;
+  double val_s = 0;
+  if (valid_corpus_) {
+    const auto t0 = Clock::now();
+    validate();
+    val_s = seconds_since(t0);
+  }
+  // A checkpoint is not timed (it would leave one behind): weights and both moments in fp32 at an
+  // assumed 0.5 GB/s. Any slower save raises the reserve the run keeps for its last one.
+  const double ckpt_s =
+      checkpointing_ ? 0.05 + 12.0 * static_cast<double>(cfg_.model.num_parameters()) / 0.5e9 : 0.0;
+  // [dist] Every rank plans from the same numbers (the ranks' means).
+  double m[3] = {timed_s / kTimed, val_s, seconds_since(job_start_)};
+  if (comm_.world_size() > 1) {
+    comm_.allreduce_sum(m, 3, "time budget plan");
+    for (double& x : m) x /= comm_.world_size();
+  }
+  const double step_s = std::max(m[0], 1e-6), eval_s = m[1] + ckpt_s, elapsed = m[2];
+  const double budget = cfg_.time_budget_s;
+  // Left unplanned: the report and exit, and jitter in the step time.
+  const double usable = budget - elapsed - (0.5 + 0.02 * budget);
+  const int64_t vci = cfg_.val_check_interval;
+  const auto cost = [&](int64_t n) { return static_cast<double>(n) * step_s + static_cast<double>((n + vci - 1) / vci) * eval_s; };
+  int64_t n = 0;
+  if (usable > 0) {
+    const double fit = std::floor(usable / (step_s + eval_s / static_cast<double>(vci)));
+    n = static_cast<int64_t>(std::min(fit, static_cast<double>(cfg_.num_steps)));
+    while (n > 0 && cost(n) > usable) --n;
+  }
+  ESM2_CHECK(n >= 1,
+             "train: --time-budget {} s holds no training step: {:.1f} s went to start-up and timing, a step takes "
+             "{:.3f} s and a validation + checkpoint {:.2f} s",
+             budget, elapsed, step_s, eval_s);
+  const int64_t warmup = cfg_.warmup_rule ? cfg_.warmup_rule->steps(n) : cfg_.schedule.warmup_steps;
+  ESM2_CHECK(warmup < n, "train: --time-budget {} s holds {} steps, not more than --warmup-steps {}; give a longer "
+             "budget or fewer warm-up steps", budget, n, warmup);
+  state_.budget = BudgetPlan{budget, n, warmup, step_s, eval_s};
+  apply_budget(*state_.budget);
+  eval_reserve_s_ = eval_s;
+  if (root_) {
+    fmt::print("time budget {} s: {:.1f} s start-up and timing; a step {:.4f} s, a validation + checkpoint {:.2f} s "
+               "→ {} steps (warmup {}{}), about {:.0f} s of training\n",
+               budget, elapsed, step_s, eval_s, n, warmup, n == cfg_.num_steps ? ", capped by --num-steps" : "",
+               cost(n));
+    std::fflush(stdout);
+  }
+}
+
+// --time-budget's guard: the steps were planned from a short timing; if they run slower, the run stops
+// early enough for its last validation and checkpoint (with a schedule cut short).
+bool Trainer::over_budget() const {
+  if (cfg_.time_budget_s <= 0 || state_.step >= last_step_) return false;
+  return seconds_since(job_start_) + throughput_.ema_step_s() + eval_reserve_s_ > cfg_.time_budget_s;
 }
 
 // Forward/backward over the step's micro-batches and the gradient reduction; the optimizer update is
@@ -399,19 +534,7 @@ StepOutcome Trainer::train_step() {
   s.data_before = state_.data;
   s.batch = data_.next_step(state_.data, groups_.dp_rank, groups_.dp_size);
   ESM2_CHECK(s.batch.global_num_labels > 0, "train: step {} has no labelled positions", state_.step);
-  model_.zero_grads();
-  const float grad_scale = 1.0f / static_cast<float>(s.batch.global_num_labels);
-  double loss_acc = 0;
-  if (pipeline_) {
-    loss_acc = pipeline_->train_step(s.batch.micro, grad_scale).loss_sum;  // [pp] 1F1B; loss on every stage
-  } else {
-    // [dist] The last micro-batch's backward starts the gradient reduction as buckets finish.
-    for (size_t i = 0; i < s.batch.micro.size(); ++i) {
-      if (i + 1 == s.batch.micro.size()) model_.set_grad_ready_hook(optim_->grad_ready_hook());
-      loss_acc += model_.forward_backward(s.batch.micro[i], grad_scale).loss_sum;
-    }
-    model_.set_grad_ready_hook(nullptr);
-  }
+  double loss_acc = compute_gradients(s.batch);
   // Test-only fault, injected before the reduction so that it reaches what the optimizer reads
   // (ZeRO-1 reads its reduced shard, not the model's gradient buffer).
   if (faults_.poison_grad_at(state_.step)) {
@@ -421,7 +544,7 @@ StepOutcome Trainer::train_step() {
   optim_->reduce_gradients();  // [dist] all-reduce, or ZeRO-1 reduce-scatter
   if (dp_.world_size() > 1) dp_.allreduce_sum(&loss_acc, 1, "loss all-reduce");
   s.loss = loss_acc / static_cast<double>(s.batch.global_num_labels);
-  s.lr = learning_rate(cfg_.schedule, state_.step);
+  s.lr = learning_rate(schedule_, state_.step);
   s.grad_norm = optim_->grad_norm();
   if (s.finite()) optim_->step_with_norm(s.lr, s.grad_norm);
   else on_nonfinite_step(s);
@@ -488,7 +611,7 @@ void Trainer::log_step(const StepOutcome& s) {
 }
 
 std::pair<bool, bool> Trainer::stop_decision() const {
-  bool out_of_time = cfg_.max_time_s > 0 && wall_s() >= cfg_.max_time_s;
+  bool out_of_time = (cfg_.max_time_s > 0 && wall_s() >= cfg_.max_time_s) || over_budget();
   bool signal = stop_.requested();
   if (comm_.world_size() > 1) {
     // [dist] Clocks and signals are per rank: every rank must take the same decision this step.
@@ -509,6 +632,12 @@ LossSum Trainer::validate() {
 // A non-finite validation loss goes through --on-nonfinite like a training one: the state is never
 // checkpointed (so never the best or latest good state); stop ends the run, skip goes on.
 void Trainer::validate_and_checkpoint(bool do_validation, bool final_save) {
+  const auto t_start = Clock::now();
+  validate_and_checkpoint_timed(do_validation, final_save);
+  eval_reserve_s_ = std::max(eval_reserve_s_, seconds_since(t_start));
+}
+
+void Trainer::validate_and_checkpoint_timed(bool do_validation, bool final_save) {
   double val_loss = std::nan("");
   if (do_validation && valid_corpus_) {
     const auto t0 = Clock::now();
@@ -552,6 +681,7 @@ void Trainer::write_run_report() const {
 TrainResult Trainer::run() {
   print_banner();
   run_start_ = Clock::now();
+  if (cfg_.time_budget_s > 0 && !state_.budget) plan_time_budget();
   while (state_.step < last_step_) {
     const StepOutcome s = train_step();
     state_.step += 1;
@@ -563,8 +693,14 @@ TrainResult Trainer::run() {
     const bool at_end = state_.step == last_step_ || out_of_time;
     if (val_due || at_end || signal) validate_and_checkpoint(val_due || at_end, at_end || signal);
     if (out_of_time && state_.step < last_step_) {
-      if (root_) fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; checkpoint saved, stopping\n",
-                            cfg_.max_time_s, state_.step);
+      if (root_) {
+        if (cfg_.time_budget_s > 0)
+          fmt::print("esm2 train: steps slower than planned: stopped at step {} of {} to end within the --time-budget "
+                     "of {:.0f} s; checkpoint saved\n", state_.step, last_step_, cfg_.time_budget_s);
+        else
+          fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; checkpoint saved, stopping\n",
+                     cfg_.max_time_s, state_.step);
+      }
       break;
     }
     if (signal) {

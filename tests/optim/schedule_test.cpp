@@ -34,8 +34,29 @@ TEST(Schedule, ConstantAndCosine) {
   EXPECT_NEAR(learning_rate(c, 500), 1e-4, 1e-15);
 }
 
+TEST(Schedule, WarmupStableDecay) {
+  // T 100, decay 20% → D 20, the decay starts at step 80 and reaches min_lr at 100.
+  ScheduleConfig c{ScheduleKind::WarmupStableDecay, 1e-3, 1e-4, 10, 100, 0.2};
+  EXPECT_EQ(learning_rate(c, 0), 0.0);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 5), 5e-4);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 10), 1e-3);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 79), 1e-3);             // stable
+  EXPECT_DOUBLE_EQ(learning_rate(c, 80), 1e-3);             // first decay step: q = 0
+  EXPECT_DOUBLE_EQ(learning_rate(c, 90), 5.5e-4);           // 1e-3 − 9e-4·10/20
+  EXPECT_DOUBLE_EQ(learning_rate(c, 99), 1.45e-4);          // 1e-3 − 9e-4·19/20
+  EXPECT_DOUBLE_EQ(learning_rate(c, 100), 1e-4);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 5000), 1e-4);
+  // A decay longer than the steps after warmup starts right after warmup: 90% of 20 → D 18, S = W = 10.
+  ScheduleConfig d{ScheduleKind::WarmupStableDecay, 1e-3, 1e-4, 10, 20, 0.9};
+  EXPECT_DOUBLE_EQ(learning_rate(d, 10), 1e-3);
+  EXPECT_DOUBLE_EQ(learning_rate(d, 15), 5.5e-4);
+  EXPECT_DOUBLE_EQ(learning_rate(d, 20), 1e-4);
+  for (int t = 10; t < 30; ++t) ASSERT_LE(learning_rate(d, t + 1), learning_rate(d, t));
+}
+
 TEST(Schedule, ParseNames) {
   EXPECT_EQ(parse_schedule_kind("cosine"), ScheduleKind::Cosine);
+  EXPECT_EQ(parse_schedule_kind("warmup_stable_decay"), ScheduleKind::WarmupStableDecay);
   EXPECT_EQ(parse_schedule_kind(schedule_kind_name(ScheduleKind::WarmupAnnealDecayHold)),
             ScheduleKind::WarmupAnnealDecayHold);
   EXPECT_THROW(parse_schedule_kind("linear"), Error);

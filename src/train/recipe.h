@@ -1,0 +1,44 @@
+// Training recipes: the hyperparameters `esm2 train` uses where no flag sets them (docs/recipes.md).
+// `tuned` (the default) is the preset's row of the time-to-quality table (issue 20's sweep,
+// bench/sweep_device_run.sh); `esm2-paper` is the reference's recipe. Explicit flags always win.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/enum_names.h"
+#include "optim/optimizer_config.h"
+#include "optim/schedule.h"
+
+namespace esm2 {
+
+// Warm-up as a share of the schedule's steps, at most `cap` steps. A rule rather than a count because
+// a --time-budget run learns its length only after measuring its throughput.
+struct WarmupRule {
+  double fraction = 0.1;
+  int64_t cap = 2000;
+  int64_t steps(int64_t schedule_steps) const;  // min(cap, floor(fraction × schedule_steps))
+};
+
+struct Recipe {
+  std::string label;          // for the banner and the report: "tuned (8M)", "esm2-paper"
+  ScheduleKind schedule = ScheduleKind::WarmupAnnealDecayHold;
+  double lr = 4e-4;
+  double min_lr_ratio = 0.1;  // min_lr = ratio × lr
+  WarmupRule warmup;
+  double decay_fraction = 0.2;  // warmup_stable_decay only
+  OptimizerConfig optim;
+  // The batch, used only when none of --micro-batch-tokens/--micro-batch-size/--accumulate-grad-batches
+  // is given. Per rank: with N data-parallel ranks the global batch is N times this.
+  int64_t micro_batch_tokens = 16384;
+  int accumulate_grad_batches = 1;
+  int64_t tokens_per_step() const { return micro_batch_tokens * accumulate_grad_batches; }
+};
+
+enum class RecipeKind { Tuned, Esm2Paper };
+inline constexpr EnumName<RecipeKind> kRecipeNames[] = {{"tuned", RecipeKind::Tuned},
+                                                        {"esm2-paper", RecipeKind::Esm2Paper}};
+
+// The preset's recipe. Presets without a tuned row (demo, esm2_t6_8M, 3B, 15B) get esm2-paper.
+Recipe training_recipe(RecipeKind kind, const std::string& preset);
+
+}  // namespace esm2
