@@ -26,6 +26,15 @@
 # the device rebuilds train.fasta from the TSV's member column.
 # State between the two calls lives in runs/pretrain/ (git-ignored, so a warm machine keeps it, like
 # build/). PHASE=2 on a machine that lost it stops with a message instead of silently starting over.
+# Recipes (issue 20): OURS_RECIPE=tuned (default: `--preset 8M` with the tuned recipe's defaults,
+# src/train/recipe.cpp: no lr/warm-up/schedule flags, its batch 65,536 × 2 passed explicitly so the plan
+# below knows it) or readme (the former README recipe: lr 4e-4, 100 warm-up steps, 65,536 × 4).
+# HF_RECIPE=hf (default: what a Hugging Face user runs: padded batches of 64 sequences, lr 4e-4, 500
+# warm-up steps, linear decay to 0) or ours (the HF model on our batch size and schedule, as before).
+# With PHASES=1 (one call) ours runs under `--time-budget MAX_TIME`: its start-up, validations and
+# final checkpoint are inside the same wall time as HF's --max-time (which starts after Python's
+# imports and model set-up, and includes torch.compile). For the issue-20 comparison on one call:
+#   PHASES=1 PHASE=1 bench/pretrain_device_run.sh --max-time 200     (2 GPUs: ~6 min; 1 GPU: ~9 min)
 # Writes under $OUT: pretrain_phase<P>.json (both runs: steps, tokens, time, validation curves, the
 # esm2 eval results), pretrain_phase<P>.log, the runs' metrics.jsonl, train logs, our report.html + PNGs.
 set -uo pipefail
@@ -59,11 +68,23 @@ OUT=${OUT:-/tmp/out}
 DEPS=${DEPS:-.carry/deps}
 DATA=${DATA:-.carry/swissprot}
 W=runs/pretrain                       # state kept between the calls
+OURS_RECIPE=${OURS_RECIPE:-tuned}
+HF_RECIPE=${HF_RECIPE:-hf}
 MBT=${MBT:-65536}                     # our packed micro-batch (tokens)
-ACC=${ACC:-4}                         # accumulation: global batch MBT x ACC = 262,144 tokens
+if [ "$OURS_RECIPE" = tuned ]; then
+  ACC=${ACC:-2}                       # the tuned 8M row: 65,536 x 2 = 131,072 tokens per step
+  OURS_FLAGS=()                       # lr, warm-up, schedule, AdamW: the recipe's
+else
+  ACC=${ACC:-4}                       # accumulation: global batch MBT x ACC = 262,144 tokens
+  OURS_FLAGS=(--recipe esm2-paper --lr "${LR:-4e-4}" --warmup-steps "${WARMUP:-100}")
+fi
 LR=${LR:-4e-4}
 WARMUP=${WARMUP:-100}
-HF_MBS=${HF_MBS:-128}                 # HF sequences per padded micro-batch
+if [ "$HF_RECIPE" = hf ]; then
+  HF_FLAGS=(--sequences-per-step 64 --micro-batch-size 64 --lr 4e-4 --warmup-steps 500 --min-lr 0)
+else
+  HF_FLAGS=(--tokens-per-step $((MBT * ACC)) --micro-batch-size "${HF_MBS:-128}" --lr "$LR" --warmup-steps "$WARMUP")
+fi
 HF_COMPILE=${HF_COMPILE:-1}
 PY=${PY:-/opt/torch/.venv/bin/python3}
 mkdir -p "$OUT" "$W"
@@ -72,7 +93,8 @@ step() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv >> "$LOG" 2>&1
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
-step "phase $PHASE of $PHASES, --max-time $MAX_TIME s per run, $NGPU GPU(s)"
+step "phase $PHASE of $PHASES, --max-time $MAX_TIME s per run, $NGPU GPU(s), ours: $OURS_RECIPE recipe, HF: $HF_RECIPE recipe"
+export OURS_RECIPE HF_RECIPE
 
 step "build"
 mkdir -p /tmp/deps
@@ -111,7 +133,7 @@ if [ "$PHASE" = 1 ]; then
     --data "$W/corpus/train" --steps 10 --warmup 3 --peak-tflops 989 --json "$OUT/bench_8M.json" >> "$LOG" 2>&1 ||
     step "bench FAILED"
   TPS=$($PY -c "import json; print(json.load(open('$OUT/bench_8M.json'))['real_tokens_per_s'])" 2>/dev/null || echo 1000000)
-  NUM_STEPS=$($PY -c "print(max(int(0.9 * $TPS * $MAX_TIME * $PHASES / ($MBT * $ACC)), $WARMUP + 10))")
+  NUM_STEPS=$($PY -c "print(max(int(0.9 * $TPS * $MAX_TIME * $PHASES / ($MBT * $ACC)), 120))")
   VAL_EVERY=$(( NUM_STEPS / (5 * PHASES) > 0 ? NUM_STEPS / (5 * PHASES) : 1 ))
   printf 'NUM_STEPS=%s\nVAL_EVERY=%s\nSCHEDULE_TIME=%s\nPLAN_MAX_TIME=%s\n' "$NUM_STEPS" "$VAL_EVERY" \
     "$((MAX_TIME * PHASES))" "$MAX_TIME" > "$W/plan.env"
@@ -129,12 +151,14 @@ if [ "$MAX_TIME" != "$PLAN_MAX_TIME" ]; then  # both schedules were sized for PH
 fi
 
 train_ours() {
-  local t0=$SECONDS
+  local t0=$SECONDS length
+  # One call: the whole run inside --time-budget; two: a schedule over both calls, each stopped by --max-time.
+  if [ "$PHASES" = 1 ]; then length=(--time-budget "$MAX_TIME"); else length=(--num-steps "$NUM_STEPS" --max-time "$MAX_TIME"); fi
   CUDA_VISIBLE_DEVICES=0 timeout $((MAX_TIME + 180)) $E train --train-data "$W/corpus/train" \
     --valid-data "$W/corpus/valid" --preset 8M --backend cuda --precision bf16-mixed \
-    --micro-batch-tokens "$MBT" --accumulate-grad-batches "$ACC" --num-steps "$NUM_STEPS" \
-    --warmup-steps "$WARMUP" --lr "$LR" --val-check-interval "$VAL_EVERY" --limit-val-batches 100000 \
-    --log-every-n-steps 20 --max-time "$MAX_TIME" --result-dir "$W" --experiment-name ours --seed 1 \
+    --micro-batch-tokens "$MBT" --accumulate-grad-batches "$ACC" "${length[@]}" "${OURS_FLAGS[@]}" \
+    --val-check-interval "$VAL_EVERY" --limit-val-batches 100000 \
+    --log-every-n-steps 20 --result-dir "$W" --experiment-name ours --seed 1 \
     --resume-if-exists > "$OUT/train_ours_phase$PHASE.log" 2>&1
   echo "ours exit $?" >> "$LOG"
   echo "$((SECONDS - t0))" > "$W/ours_wall_phase$PHASE"  # process wall time incl. start-up and the last save
@@ -146,8 +170,7 @@ train_hf() {  # $1: GPU index
   run_hf() {
     CUDA_VISIBLE_DEVICES=$1 timeout $((MAX_TIME + 240)) $PY scripts/hf_pretrain_baseline.py \
       --train-data "$W/corpus/train" --preset 8M --out "$W/hf" --max-time "$MAX_TIME" $resume $2 \
-      --tokens-per-step $((MBT * ACC)) --micro-batch-size "$HF_MBS" --lr "$LR" --warmup-steps "$WARMUP" \
-      --num-steps 0 --schedule-time "$SCHEDULE_TIME" --save-every $((SCHEDULE_TIME / (5 * PHASES))) \
+      "${HF_FLAGS[@]}" --num-steps 0 --schedule-time "$SCHEDULE_TIME" --save-every $((SCHEDULE_TIME / (5 * PHASES))) \
       --log-every 10 >> "$OUT/train_hf_phase$PHASE.log" 2>&1
   }
   run_hf "$1" "$compile"
@@ -245,7 +268,8 @@ def wall(name):
     except (OSError, ValueError):
         return None
 ours["process_wall_s"], hf["process_wall_s"] = wall("ours"), wall("hf")
-res = {"phase": phase, "max_time_s_per_run": max_time, "gpus": ngpu,
+res = {"phase": phase, "max_time_s_per_run": max_time, "ours_recipe": os.environ.get("OURS_RECIPE"),
+       "hf_recipe": os.environ.get("HF_RECIPE"), "gpus": ngpu,
        "concurrent": ngpu >= 2, "bench": load(os.path.join(out, "bench_8M.json")), "ours": ours, "hf": hf}
 if ours["eval"] and hf["eval"]:
     res["ours_lower_ppl"] = ours["eval"]["val_ppl"] < hf["eval"]["val_ppl"]
