@@ -100,10 +100,10 @@ readme-8M        60 8M  65536 4 --recipe esm2-paper --lr 4e-4 warmup=0.083
 tuned-8M         60 8M  65536 2
 lr1e-3-8M        60 8M  65536 2 --lr 1e-3
 lr4e-3-8M        60 8M  65536 2 --lr 4e-3
-tok262k-8M       60 8M  65536 4
-tok65k-8M        60 8M  65536 1
 cosine-8M        60 8M  65536 2 --lr-schedule cosine
+tok262k-8M       60 8M  65536 4
 wadh-8M          60 8M  65536 2 --lr-schedule warmup_anneal_decay_hold
+tok65k-8M        60 8M  65536 1
 beta2-0.99-8M    60 8M  65536 2 --adam-beta2 0.99
 wd0.1-8M         60 8M  65536 2 --weight-decay 0.1
 warm2pct-8M      60 8M  65536 2 warmup=0.02

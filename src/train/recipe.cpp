@@ -39,7 +39,7 @@ constexpr TunedRow kTuned[] = {
     {"8M", ScheduleKind::WarmupStableDecay, 2e-3, 0.05, 0.2, 0.98, 65536, 2},
     {"35M", ScheduleKind::WarmupStableDecay, 1e-3, 0.05, 0.2, 0.98, 65536, 4},
     {"150M", ScheduleKind::WarmupStableDecay, 6e-4, 0.05, 0.2, 0.98, 32768, 8},
-    {"650M", ScheduleKind::WarmupStableDecay, 4e-4, 0.05, 0.2, 0.98, 16384, 16},
+    {"650M", ScheduleKind::WarmupStableDecay, 3e-4, 0.05, 0.2, 0.98, 16384, 16},
 };
 
 }  // namespace
