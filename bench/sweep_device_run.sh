@@ -40,6 +40,7 @@ DEPS=${DEPS:-.carry/deps}
 DATA=${DATA:-.carry/swissprot}
 PY=${PY:-/opt/torch/.venv/bin/python3}
 W=/tmp/sweep
+rm -rf "$W/runs" "$W"/eval_*.json "$W"/bench_*.json  # a warm machine keeps /tmp: no stale run may enter the table
 mkdir -p "$OUT" "$W"
 LOG="$OUT/sweep.log"
 step() { echo "[$(date -u +%T) +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
