@@ -9,7 +9,8 @@
 # on the GPU, start-up and validations included.
 #
 # Takes: ~9 minutes (DEADLINE_S=530 s from its start, then it stops launching; the table is written
-# after every wave and at the end whatever happens): build ~45-60 s, corpus ~20 s, one bench per
+# after every wave and at the end whatever happens): build ~45-60 s, corpus ~10 s, a 30 s
+# `esm2 train --time-budget 30` check alone on the GPU (TB_CHECK=0 skips it), one bench per
 # (preset, micro-batch) ~15 s, then waves of 2 × 60 s configs (~2 min a wave with no concurrency gain,
 # less with) and ~5 s of `esm2 eval` per run. Adaptive: a wave is launched only when the time it is
 # predicted to take (the first wave measures how much concurrency gains) fits before the deadline; a
@@ -22,7 +23,8 @@
 #   CONFIGS=my.txt bench/sweep_device_run.sh        # lines "name budget_s preset micro_tokens accumulation [flags]"
 # Env: DEADLINE_S (530), CONC (2 concurrent trainings), VALS (5 validations per run), GPU (0).
 # A dry run of the orchestration without a GPU (what was run before committing it):
-#   ESM2=build/esm2 CORPUS=dir-with-train-and-valid BACKEND=cpu CONFIGS=tiny.txt DEADLINE_S=120 bench/sweep_device_run.sh
+#   ESM2=build/esm2 CORPUS=dir-with-train-and-valid BACKEND=cpu CONFIGS=tiny.txt DEADLINE_S=150 VALS=2 \
+#     TB_CHECK=10 TB_PRESET=demo TB_FLAGS="--micro-batch-tokens 1024" PY=python3 bench/sweep_device_run.sh
 # Flags of a config may hold warmup=F (warm-up = F × the planned steps, as --warmup-steps).
 # Carry (made here): .carry/deps/*.deb (libsqlite3-0/-dev, libsnappy1v5/-dev: the device lacks them) and
 # .carry/swissprot/ (scripts/fetch-swissprot.sh, then bench/pretrain_device_run.sh --make-carry
@@ -40,7 +42,7 @@ DEPS=${DEPS:-.carry/deps}
 DATA=${DATA:-.carry/swissprot}
 PY=${PY:-/opt/torch/.venv/bin/python3}
 W=/tmp/sweep
-rm -rf "$W/runs" "$W"/eval_*.json "$W"/bench_*.json  # a warm machine keeps /tmp: no stale run may enter the table
+rm -rf "$W/runs" "$W"/eval_*.json "$W"/bench_*.json "$W"/tb_check.*  # a warm machine keeps /tmp: no stale run may enter the table
 mkdir -p "$OUT" "$W"
 LOG="$OUT/sweep.log"
 step() { echo "[$(date -u +%T) +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
@@ -115,6 +117,22 @@ tuned-35M        60 35M 65536 4
 lr2e-3-35M       60 35M 65536 4 --lr 2e-3
 EOF
 fi
+# `esm2 train --time-budget` itself on the GPU, alone: the run must end within its budget, start-up
+# included (the process's wall time is measured outside it); its plan line shows the step time it timed.
+TB_CHECK=${TB_CHECK:-30}
+if [ "$TB_CHECK" != 0 ]; then
+  step "check: esm2 train --preset ${TB_PRESET:-8M} --time-budget $TB_CHECK ${TB_FLAGS:-} (its recipe), alone on the GPU"
+  t0=$(date +%s%N)
+  CUDA_VISIBLE_DEVICES=${GPU:-0} timeout -k 10 $((TB_CHECK + 60)) $E train --train-data "$W/corpus/train" \
+    --valid-data "$W/corpus/valid" --preset "${TB_PRESET:-8M}" --backend "${BACKEND:-cuda}" --time-budget "$TB_CHECK" \
+    --limit-val-batches 100000 --log-every-n-steps 10 --seed 1 --no-tensorboard --result-dir "$W/runs" \
+    --experiment-name time-budget-check --force ${TB_FLAGS:-} > "$W/tb_check.log" 2>&1
+  rc=$?
+  wall=$(( ($(date +%s%N) - t0) / 1000000 ))
+  { echo "exit $rc, process wall $wall ms for --time-budget $TB_CHECK s"; grep -E "^time budget|slower than planned|^esm2 train: done" "$W/tb_check.log"; } |
+    tee "$W/tb_check.txt" | tee -a "$LOG"
+fi
+
 step "plan $PLAN: $(grep -c . "$W/configs.txt") configs, ${CONC:-2} at a time, deadline +${DEADLINE_S}s"
 
 $PY - "$E" "$W" "$OUT" "$((T0 + DEADLINE_S))" "${CONC:-2}" "${VALS:-5}" "${GPU:-0}" "${BACKEND:-cuda}" <<'PY' 2>&1 | tee -a "$LOG"
@@ -255,8 +273,11 @@ def write_table():
     with open(os.path.join(OUT, "sweep.tsv"), "w") as f:
         f.write("\n".join(rows) + "\n")
     js = [{k: v for k, v in c.items() if k not in ("proc",)} | {"val_curve": curves(c)} for c in configs]
+    tb = os.path.join(W, "tb_check.txt")
+    tb = open(tb).read() if os.path.exists(tb) else None
     with open(os.path.join(OUT, "sweep.json"), "w") as f:
-        json.dump({"bench": bench, "concurrency": CONC, "validations_per_run": VALS, "configs": js}, f, indent=1)
+        json.dump({"time_budget_check": tb, "bench": bench, "concurrency": CONC, "validations_per_run": VALS,
+                   "configs": js}, f, indent=1)
 
 for c in configs:
     c["status"] = "queued"
@@ -328,6 +349,10 @@ with tarfile.open(os.path.join(OUT, "curves.tar.gz"), "w:gz") as tf:
             p = os.path.join(W, "runs", suffix)
             if os.path.exists(p):
                 tf.add(p, arcname=suffix)
+    for p, name in ((os.path.join(W, "tb_check.log"), "time-budget-check.log"),
+                    (os.path.join(W, "runs", "time-budget-check", "metrics.jsonl"), "time-budget-check/metrics.jsonl")):
+        if os.path.exists(p):
+            tf.add(p, arcname=name)
 print(open(os.path.join(OUT, "sweep.tsv")).read())
 PY
 step "done"
