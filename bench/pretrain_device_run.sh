@@ -26,7 +26,7 @@
 # the device rebuilds train.fasta from the TSV's member column.
 # State between the two calls lives in runs/pretrain/ (git-ignored, so a warm machine keeps it, like
 # build/). PHASE=2 on a machine that lost it stops with a message instead of silently starting over.
-# Recipes (issue 20): OURS_RECIPE=tuned (default: `--preset 8M` with the tuned recipe's defaults,
+# Recipes (issue 20): OURS_RECIPE=short-run (default: `--preset 8M` with the short-run recipe's defaults,
 # src/train/recipe.cpp: no lr/warm-up/schedule flags, its batch 65,536 × 2 passed explicitly so the plan
 # below knows it) or readme (the former README recipe: lr 4e-4, 100 warm-up steps, 65,536 × 4).
 # HF_RECIPE=hf (default: what a Hugging Face user runs: padded batches of 64 sequences, lr 4e-4, 500
@@ -68,12 +68,12 @@ OUT=${OUT:-/tmp/out}
 DEPS=${DEPS:-.carry/deps}
 DATA=${DATA:-.carry/swissprot}
 W=runs/pretrain                       # state kept between the calls
-OURS_RECIPE=${OURS_RECIPE:-tuned}
+OURS_RECIPE=${OURS_RECIPE:-short-run}
 HF_RECIPE=${HF_RECIPE:-hf}
 MBT=${MBT:-65536}                     # our packed micro-batch (tokens)
-if [ "$OURS_RECIPE" = tuned ]; then
-  ACC=${ACC:-2}                       # the tuned 8M row: 65,536 x 2 = 131,072 tokens per step
-  OURS_FLAGS=()                       # lr, warm-up, schedule, AdamW: the recipe's
+if [ "$OURS_RECIPE" = short-run ]; then
+  ACC=${ACC:-2}                       # the short-run 8M row: 65,536 x 2 = 131,072 tokens per step
+  OURS_FLAGS=(--recipe short-run)    # lr, warm-up, schedule, AdamW: the recipe's
 else
   ACC=${ACC:-4}                       # accumulation: global batch MBT x ACC = 262,144 tokens
   OURS_FLAGS=(--recipe esm2-paper --lr "${LR:-4e-4}" --warmup-steps "${WARMUP:-100}")

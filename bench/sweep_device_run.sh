@@ -19,7 +19,7 @@
 #
 # Usage (repository root on the device; the run's command):
 #   bench/sweep_device_run.sh                       # PLAN=sweep: the 60 s grid below, in priority order
-#   PLAN=confirm BEST="--lr 3e-3" bench/sweep_device_run.sh   # 200 s: tuned, README recipe, tuned+BEST
+#   PLAN=confirm BEST="--lr 3e-3" bench/sweep_device_run.sh   # 200 s: short-run, README recipe, short-run+BEST
 #   CONFIGS=my.txt bench/sweep_device_run.sh        # lines "name budget_s preset micro_tokens accumulation [flags]"
 # Env: DEADLINE_S (530), CONC (2 concurrent trainings), VALS (5 validations per run), GPU (0).
 # A dry run of the orchestration without a GPU (what was run before committing it):
@@ -85,36 +85,36 @@ $E prepare --fasta /tmp/swissprot/valid.fasta --output "$W/corpus/valid" --force
   { step "prepare valid FAILED"; exit 1; }
 fi
 
-# The configs, most important first. The tuned rows of src/train/recipe.cpp are what `--recipe tuned`
-# gives; every config passes its batch explicitly (the same values where it is the recipe's).
+# The configs, most important first. The short-run rows of src/train/recipe.cpp are what `--recipe short-run`
+# gives (esm2-paper is the default, so those configs name it); every config passes its batch explicitly.
 if [ -n "${CONFIGS:-}" ]; then
   cp "$CONFIGS" "$W/configs.txt"
 elif [ "$PLAN" = confirm ]; then
   cat > "$W/configs.txt" <<EOF
-tuned-8M         200 8M  65536 2
+short-run-8M         200 8M  65536 2 --recipe short-run
 readme-8M        200 8M  65536 4 --recipe esm2-paper --lr 4e-4 warmup=0.083
-${BEST:+best-8M          200 8M  65536 2 $BEST}
+${BEST:+best-8M          200 8M  65536 2 --recipe short-run $BEST}
 EOF
 else
   # readme: the README's "Train on real data" recipe (esm2-paper, lr 4e-4, 262,144 tokens per step,
-  # 100 warm-up steps of 1,200 = 8.3%). The rest vary one thing of the tuned 8M row at a time.
+  # 100 warm-up steps of 1,200 = 8.3%). The rest vary one thing of the short-run 8M row at a time.
   cat > "$W/configs.txt" <<'EOF'
 readme-8M        60 8M  65536 4 --recipe esm2-paper --lr 4e-4 warmup=0.083
-tuned-8M         60 8M  65536 2
-lr1e-3-8M        60 8M  65536 2 --lr 1e-3
-lr4e-3-8M        60 8M  65536 2 --lr 4e-3
-cosine-8M        60 8M  65536 2 --lr-schedule cosine
-tok262k-8M       60 8M  65536 4
-wadh-8M          60 8M  65536 2 --lr-schedule warmup_anneal_decay_hold
-tok65k-8M        60 8M  65536 1
-beta2-0.99-8M    60 8M  65536 2 --adam-beta2 0.99
-wd0.1-8M         60 8M  65536 2 --weight-decay 0.1
-warm2pct-8M      60 8M  65536 2 warmup=0.02
-decay40-8M       60 8M  65536 2 --lr-decay-fraction 0.4
-lr6e-3-8M        60 8M  65536 2 --lr 6e-3
+short-run-8M         60 8M  65536 2 --recipe short-run
+lr1e-3-8M        60 8M  65536 2 --lr 1e-3 --recipe short-run
+lr4e-3-8M        60 8M  65536 2 --lr 4e-3 --recipe short-run
+cosine-8M        60 8M  65536 2 --lr-schedule cosine --recipe short-run
+tok262k-8M       60 8M  65536 4 --recipe short-run
+wadh-8M          60 8M  65536 2 --lr-schedule warmup_anneal_decay_hold --recipe short-run
+tok65k-8M        60 8M  65536 1 --recipe short-run
+beta2-0.99-8M    60 8M  65536 2 --adam-beta2 0.99 --recipe short-run
+wd0.1-8M         60 8M  65536 2 --weight-decay 0.1 --recipe short-run
+warm2pct-8M      60 8M  65536 2 warmup=0.02 --recipe short-run
+decay40-8M       60 8M  65536 2 --lr-decay-fraction 0.4 --recipe short-run
+lr6e-3-8M        60 8M  65536 2 --lr 6e-3 --recipe short-run
 readme-35M       60 35M 65536 4 --recipe esm2-paper --lr 4e-4 warmup=0.083
-tuned-35M        60 35M 65536 4
-lr2e-3-35M       60 35M 65536 4 --lr 2e-3
+short-run-35M        60 35M 65536 4 --recipe short-run
+lr2e-3-35M       60 35M 65536 4 --lr 2e-3 --recipe short-run
 EOF
 fi
 # `esm2 train --time-budget` itself on the GPU, alone: the run must end within its budget, start-up

@@ -40,7 +40,7 @@ struct TrainArgs {
   std::string preset = "demo";
   int num_layers = 0, hidden_size = 0, num_attention_heads = 0, ffn_hidden_size = 0;
   bool gelu_tanh = false;
-  esm2::RecipeKind recipe = esm2::RecipeKind::Tuned;
+  esm2::RecipeKind recipe = esm2::RecipeKind::Esm2Paper;
   double lr = 4e-4, min_lr = -1;
   int64_t warmup_steps = -1, scheduler_num_steps = -1;  // -1: see the flags' help
   bool tensorboard = true, no_report = false;
@@ -256,8 +256,8 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   // Optimisation
   // The recipe fills every hyperparameter below that no flag sets (src/train/recipe.h, docs/recipes.md).
   add_enum_option(app, "--recipe", a->recipe, esm2::kRecipeNames,
-                  "Defaults of the optimisation flags and the batch: tuned (the preset's time-to-quality row; "
-                  "esm2-paper for presets without one) or esm2-paper (the reference's recipe); explicit flags win")
+                  "Defaults of the optimisation flags and the batch: esm2-paper (the reference's recipe) or short-run "
+                  "(a starting point for short runs per preset, not yet swept: docs/recipes.md); explicit flags win")
       ->group("Optimization");
   app.add_option("--num-steps", c.num_steps, "Optimizer steps (default 1000; with --time-budget: a cap on the planned steps)")
       ->group("Optimization");

@@ -26,7 +26,7 @@ Recipe esm2_paper() {
 // One row per preset of the time-to-quality table: the values that give the lowest held-out perplexity
 // for a short single-GPU run (issue 20; docs/recipes.md says where each number comes from). Everything
 // not in the row is esm2-paper's.
-struct TunedRow {
+struct ShortRunRow {
   const char* preset;
   ScheduleKind schedule;
   double lr, warmup_fraction, decay_fraction, beta2;
@@ -34,7 +34,7 @@ struct TunedRow {
   int accumulate;
 };
 
-constexpr TunedRow kTuned[] = {
+constexpr ShortRunRow kShortRun[] = {
     // preset  schedule                          lr     warmup decay  β2    micro   acc
     {"8M", ScheduleKind::WarmupStableDecay, 2e-3, 0.05, 0.2, 0.98, 65536, 2},
     {"35M", ScheduleKind::WarmupStableDecay, 1e-3, 0.05, 0.2, 0.98, 65536, 4},
@@ -47,9 +47,9 @@ constexpr TunedRow kTuned[] = {
 Recipe training_recipe(RecipeKind kind, const std::string& preset) {
   Recipe r = esm2_paper();
   if (kind == RecipeKind::Esm2Paper) return r;
-  for (const TunedRow& t : kTuned) {
+  for (const ShortRunRow& t : kShortRun) {
     if (preset != t.preset) continue;
-    r.label = std::string("tuned (") + t.preset + ")";
+    r.label = std::string("short-run (") + t.preset + ")";
     r.schedule = t.schedule;
     r.lr = t.lr;
     r.warmup.fraction = t.warmup_fraction;
@@ -59,7 +59,7 @@ Recipe training_recipe(RecipeKind kind, const std::string& preset) {
     r.accumulate_grad_batches = t.accumulate;
     return r;
   }
-  r.label = "esm2-paper (no tuned row for preset " + preset + ")";
+  r.label = "esm2-paper (no short-run row for preset " + preset + ")";
   return r;
 }
 

@@ -1,6 +1,7 @@
 // Training recipes: the hyperparameters `esm2 train` uses where no flag sets them (docs/recipes.md).
-// `tuned` (the default) is the preset's row of the time-to-quality table (issue 20's sweep,
-// bench/sweep_device_run.sh); `esm2-paper` is the reference's recipe. Explicit flags always win.
+// `esm2-paper` (the default) is the reference's recipe; `short-run` is a per-preset starting point for
+// short single-GPU runs taken from the literature, which issue 20's sweep (bench/sweep_device_run.sh) is
+// to replace by measured winners before it becomes a default. Explicit flags always win.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -20,7 +21,7 @@ struct WarmupRule {
 };
 
 struct Recipe {
-  std::string label;          // for the banner and the report: "tuned (8M)", "esm2-paper"
+  std::string label;          // for the banner and the report: "short-run (8M)", "esm2-paper"
   ScheduleKind schedule = ScheduleKind::WarmupAnnealDecayHold;
   double lr = 4e-4;
   double min_lr_ratio = 0.1;  // min_lr = ratio × lr
@@ -34,11 +35,11 @@ struct Recipe {
   int64_t tokens_per_step() const { return micro_batch_tokens * accumulate_grad_batches; }
 };
 
-enum class RecipeKind { Tuned, Esm2Paper };
-inline constexpr EnumName<RecipeKind> kRecipeNames[] = {{"tuned", RecipeKind::Tuned},
+enum class RecipeKind { ShortRun, Esm2Paper };
+inline constexpr EnumName<RecipeKind> kRecipeNames[] = {{"short-run", RecipeKind::ShortRun},
                                                         {"esm2-paper", RecipeKind::Esm2Paper}};
 
-// The preset's recipe. Presets without a tuned row (demo, esm2_t6_8M, 3B, 15B) get esm2-paper.
+// The preset's recipe. Presets without a short-run row (demo, esm2_t6_8M, 3B, 15B) get esm2-paper.
 Recipe training_recipe(RecipeKind kind, const std::string& preset);
 
 }  // namespace esm2

@@ -12,13 +12,13 @@ TEST(Recipe, WarmupRule) {
   EXPECT_EQ(paper.steps(9), 0);
   EXPECT_EQ(paper.steps(19999), 1999);
   EXPECT_EQ(paper.steps(500000), 2000);  // the reference's 2,000
-  const WarmupRule tuned{0.05, 2000};
-  EXPECT_EQ(tuned.steps(1000), 50);
-  EXPECT_EQ(tuned.steps(39), 1);
+  const WarmupRule short_run{0.05, 2000};
+  EXPECT_EQ(short_run.steps(1000), 50);
+  EXPECT_EQ(short_run.steps(39), 1);
 }
 
 // esm2-paper is exactly the reference's recipe (bionemo-semantics.md), i.e. this program's defaults
-// before the tuned rows existed.
+// before the short-run rows existed.
 TEST(Recipe, Esm2PaperIsTheReference) {
   for (const char* preset : {"demo", "8M", "650M", "15B"}) {
     const Recipe r = training_recipe(RecipeKind::Esm2Paper, preset);
@@ -38,10 +38,10 @@ TEST(Recipe, Esm2PaperIsTheReference) {
   }
 }
 
-TEST(Recipe, TunedRowsPerPreset) {
+TEST(Recipe, ShortRunRowsPerPreset) {
   for (const char* preset : {"8M", "35M", "150M", "650M"}) {
-    const Recipe r = training_recipe(RecipeKind::Tuned, preset);
-    EXPECT_EQ(r.label, std::string("tuned (") + preset + ")");
+    const Recipe r = training_recipe(RecipeKind::ShortRun, preset);
+    EXPECT_EQ(r.label, std::string("short-run (") + preset + ")");
     EXPECT_GT(r.lr, 0);
     EXPECT_GT(r.warmup.fraction, 0);
     EXPECT_LT(r.warmup.fraction, 0.5);
@@ -50,9 +50,9 @@ TEST(Recipe, TunedRowsPerPreset) {
     EXPECT_GT(r.tokens_per_step(), 0);
   }
   // Smaller models take a higher peak lr.
-  EXPECT_GT(training_recipe(RecipeKind::Tuned, "8M").lr, training_recipe(RecipeKind::Tuned, "650M").lr);
+  EXPECT_GT(training_recipe(RecipeKind::ShortRun, "8M").lr, training_recipe(RecipeKind::ShortRun, "650M").lr);
   // Presets without a row fall back to the reference's recipe, and say so.
-  const Recipe demo = training_recipe(RecipeKind::Tuned, "demo");
+  const Recipe demo = training_recipe(RecipeKind::ShortRun, "demo");
   EXPECT_EQ(demo.lr, 4e-4);
   EXPECT_EQ(demo.schedule, ScheduleKind::WarmupAnnealDecayHold);
   EXPECT_NE(demo.label.find("esm2-paper"), std::string::npos);
