@@ -47,26 +47,27 @@ b() {  # label binary route preset tokens [extra...]
   echo "[$l $p $t] $(grep -m1 '^bench' /tmp/b_${l}_${p}_$t.log)" >> "$R"
   { echo "=== $l $p $t $*"; cat "/tmp/b_${l}_${p}_$t.log"; } >> "$OUT/bench.log"
 }
+AA="--random-mask-strategy amino_acids_only"  # no random <pad>: no key mask, so cuDNN's route applies
 for spec in "650M 16384" "8M 65536" "150M 32768"; do
   set -- $spec
   [ -n "$BINS" ] && b base /tmp/bb/esm2 mma $1 $2
-  b mma $N mma $1 $2
-  b cudnn $N cudnn $1 $2
+  b mma $N auto $1 $2
+  b mmaaa $N mma $1 $2 $AA
+  b cudnnaa $N cudnn $1 $2 $AA
 done
 for r in 1 2; do
   [ "$(left)" -gt 60 ] || break
   ESM2_ATTENTION=${TRAIN_ROUTE:-cudnn} timeout 60 $N train --train-data /tmp/corpus --valid-data /tmp/corpus_valid --preset 8M --backend cuda \
-    --num-steps 30 --warmup-steps 5 --micro-batch-tokens 16384 --val-check-interval 30 --limit-val-batches 1 \
+    --num-steps 30 --warmup-steps 5 --micro-batch-tokens 16384 --val-check-interval 30 --limit-val-batches 1 $AA \
     --log-every-n-steps 10 --result-dir /tmp/runs$r --experiment-name det --seed 1 > /tmp/train$r.log 2>&1
   tail -2 /tmp/train$r.log >> "$R"
 done
 for f in $(cd /tmp/runs1 2>/dev/null && find . -name '*.safetensors' | sort); do
   cmp -s /tmp/runs1/$f /tmp/runs2/$f && echo "bitwise equal: $f" || echo "DIFFERENT: $f"
 done >> "$R"
-b profnew $N ${PROF_ROUTE:-cudnn} 650M 16384 --profile
-[ -n "$BINS" ] && b profbase /tmp/bb/esm2 mma 650M 16384 --profile
-b profnew $N ${PROF_ROUTE:-cudnn} 8M 65536 --profile
-[ -n "$BINS" ] && b profbase /tmp/bb/esm2 mma 8M 65536 --profile
-b cudnn $N cudnn 3B 16384 --recompute selective
+b profnew $N auto 650M 16384 --profile
+b profcudnnaa $N cudnn 650M 16384 --profile $AA
+b profnew $N auto 8M 65536 --profile
+b new $N auto 3B 16384 --recompute selective
 tar -czf "$OUT/json.tgz" -C /tmp $(cd /tmp && ls j_*.json 2>/dev/null) 2>/dev/null
 echo "done $(date -u +%T), $(left) s of the budget left" >> "$R"

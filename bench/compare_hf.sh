@@ -6,7 +6,7 @@
 # logs of every step.
 # Usage (repository root on the device):  bench/compare_hf.sh [DEPS_DIR]
 #   DEPS_DIR  the carried libsqlite3/libsnappy .debs (as bench/cuda_device_run.sh); default .carry/deps
-# Environment: OUT (default /tmp/out), PRESETS (default "8M 150M 650M"), CORPUS (a prepared corpus to use
+# Environment: ESM2_BIN (an esm2 binary to use instead of building one), OUT (default /tmp/out), PRESETS (default "8M 150M 650M"), CORPUS (a prepared corpus to use
 #   instead of preparing data/swissprot-sample's training FASTA), STEPS (timed steps, default 8),
 #   HF_TIMEOUT (seconds per HF process, default 200: torch.compile of 650M needs ~2 minutes), BUDGET (seconds for everything after the build,
 #   default 470: an HF process gets at most what is left of it, less 20 s for the summary).
@@ -26,18 +26,23 @@ step() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$LOG" 2>&1
 
-step "build"
 if [ -d "$DEPS" ]; then
   mkdir -p /tmp/deps
   for f in "$DEPS"/*.deb; do dpkg -x "$f" /tmp/deps; done
   export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
-{
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_BUILD_BENCH=OFF \
-    -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
-    -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so && time ninja -C build -j16 esm2
-} > "$OUT/build.log" 2>&1 || { step "build FAILED (tail of $OUT/build.log)"; tail -30 "$OUT/build.log"; exit 1; }
-E=./build/esm2
+if [ -x "${ESM2_BIN:-}" ]; then
+  E=$ESM2_BIN  # a binary built earlier on this machine (e.g. by bench/combined_device_run.sh)
+  step "using $E"
+else
+  step "build"
+  {
+    cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_BUILD_BENCH=OFF -DCMAKE_CUDA_ARCHITECTURES=90a \
+      -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
+      -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so && time ninja -C build -j16 esm2
+  } > "$OUT/build.log" 2>&1 || { step "build FAILED (tail of $OUT/build.log)"; tail -30 "$OUT/build.log"; exit 1; }
+  E=./build/esm2
+fi
 T0=$SECONDS  # the budget starts after the build
 
 if [ -z "${CORPUS:-}" ]; then
