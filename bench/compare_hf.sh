@@ -121,4 +121,6 @@ print(f"(machine: {summary['machine']}; batch = tokens per step for esm2.cpp, se
 with open(os.path.join(out, "hf_compare.json"), "w") as f:
     json.dump(summary, f, indent=1)
 PY
+# At most 8 files come back from a device call: the JSON files travel as one archive.
+(cd "$OUT" && tar -czf peers_json.tgz ./*.json && rm -f ./*.json)
 ls -la "$OUT"
