@@ -62,6 +62,7 @@ TEST_F(CliContract, BadTrainingValuesAreRejectedNamingTheFlagAndNothingIsWritten
       {" --warmup-steps 2", "--warmup-steps 2 is not below the schedule's 2 steps"},
       {" --num-steps 1000 --warmup-steps 2000", "--warmup-steps 2000 is not below the schedule's 1000 steps"},
       {" --backend gpu", "--backend: gpu not in {auto,cpu,cuda}"},
+      {" --precision fp8-mixed", "--precision fp8-mixed needs a Hopper-class (sm_90+) CUDA GPU"},
       {" --num-nodes 2", "--num-nodes 2: a multi-node job is started by srun or mpirun"},
       {" --bogus 1 --more", "train: unexpected arguments '--bogus' '1' '--more'"},
   };
