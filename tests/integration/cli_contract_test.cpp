@@ -99,6 +99,9 @@ TEST_F(CliContract, ParseErrorsFollowTheContract) {
                         "eval --mask-prob", "--mask-prob 2 is outside [0, 1]");
   expect_one_line_error(run_cli("embed --checkpoint " + hf_model().string() + " --fasta x.fa --output y --layer -1"),
                         "embed --layer", "embed: --layer: -1 must be a finite number >= 0");
+  expect_one_line_error(run_cli("eval --checkpoint " + hf_model().string() + " --data " + (*root_ / "corpus").string() +
+                                " --precision fp8-mixed"),
+                        "eval --precision", "--precision fp8-mixed is for training (train, bench)");
 }
 
 // A run that starts writes the report's "Run" table from the command line (2 tiny steps).

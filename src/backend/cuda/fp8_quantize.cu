@@ -94,9 +94,68 @@ __global__ void quantize_kernel(uint8_t* __restrict__ q, float* __restrict__ sca
   for (; i < n; i += stride) q[i] = cvt1(to_f(x[i]) * scale, e5m2);
 }
 
+// ---- transposed quantisation ----
+// The fast kernel: 64×64 tiles, 256 threads. A warp reads one row of the tile as 32 pairs (128 B of bf16)
+// and a half-warp writes one row of qt as 16 words of 4 codes (64 B). Needs an even `cols`, ldq a multiple
+// of 4, x aligned to a pair and qt to a word (always so for the GEMM operands); the simple kernel below
+// takes everything else. Its two phases are separate functions of the thread index so that the indexing
+// reads (and can be checked) apart from the CUDA built-ins.
+constexpr int kWide = 64;
+
+template <class T>
+struct alignas(2 * sizeof(T)) Pair {
+  T v[2];
+};
+
+// tile[j][i] (=) = x[r0 + j, c0 + i] · scale, 0 outside x (rows beyond `rows` are the zero padding).
+template <class T>
+__device__ __forceinline__ void wide_load(float (*tile)[kWide + 1], const T* __restrict__ x, int64_t rows, int64_t cols,
+                                          float scale, int64_t r0, int64_t c0, int t) {
+  const int pc = t % 32;
+  for (int j = t / 32; j < kWide; j += 8) {
+    const int64_t r = r0 + j, c = c0 + 2 * pc;
+    float a = 0.0f, b = 0.0f;
+    if (r < rows && c < cols) {  // cols is even: c + 1 < cols too
+      const Pair<T> p = *reinterpret_cast<const Pair<T>*>(x + r * cols + c);
+      a = to_f(p.v[0]) * scale;
+      b = to_f(p.v[1]) * scale;
+    }
+    tile[j][2 * pc] = a;
+    tile[j][2 * pc + 1] = b;
+  }
+}
+
+// qt[c0 + j, r0 + 4g .. r0 + 4g + 3] (=) = fp8(tile[4g .. 4g+3][j]), one 32-bit word per (j, g).
+__device__ __forceinline__ void wide_store(uint8_t* __restrict__ qt, int64_t ldq, const float (*tile)[kWide + 1],
+                                           int64_t cols, bool e5m2, int64_t r0, int64_t c0, int t) {
+  const int g = t % 16;
+  for (int j = t / 16; j < kWide; j += 16) {
+    const int64_t c = c0 + j, r = r0 + 4 * g;
+    if (c < cols && r < ldq) {  // ldq is a multiple of 4: the word is wholly inside the row
+      const unsigned lo = cvt2(tile[4 * g][j], tile[4 * g + 1][j], e5m2);
+      const unsigned hi = cvt2(tile[4 * g + 2][j], tile[4 * g + 3][j], e5m2);
+      *reinterpret_cast<unsigned*>(qt + c * ldq + r) = lo | (hi << 16);
+    }
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(256) quantize_transpose_wide_kernel(uint8_t* __restrict__ qt, int64_t ldq,
+                                                                      float* __restrict__ scales,
+                                                                      const T* __restrict__ x, int64_t rows,
+                                                                      int64_t cols, bool e5m2) {
+  __shared__ float tile[kWide][kWide + 1];
+  const float scale = scale_for(scales[0], fp8_max_of(e5m2));
+  publish_inverse(scales, scale);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kWide, c0 = static_cast<int64_t>(blockIdx.y) * kWide;
+  wide_load(tile, x, rows, cols, scale, r0, c0, static_cast<int>(threadIdx.x));
+  __syncthreads();
+  wide_store(qt, ldq, tile, cols, e5m2, r0, c0, static_cast<int>(threadIdx.x));
+}
+
 constexpr int kTile = 32;
 
-// One 32×32 tile per block of 32×8 threads: coalesced reads of x's rows, coalesced writes of qt's rows.
+// The simple kernel: one 32×32 tile per block of 32×8 threads, a byte per thread and store.
 template <class T>
 __global__ void quantize_transpose_kernel(uint8_t* __restrict__ qt, int64_t ldq, float* __restrict__ scales,
                                           const T* __restrict__ x, int64_t rows, int64_t cols, bool e5m2) {
@@ -144,11 +203,20 @@ void launch_fp8_quantize(uint8_t* q, float* scales, const void* x, DType xt, siz
 void launch_fp8_quantize_transpose(uint8_t* qt, int64_t ldq, float* scales, const void* x, DType xt, int64_t rows,
                                    int64_t cols, Fp8Format f, cudaStream_t s) {
   const bool e5m2 = f == Fp8Format::E5M2;
-  const dim3 grid(static_cast<unsigned>((ldq + kTile - 1) / kTile), static_cast<unsigned>((cols + kTile - 1) / kTile));
   dispatch_act(xt, [&](auto t) {
     using T = decltype(t);
-    quantize_transpose_kernel<T><<<grid, dim3(kTile, 8), 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows,
-                                                                 cols, e5m2);
+    const bool wide = cols % 2 == 0 && ldq % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0 &&
+                      reinterpret_cast<uintptr_t>(qt) % 4 == 0;
+    if (wide) {
+      const dim3 grid(static_cast<unsigned>((ldq + kWide - 1) / kWide), static_cast<unsigned>((cols + kWide - 1) / kWide));
+      quantize_transpose_wide_kernel<T><<<grid, 256, 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows, cols,
+                                                             e5m2);
+    } else {
+      const dim3 grid(static_cast<unsigned>((ldq + kTile - 1) / kTile),
+                      static_cast<unsigned>((cols + kTile - 1) / kTile));
+      quantize_transpose_kernel<T><<<grid, dim3(kTile, 8), 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows,
+                                                                   cols, e5m2);
+    }
     ESM2_CUDA_CHECK_LAUNCH();
   });
 }
