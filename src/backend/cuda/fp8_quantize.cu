@@ -4,6 +4,7 @@
 
 #include "backend/cuda/cuda_types.cuh"
 #include "backend/cuda/fp8_quantize.cuh"
+#include "backend/cuda/fp8_tiles.cuh"
 
 namespace esm2::cuda {
 
@@ -45,26 +46,16 @@ __global__ void amax_kernel_bf16(const bf16* __restrict__ x, size_t n, unsigned*
   if ((threadIdx.x & 31) == 0) atomicMax(out, __float_as_uint(m));
 }
 
-// core/fp8.h's fp8_scale_for_amax, on the device.
-__device__ __forceinline__ float scale_for(float amax, float fmax) {
-  if (!(amax > 0.0f) || !isfinite(amax)) return 1.0f;
-  const float s = __fdiv_rn(fmax, amax);
-  return isfinite(s) ? s : FLT_MAX;
-}
+using fp8::cvt1;
+using fp8::cvt2;
+using fp8::kWide;
+using fp8::kWideThreads;
 
-__device__ __forceinline__ float fp8_max_of(bool e5m2) { return e5m2 ? 57344.0f : 448.0f; }
-
-// Two fp32 values → two FP8 codes (low byte first), rounded to nearest even with saturation.
-__device__ __forceinline__ uint16_t cvt2(float a, float b, bool e5m2) {
-  return static_cast<uint16_t>(
-      __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3));
-}
-__device__ __forceinline__ uint8_t cvt1(float a, bool e5m2) {
-  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(a, __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3));
-}
+__device__ __forceinline__ float fp8_max_of(bool e5m2) { return fp8::max_of(e5m2); }
+__device__ __forceinline__ float scale_for(float amax, float fmax) { return fp8::scale_for(amax, fmax); }
 
 __device__ __forceinline__ void publish_inverse(float* scales, float scale) {
-  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) scales[1] = __fdiv_rn(1.0f, scale);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) scales[1] = fp8::inverse(scale);
 }
 
 template <class T>
@@ -79,14 +70,13 @@ __global__ void quantize_kernel(uint8_t* __restrict__ q, float* __restrict__ sca
     const size_t nv = n / kN;
     for (size_t v = i; v < nv; v += stride) {
       const Pack16<T> p = reinterpret_cast<const Pack16<T>*>(x)[v];
-      uint16_t out[kN / 2];
+      unsigned out[kN / 2];
 #pragma unroll
       for (int k = 0; k < kN / 2; ++k) out[k] = cvt2(to_f(p.v[2 * k]) * scale, to_f(p.v[2 * k + 1]) * scale, e5m2);
       if constexpr (kN == 8) {
-        reinterpret_cast<uint2*>(q)[v] = make_uint2(out[0] | (static_cast<unsigned>(out[1]) << 16),
-                                                    out[2] | (static_cast<unsigned>(out[3]) << 16));
+        reinterpret_cast<uint2*>(q)[v] = make_uint2(out[0] | (out[1] << 16), out[2] | (out[3] << 16));
       } else {
-        reinterpret_cast<unsigned*>(q)[v] = out[0] | (static_cast<unsigned>(out[1]) << 16);
+        reinterpret_cast<unsigned*>(q)[v] = out[0] | (out[1] << 16);
       }
     }
     i += nv * kN;
@@ -95,52 +85,10 @@ __global__ void quantize_kernel(uint8_t* __restrict__ q, float* __restrict__ sca
 }
 
 // ---- transposed quantisation ----
-// The fast kernel: 64×64 tiles, 256 threads. A warp reads one row of the tile as 32 pairs (128 B of bf16)
-// and a half-warp writes one row of qt as 16 words of 4 codes (64 B). Needs an even `cols`, ldq a multiple
-// of 4, x aligned to a pair and qt to a word (always so for the GEMM operands); the simple kernel below
-// takes everything else. Its two phases are separate functions of the thread index so that the indexing
-// reads (and can be checked) apart from the CUDA built-ins.
-constexpr int kWide = 64;
-
+// The wide kernel (fp8_tiles.cuh: 64×64 tiles, pairs in, 4-code words out) for the GEMM operands, whose
+// layouts always meet its preconditions; the simple kernel below takes everything else.
 template <class T>
-struct alignas(2 * sizeof(T)) Pair {
-  T v[2];
-};
-
-// tile[j][i] (=) = x[r0 + j, c0 + i] · scale, 0 outside x (rows beyond `rows` are the zero padding).
-template <class T>
-__device__ __forceinline__ void wide_load(float (*tile)[kWide + 1], const T* __restrict__ x, int64_t rows, int64_t cols,
-                                          float scale, int64_t r0, int64_t c0, int t) {
-  const int pc = t % 32;
-  for (int j = t / 32; j < kWide; j += 8) {
-    const int64_t r = r0 + j, c = c0 + 2 * pc;
-    float a = 0.0f, b = 0.0f;
-    if (r < rows && c < cols) {  // cols is even: c + 1 < cols too
-      const Pair<T> p = *reinterpret_cast<const Pair<T>*>(x + r * cols + c);
-      a = to_f(p.v[0]) * scale;
-      b = to_f(p.v[1]) * scale;
-    }
-    tile[j][2 * pc] = a;
-    tile[j][2 * pc + 1] = b;
-  }
-}
-
-// qt[c0 + j, r0 + 4g .. r0 + 4g + 3] (=) = fp8(tile[4g .. 4g+3][j]), one 32-bit word per (j, g).
-__device__ __forceinline__ void wide_store(uint8_t* __restrict__ qt, int64_t ldq, const float (*tile)[kWide + 1],
-                                           int64_t cols, bool e5m2, int64_t r0, int64_t c0, int t) {
-  const int g = t % 16;
-  for (int j = t / 16; j < kWide; j += 16) {
-    const int64_t c = c0 + j, r = r0 + 4 * g;
-    if (c < cols && r < ldq) {  // ldq is a multiple of 4: the word is wholly inside the row
-      const unsigned lo = cvt2(tile[4 * g][j], tile[4 * g + 1][j], e5m2);
-      const unsigned hi = cvt2(tile[4 * g + 2][j], tile[4 * g + 3][j], e5m2);
-      *reinterpret_cast<unsigned*>(qt + c * ldq + r) = lo | (hi << 16);
-    }
-  }
-}
-
-template <class T>
-__global__ void __launch_bounds__(256) quantize_transpose_wide_kernel(uint8_t* __restrict__ qt, int64_t ldq,
+__global__ void __launch_bounds__(kWideThreads) quantize_transpose_wide_kernel(uint8_t* __restrict__ qt, int64_t ldq,
                                                                       float* __restrict__ scales,
                                                                       const T* __restrict__ x, int64_t rows,
                                                                       int64_t cols, bool e5m2) {
@@ -148,9 +96,9 @@ __global__ void __launch_bounds__(256) quantize_transpose_wide_kernel(uint8_t* _
   const float scale = scale_for(scales[0], fp8_max_of(e5m2));
   publish_inverse(scales, scale);
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kWide, c0 = static_cast<int64_t>(blockIdx.y) * kWide;
-  wide_load(tile, x, rows, cols, scale, r0, c0, static_cast<int>(threadIdx.x));
+  fp8::wide_load(tile, x, rows, cols, scale, r0, c0, static_cast<int>(threadIdx.x));
   __syncthreads();
-  wide_store(qt, ldq, tile, cols, e5m2, r0, c0, static_cast<int>(threadIdx.x));
+  fp8::wide_store(qt, ldq, tile, cols, e5m2, r0, c0, static_cast<int>(threadIdx.x));
 }
 
 constexpr int kTile = 32;
@@ -209,7 +157,7 @@ void launch_fp8_quantize_transpose(uint8_t* qt, int64_t ldq, float* scales, cons
                       reinterpret_cast<uintptr_t>(qt) % 4 == 0;
     if (wide) {
       const dim3 grid(static_cast<unsigned>((ldq + kWide - 1) / kWide), static_cast<unsigned>((cols + kWide - 1) / kWide));
-      quantize_transpose_wide_kernel<T><<<grid, 256, 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows, cols,
+      quantize_transpose_wide_kernel<T><<<grid, kWideThreads, 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows, cols,
                                                              e5m2);
     } else {
       const dim3 grid(static_cast<unsigned>((ldq + kTile - 1) / kTile),
