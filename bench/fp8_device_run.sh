@@ -5,11 +5,14 @@
 # sample data (loss curves), as long as the time budget lasts. Expected: build ~1 min, tests ~1.5 min,
 # benches ~3 min, training ~3 min (cut short, and said so, if the budget runs out).
 # Usage (repository root on the device): DEPS=.carry/deps bench/fp8_device_run.sh
+# A second call can run the parts the first had no time for: PARTS=train (or any of tests,bench,train).
 # $OUT gets at most 6 files: run.log (summary), tests.log, bench.log, bench.json (all bench JSONs),
 # losses.tsv (step, bf16-mixed, fp8-mixed train loss) and train.log.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; DEPS=${DEPS:-.carry/deps}
 BUDGET=${BUDGET:-530}  # seconds for everything; steps that would not fit are skipped and logged as such
+PARTS=${PARTS:-tests,bench,train}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 mkdir -p "$OUT" /tmp/deps
 for f in "$DEPS"/*.deb; do dpkg -x "$f" /tmp/deps; done
 export PATH=/usr/local/cuda/bin:$PATH LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
@@ -19,13 +22,13 @@ left() { echo $((BUDGET - SECONDS)); }
 cmake -S . -B /tmp/b -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DESM2_BUILD_BENCH=OFF \
   -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
   -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so > /tmp/conf.log 2>&1 &&
-  ninja -C /tmp/b -j16 esm2 fp8_gemm_test fp8_train_test fp8_test backend_registry_test > /tmp/build.log 2>&1 ||
+  ninja -C /tmp/b -j16 esm2 fp8_gemm_test fp8_train_test fp8_test fp8_tiles_test backend_registry_test > /tmp/build.log 2>&1 ||
   { tail -80 /tmp/conf.log /tmp/build.log > "$OUT/tests.log"; echo "build FAILED" >> "$R"; exit 1; }
 echo "build ok at ${SECONDS}s" >> "$R"
 E=/tmp/b/esm2
 
-# ---- tests (GPU: fp8_gemm_test, fp8_train_test; the CPU oracle and the CPU error for completeness) ----
-for t in fp8_test backend_registry_test fp8_gemm_test fp8_train_test; do
+# ---- tests (GPU: fp8_gemm_test, fp8_train_test; CPU: the oracle, the kernels' tile code, the CPU error) ----
+part tests && for t in fp8_test fp8_tiles_test backend_registry_test fp8_gemm_test fp8_train_test; do
   TMPDIR=/tmp timeout 180 /tmp/b/$t > /tmp/t_$t.log 2>&1; rc=$?
   echo "$t exit $rc at ${SECONDS}s: $(grep -E '^\[  (PASSED|FAILED) ' /tmp/t_$t.log | tr '\n' ' ')" >> "$R"
   grep -E "SKIPPED|FAILED  \]" /tmp/t_$t.log | head -20 >> "$R"
@@ -47,10 +50,12 @@ bench() {  # preset precision tokens extra...
   { echo "===== $tag $* (exit $rc)"; cat "/tmp/b_$tag.log"; } >> "$OUT/bench.log"
   return $rc
 }
-for prec in bf16-mixed fp8-mixed; do bench 650M $prec 16384; done
+part bench && for prec in bf16-mixed fp8-mixed; do bench 650M $prec 16384; done
 # 3B as in bench/results/cuda/3B (selective recompute, 16384 tokens: ~77 of 80 GB in bf16). If fp8-mixed does
 # not fit there, both precisions are measured again at 8192 so the comparison stays like for like.
-if [ "$(left)" -gt 200 ]; then
+if ! part bench; then
+  :
+elif [ "$(left)" -gt 200 ]; then
   bench 3B bf16-mixed 16384 --recompute selective
   if ! bench 3B fp8-mixed 16384 --recompute selective && [ "$(left)" -gt 150 ]; then
     for prec in bf16-mixed fp8-mixed; do bench 3B $prec 8192 --recompute selective; done
@@ -58,7 +63,7 @@ if [ "$(left)" -gt 200 ]; then
 else
   echo "3B benches skipped: $(left)s left" >> "$R"
 fi
-python3 - "$OUT/bench.json" /tmp/j_*.json <<'PY' 2>> "$R"
+part bench && python3 - "$OUT/bench.json" /tmp/j_*.json <<'PY' 2>> "$R"
 import json, sys
 out = {f.split('/j_')[1][:-5]: json.load(open(f)) for f in sys.argv[2:]}
 json.dump(out, open(sys.argv[1], 'w'), indent=1, sort_keys=True)
@@ -66,7 +71,7 @@ for k, v in sorted(out.items()):
     print(f"{k}: {v.get('real_tokens_per_s', 0):.0f} tok/s, {v.get('achieved_tflops', 0):.1f} TFLOP/s, "
           f"MFU vs bf16 peak {v.get('mfu', 0):.3f}, peak {v.get('peak_device_memory_mib', 0):.0f} MiB")
 PY
-python3 -c "
+part bench && python3 -c "
 import json; d = json.load(open('$OUT/bench.json'))
 for p, t in (('650M', '16384'), ('3B', '16384'), ('3B', '8192')):
     a, b = d.get(f'{p}_bf16-mixed_{t}'), d.get(f'{p}_fp8-mixed_{t}')
@@ -75,10 +80,10 @@ for p, t in (('650M', '16384'), ('3B', '16384'), ('3B', '8192')):
 
 # ---- 650M, 300 steps, both precisions (same seed, data and flags) ----
 STEPS=${TRAIN_STEPS:-300}
-for prec in bf16-mixed fp8-mixed; do
-  if [ "$(left)" -lt 60 ]; then echo "650M $prec training skipped: $(left)s left" >> "$R"; continue; fi
+part train && for prec in bf16-mixed fp8-mixed; do
   # bf16 takes at most half of what is left, so that fp8 gets as many steps
   if [ "$prec" = bf16-mixed ]; then lim=$(( $(left) / 2 - 5 )); else lim=$(( $(left) - 10 )); fi
+  if [ "$lim" -lt 80 ]; then echo "650M $prec training skipped: $(left)s left" >> "$R"; continue; fi
   # --max-time stops in time to validate and write the one checkpoint (~8 GB) at the end
   timeout $lim $E train --backend cuda --precision $prec --preset 650M --train-data /tmp/corpus \
     --valid-data /tmp/corpus_valid --micro-batch-tokens 16384 --num-steps $STEPS --warmup-steps 30 --lr 4e-4 \
@@ -87,7 +92,7 @@ for prec in bf16-mixed fp8-mixed; do
   echo "650M train $prec exit $? at ${SECONDS}s: $(grep -c '"train_loss"' /tmp/runs/$prec/metrics.jsonl 2>/dev/null) steps logged; $(grep '"val_loss"' /tmp/runs/$prec/metrics.jsonl 2>/dev/null | tail -1)" >> "$R"
   { echo "===== $prec"; tail -30 /tmp/train_$prec.log; } >> "$OUT/train.log"
 done
-python3 - "$OUT/losses.tsv" <<'PY' >> "$R" 2>&1
+part train && python3 - "$OUT/losses.tsv" <<'PY' >> "$R" 2>&1
 import json, sys
 def losses(run):
     out = {}
