@@ -23,7 +23,10 @@
 #include "model/esm2.h"
 #include "optim/optimizer.h"
 #ifdef ESM2_HAVE_CUDA
+#include <cuda_runtime.h>
+
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/fp8_quantize.cuh"
 #endif
 
 using namespace esm2;
@@ -143,6 +146,57 @@ class Fp8Gemm : public ::testing::Test {
   std::unique_ptr<Backend> be;
   std::vector<void*> owned;
 };
+
+// The quantisers alone, bit for bit against the oracle: amax, 1/scale, row-wise and transposed codes
+// (both transposed kernels: the wide one for even widths, the simple one otherwise), bf16 and fp32 sources.
+TEST_F(Fp8Gemm, QuantisersMatchOracleBitForBit) {
+#ifdef ESM2_HAVE_CUDA
+  auto* stream = static_cast<cudaStream_t>(cuda_backend_stream(*be));
+  struct Case {
+    int64_t rows, cols;
+    bool bf16;
+    float sd;
+  };
+  for (const Case& c : {Case{200, 96, true, 3.0f}, Case{37, 130, true, 1e-6f}, Case{61, 33, true, 50.0f},
+                        Case{192, 128, false, 0.02f}, Case{5, 3, false, 1e4f}}) {
+    const int64_t n = c.rows * c.cols, ldq = (c.rows + 15) / 16 * 16;
+    const auto x = normal(static_cast<size_t>(n), static_cast<uint32_t>(n), c.sd, c.bf16);
+    void* dx = c.bf16 ? act(x) : static_cast<void*>(f32(x));
+    float amax = 0;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    for (Fp8Format f : {Fp8Format::E4M3, Fp8Format::E5M2}) {
+      auto* q = static_cast<uint8_t*>(be->alloc(static_cast<size_t>(n)));
+      auto* qt = static_cast<uint8_t*>(be->alloc(static_cast<size_t>(c.cols * ldq)));
+      auto* sc = static_cast<float*>(be->alloc(16));
+      for (void* p : {static_cast<void*>(q), static_cast<void*>(qt), static_cast<void*>(sc)}) owned.push_back(p);
+      const DType dt = c.bf16 ? DType::BF16 : DType::F32;
+      cuda::launch_fp8_amax(sc, dx, dt, static_cast<size_t>(n), stream);
+      cuda::launch_fp8_quantize(q, sc, dx, dt, static_cast<size_t>(n), f, stream);
+      cuda::launch_fp8_quantize_transpose(qt, ldq, sc, dx, dt, c.rows, c.cols, f, stream);
+      std::vector<uint8_t> hq(static_cast<size_t>(n)), hqt(static_cast<size_t>(c.cols * ldq));
+      float hsc[2] = {0, 0};
+      be->copy_to_host(hq.data(), q, hq.size());
+      be->copy_to_host(hqt.data(), qt, hqt.size());
+      be->copy_to_host(hsc, sc, sizeof hsc);
+      const float scale = fp8_scale_for_amax(amax, f);
+      ASSERT_EQ(hsc[0], amax) << c.rows << "x" << c.cols;
+      ASSERT_EQ(hsc[1], 1.0f / scale) << c.rows << "x" << c.cols;
+      // Codes compared as values, so that a zero's sign (which the GEMM cannot see) is not a difference.
+      int bad = 0;
+      for (int64_t r = 0; r < ldq; ++r)
+        for (int64_t k = 0; k < c.cols; ++k) {
+          const float want = r < c.rows ? fp8_round(x[r * c.cols + k] * scale, f) : 0.0f;
+          const float got_t = fp8_to_f32(hqt[k * ldq + r], f);
+          const float got = r < c.rows ? fp8_to_f32(hq[r * c.cols + k], f) : want;
+          if ((got != want || got_t != want) && bad++ < 5)
+            ADD_FAILURE() << c.rows << "x" << c.cols << " [" << r << "," << k << "]: row-wise " << got
+                          << ", transposed " << got_t << ", oracle " << want;
+        }
+      EXPECT_EQ(bad, 0);
+    }
+  }
+#endif
+}
 
 // Token counts that are not multiples of 16 (the wgrad pads them); widths that are.
 constexpr int64_t kT = 200, kIn = 128, kOut = 192;
