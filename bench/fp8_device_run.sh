@@ -29,7 +29,8 @@ E=/tmp/b/esm2
 
 # ---- tests (GPU: fp8_gemm_test, fp8_train_test; CPU: the oracle, the kernels' tile code, the CPU error) ----
 part tests && for t in fp8_test fp8_tiles_test backend_registry_test fp8_gemm_test fp8_train_test; do
-  TMPDIR=/tmp timeout 180 /tmp/b/$t > /tmp/t_$t.log 2>&1; rc=$?
+  lim=$(( $(left) - 300 )); [ $lim -gt 180 ] && lim=180; [ $lim -lt 30 ] && lim=30  # keep ~5 min for benches
+  TMPDIR=/tmp timeout $lim /tmp/b/$t > /tmp/t_$t.log 2>&1; rc=$?
   echo "$t exit $rc at ${SECONDS}s: $(grep -E '^\[  (PASSED|FAILED) ' /tmp/t_$t.log | tr '\n' ' ')" >> "$R"
   grep -E "SKIPPED|FAILED  \]" /tmp/t_$t.log | head -20 >> "$R"
   { echo "===== $t (exit $rc)"; cat /tmp/t_$t.log; } >> "$OUT/tests.log"
@@ -41,8 +42,10 @@ $E prepare --fasta data/swissprot-sample/train.fasta.gz --clusters data/swisspro
 $E prepare --fasta data/swissprot-sample/valid.fasta.gz --output /tmp/corpus_valid --force > /dev/null 2>&1
 bench() {  # preset precision tokens extra...
   local p=$1 prec=$2 tok=$3; shift 3
-  local tag=${p}_${prec}_${tok}
-  timeout 150 $E bench --backend cuda --precision "$prec" --preset "$p" --micro-batch-tokens "$tok" --data /tmp/corpus \
+  local tag=${p}_${prec}_${tok} lim=$(( $(left) - 10 ))
+  [ $lim -gt 150 ] && lim=150
+  if [ $lim -lt 40 ]; then echo "[$tag $*] skipped: $(left)s left" >> "$R"; return 1; fi
+  timeout $lim $E bench --backend cuda --precision "$prec" --preset "$p" --micro-batch-tokens "$tok" --data /tmp/corpus \
     --steps ${BENCH_STEPS:-5} --warmup 2 --peak-tflops 989 --json "/tmp/j_$tag.json" --force "$@" > "/tmp/b_$tag.log" 2>&1
   local rc=$?
   echo "[$tag $*] exit $rc at ${SECONDS}s: $(grep -m1 '^bench' /tmp/b_$tag.log)" >> "$R"
