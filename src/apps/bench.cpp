@@ -33,6 +33,7 @@ struct BenchArgs {
   esm2::BackendKind backend = esm2::BackendKind::Auto;
   esm2::Precision precision = esm2::Precision::Auto;
   esm2::Recompute recompute = esm2::Recompute::Selective;
+  esm2::MaskStrategy mask_strategy = esm2::MaskStrategy::AllTokens;
   int64_t micro_batch_tokens = 16384;
   int max_seq_length = 1024, steps = 5, warmup = 1, threads = 0;
   double peak_tflops = 0;
@@ -82,6 +83,9 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)");
   esm2::apps::add_enum_option(app, "--recompute", a->recompute, esm2::kRecomputeNames,
                               "Activations recomputed in the backward: none, selective or full");
+  esm2::apps::add_enum_option(app, "--random-mask-strategy", a->mask_strategy, esm2::kMaskStrategyNames,
+                              "As in `esm2 train`: all_tokens (a random replacement can be <pad>, whose key the "
+                              "attention masks) or amino_acids_only");
   app.add_option("--json", a->json_out, "Write the results as JSON to this file");
   esm2::apps::add_force_flag(app, a->force);
   app.add_flag("--profile", a->profile,
@@ -106,6 +110,7 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
     esm2::DataConfig dc;
     dc.max_seq_length = a->max_seq_length;
     dc.micro_batch_tokens = a->micro_batch_tokens;
+    dc.mask_strategy = a->mask_strategy;
     esm2::TrainData data(corpus, dc);
     esm2::Esm2Model model(mc, *backend);
     model.set_recompute(recompute);
@@ -146,6 +151,7 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
                           {"parameters", mc.num_parameters()},
                           {"micro_batch_tokens", a->micro_batch_tokens},
                           {"recompute", esm2::recompute_name(recompute)},
+                          {"random_mask_strategy", esm2::enum_name(esm2::kMaskStrategyNames, a->mask_strategy)},
                           {"activation_mib", static_cast<double>(model.activation_bytes()) / 1048576.0},
                           {"plan_total_mib", static_cast<double>(plan.total()) / 1048576.0},
                           {"steps", a->steps},

@@ -285,7 +285,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
     const int64_t C = static_cast<int64_t>(a.H) * a.D;
     const Layout m = carve(static_cast<char*>(scratch), a, k, g.workspace);
     launch_varlen_meta(m.seqlen, m.off_c, m.off_3c, a.cu_seqlens, a.S, static_cast<int>(k.B), C, stream_);
-    launch_rotate_qk(m.qr, m.kr, qkv, a, 1.0f, stream_);
+    launch_rotate_qk(m.qr, m.kr, qkv, a, 1.0f, stream_, 3 * C);
     launch_lse_to_stats(m.stats, lse, a.cu_seqlens, a.S, static_cast<int>(k.B), a.T, a.H, static_cast<int>(k.sp),
                         stream_);
     const float scale = attn_scale(a.D), neg_inf = -std::numeric_limits<float>::infinity(), one = 1.0f;
@@ -326,8 +326,13 @@ class CudnnAttentionImpl final : public CudnnAttention {
     Carver sc{base};
     Layout m{};
     const size_t tc = static_cast<size_t>(a.T) * a.H * a.D, rows = static_cast<size_t>(k.B) * a.H * k.sp;
-    m.qr = sc.take<uint16_t>(tc);
-    m.kr = sc.take<uint16_t>(tc);
+    if (k.pass == 0) {
+      m.qr = sc.take<uint16_t>(tc);
+      m.kr = sc.take<uint16_t>(tc);
+    } else {  // rotated q and k inside [T, 3C] rows, the layout of v and of dq / dk / dv (see build_backward)
+      m.qr = sc.take<uint16_t>(3 * tc);
+      m.kr = base ? static_cast<uint16_t*>(m.qr) + static_cast<size_t>(a.H) * a.D : nullptr;
+    }
     m.seqlen = sc.take<int32_t>(static_cast<size_t>(k.B));
     m.off_c = sc.take<int32_t>(static_cast<size_t>(k.B) + 1);
     m.off_3c = sc.take<int32_t>(static_cast<size_t>(k.B) + 1);
@@ -422,13 +427,16 @@ class CudnnAttentionImpl final : public CudnnAttention {
     g.build_plan("forward");
   }
 
+  // The fused backward engine addresses dQ, dK and dV with the strides and ragged offsets of Q, K and V
+  // (measured on an H100, cuDNN 9.14: rotated Q/K in rows of C with dQ/dK in rows of 3C gave wrong dQ/dK), so the rotated
+  // q and k sit in [T, 3C] rows like v and the gradients: one layout for all six, TransformerEngine's t3hd.
   static void build_backward(Graph& g, const Key& k) {
     const bool deterministic = k.pass == 1;
     const int64_t B = k.B, H = k.H, s = k.sp, D = k.D, C = H * D;
     const Inputs in = inputs(g, k);
     const auto bf = CUDNN_DATA_BFLOAT16;
-    auto q = g.tensor(kQ, {B, H, s, D}, {s * C, D, C, 1}, bf, false, in.off_c);
-    auto kt = g.tensor(kK, {B, H, D, s}, {s * C, D, 1, C}, bf, false, in.off_c);
+    auto q = g.tensor(kQ, {B, H, s, D}, {s * 3 * C, D, 3 * C, 1}, bf, false, in.off_3c);
+    auto kt = g.tensor(kK, {B, H, D, s}, {s * 3 * C, D, 1, 3 * C}, bf, false, in.off_3c);
     auto vt = g.tensor(kV, {B, H, D, s}, {s * 3 * C, D, 1, 3 * C}, bf, false, in.off_3c);
     auto o = g.tensor(kO, {B, H, s, D}, {s * C, D, C, 1}, bf, false, in.off_c);
     auto d_o = g.tensor(kDO, {B, H, s, D}, {s * C, D, C, 1}, bf, false, in.off_c);
@@ -472,7 +480,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
     auto dst = g.virt(td, ts, bf);
     g.reshape(ds, dst);
     g.matmul(dst, q, dk, in.seq_kv, nullptr, in.seq_q);
-    auto kk = g.tensor(kFirstVirtual - 1, qd, {s * C, D, C, 1}, bf, true, in.off_c);
+    auto kk = g.tensor(kFirstVirtual - 1, qd, q3, bf, true, in.off_3c);
     g.reshape(kt, kk);
     if (deterministic) {
       g.matmul(ds, kk, dq, in.seq_q, nullptr, in.seq_kv);

@@ -262,7 +262,10 @@ cublasLtMatmulAlgo_t LtRunner::choose(const LtGemm& g, const std::vector<int64_t
                                       cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
                                       const cublasLtMatmulHeuristicResult_t* res, int found, cudaStream_t s) {
   const cublasLtMatmulAlgo_t& h0 = res[0].algo;
-  if (found < 2) return h0;
+  // A transposed A is a weight-gradient product: its K is the step's token count, which changes from step
+  // to step, so every step would meet a new shape class and time the candidates again (measured on an
+  // H100: the 650M dW GEMMs fell from ~620 to ~210 TFLOP/s). Those keep h0.
+  if (found < 2 || g.trans_a) return h0;
   std::vector<int64_t> cls = key;
   cls[2] = pow2_ceil(g.M);  // key[2] is M
   auto it = tuned_.find(cls);

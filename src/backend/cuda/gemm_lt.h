@@ -6,7 +6,8 @@
 // power of two) the runner times the heuristic's candidates on the call's own operands and keeps the
 // fastest of those whose output is bitwise that of h0 — so the pick never changes a result, and runs
 // stay bitwise reproducible whatever the timings. A later M of the class uses the pick only when its
-// own h0 is the same algorithm as the tuned one's (else its h0).
+// own h0 is the same algorithm as the tuned one's (else its h0). Weight-gradient products (transposed A,
+// K = the step's token count) are not tuned.
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
