@@ -174,7 +174,8 @@ class CudaBackend final : public Backend {
                               cuda::embedding_backward_scratch_floats(T, C, static_cast<int>(w.vocab)));
     for (int64_t n : {3 * C, C, w.ffn, w.vocab}) columns = std::max(columns, cuda::bias_backward_scratch_floats(T, n));
     size_t fp8 = 0;  // the two FP8 operand slots (fp8_gemm): T (padded) × the widest linear, a byte each
-    if (fp8_) fp8 = 2 * static_cast<size_t>(pad16(T)) * static_cast<size_t>(std::max(3 * C, w.ffn)) / sizeof(float);
+    // (+ 32 rows: the Fp8B slot also holds the 16-row bf16 tail of fp8_gemm_split_rows)
+    if (fp8_) fp8 = (2 * static_cast<size_t>(pad16(T)) + 32) * static_cast<size_t>(std::max(3 * C, w.ffn)) / sizeof(float);
     return (attention + columns + fp8) * sizeof(float) * 3 / 2 + cuda::LtRunner::kWorkspaceBytes;
   }
 
@@ -192,7 +193,9 @@ class CudaBackend final : public Backend {
 
   // ---- dense ----
   void gemm(const GemmArgs& g) override {
-    if (fp8_ && g.role != GemmRole::Other) {
+    // An empty product (no rows, columns or tokens) has nothing to run in FP8; the bf16 path below handles
+    // it (for K = 0: C = beta·C + bias) without counting it as a fallback or warning about it.
+    if (fp8_ && g.role != GemmRole::Other && g.M > 0 && g.N > 0 && g.K > 0) {
       if (fp8_gemm(g)) {
         ++fp8_counts_.fp8;
         return;
@@ -560,7 +563,8 @@ class CudaBackend final : public Backend {
   const uint8_t* fp8_activation(Slot slot, float* sc, const void* x, int64_t rows, int64_t cols, Fp8Format f,
                                 bool transpose) {
     const size_t n = static_cast<size_t>(rows * cols);
-    uint8_t* q = fp8_slot(slot, transpose ? cols * pad16(rows) : rows * cols);
+    // Row-wise: room for pad16(rows) rows, which fp8_gemm_split_rows zeroes and reads when it needs them.
+    uint8_t* q = fp8_slot(slot, cols * pad16(rows));
     cuda::launch_fp8_amax(sc, x, act_, n, stream_);
     if (transpose)
       cuda::launch_fp8_quantize_transpose(q, pad16(rows), sc, x, act_, rows, cols, f, stream_);
@@ -621,7 +625,46 @@ class CudaBackend final : public Backend {
       }
       case GemmRole::Other: return false;
     }
-    return lt_->run_fp8(f, stream_);
+    if (lt_->run_fp8(f, stream_)) return true;
+    // Forward and dgrad have the token count as M (cuBLASLt's n), which the layouts above leave free. Not every
+    // reading of cuBLASLt's FP8 rules agrees that n may be any number: XLA pads every FP8 GEMM dimension to a
+    // multiple of 16 "as required by cuBLASLt FP8 gemms", TransformerEngine has asked for M % 8 (and calls
+    // that stricter than the kernels need). Untested on a GPU so far: if cuBLASLt refuses such an M, the
+    // product still runs in FP8 as a 16-row-aligned part plus a 16-row tail instead of falling back to bf16.
+    if (g.role != GemmRole::LinearWgrad && g.M % 16 != 0 && f.beta == 0.0f) return fp8_gemm_split_rows(f);
+    return false;
+  }
+
+  // f (a forward or dgrad product whose A is the row-wise FP8 copy of fp8_activation, beta 0) as two products
+  // whose row counts are multiples of 16: rows [0, m16) straight into D, then rows [m16, M) as a 16-row
+  // product over A's zeroed padding rows into scratch, of which the real rows are copied to D. false when
+  // cuBLASLt refuses those too (D may then hold part of the result; the bf16 GEMM overwrites all of it).
+  bool fp8_gemm_split_rows(const cuda::LtFp8Gemm& f) {
+    const int64_t m16 = f.M / 16 * 16, tail = f.M - m16;
+    auto* a = static_cast<uint8_t*>(const_cast<void*>(f.A));
+    ESM2_CUDA_CHECK(cudaMemsetAsync(a + f.M * f.lda, 0, static_cast<size_t>((16 - tail) * f.lda), stream_));
+    if (m16 > 0) {
+      cuda::LtFp8Gemm head = f;
+      head.M = m16;
+      if (!lt_->run_fp8(head, stream_)) return false;
+    }
+    const size_t row_bytes = static_cast<size_t>(f.N) * dtype_size(f.d_dtype);
+    cuda::LtFp8Gemm last = f;
+    last.M = 16;
+    last.A = a + m16 * f.lda;
+    last.D = fp8_slot(Slot::Fp8B, static_cast<int64_t>(16 * row_bytes));
+    last.ldd = f.N;
+    if (!lt_->run_fp8(last, stream_)) return false;
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(f.D) + static_cast<size_t>(m16) * row_bytes, last.D,
+                                    static_cast<size_t>(tail) * row_bytes, cudaMemcpyDeviceToDevice, stream_));
+    if (!fp8_split_noted_)
+      std::fprintf(stderr,
+                   "esm2: note: cuBLASLt took no FP8 GEMM with M=%lld rows (not a multiple of 16); such products run "
+                   "as a 16-row-aligned part plus a padded 16-row tail\n",
+                   static_cast<long long>(f.M));
+    fp8_split_noted_ = true;
+    ++fp8_counts_.split_rows;
+    return true;
   }
 
   // A write to [dst, dst+bytes) of fp32 memory: cached bf16 and FP8 copies overlapping it are stale.
@@ -674,6 +717,7 @@ class CudaBackend final : public Backend {
   bool fp8_ = false;  // fp8-mixed: Linear GEMMs in FP8
   Fp8GemmCounts fp8_counts_;
   bool fp8_warned_ = false;
+  bool fp8_split_noted_ = false;
   float* fp8_scales_ = nullptr;  // fp8_scale_words()
   cudaStream_t stream_ = nullptr;
   void* host_word_ = nullptr;  // pinned, for scalar read-backs
