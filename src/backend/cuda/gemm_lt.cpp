@@ -249,8 +249,17 @@ bool LtRunner::try_run_fp8(const LtFp8Gemm& g, bool epilogue_bias, cudaStream_t 
     it = fp8_cache_.emplace(key, c).first;
     if (!c.ok) return false;
   }
-  ESM2_CUBLAS_CHECK(cublasLtMatmul(handle_, d.op, &g.alpha, g.B, d.a, g.A, d.b, &g.beta, g.D, d.c, g.D, d.c,
-                                   &it->second.algo, workspace_, workspace_bytes_, s));
+  // The FP8 rules (layouts, type pairs, scale pointers) are checked by cublasLtMatmul itself, and one the
+  // heuristic let through would surface only here, as NOT_SUPPORTED or INVALID_VALUE with nothing launched:
+  // that is a refusal like the heuristic's (remembered for the shape; the caller computes the product
+  // another way), not a reason to stop the run.
+  const cublasStatus_t st = cublasLtMatmul(handle_, d.op, &g.alpha, g.B, d.a, g.A, d.b, &g.beta, g.D, d.c, g.D, d.c,
+                                           &it->second.algo, workspace_, workspace_bytes_, s);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+    it->second.ok = false;
+    return false;
+  }
+  ESM2_CUBLAS_CHECK(st);
   return true;
 }
 
