@@ -2,7 +2,7 @@
 # fp8-mixed (issue 19) in ONE device call of at most ~9 minutes on one H100/H200: build, the FP8 GPU tests,
 # `esm2 bench` 650M and 3B in bf16-mixed vs fp8-mixed (same tokens per step; MFU against the bf16 dense peak,
 # 989 TFLOP/s on H100, for both), then a 650M training run of 300 steps in each precision on the bundled
-# sample data (loss curves), as long as the time budget lasts. Expected: build ~1 min, tests ~1.5 min,
+# sample data (loss curves), as long as the time budget lasts. Expected: build ~1 min, tests ~2 min,
 # benches ~3 min, training ~3 min (cut short, and said so, if the budget runs out).
 # Usage (repository root on the device): DEPS=.carry/deps bench/fp8_device_run.sh
 # A second call can run the parts the first had no time for: PARTS=train (or any of tests,bench,train).
@@ -22,17 +22,18 @@ left() { echo $((BUDGET - SECONDS)); }
 cmake -S . -B /tmp/b -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DESM2_BUILD_BENCH=OFF \
   -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
   -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so > /tmp/conf.log 2>&1 &&
-  ninja -C /tmp/b -j16 esm2 fp8_gemm_test fp8_train_test fp8_test fp8_tiles_test backend_registry_test > /tmp/build.log 2>&1 ||
+  ninja -C /tmp/b -j16 esm2 fp8_gemm_test fp8_train_test fp8_test fp8_tiles_test backend_registry_test cuda_backend_test > /tmp/build.log 2>&1 ||
   { tail -80 /tmp/conf.log /tmp/build.log > "$OUT/tests.log"; echo "build FAILED" >> "$R"; exit 1; }
 echo "build ok at ${SECONDS}s" >> "$R"
 E=/tmp/b/esm2
 
-# ---- tests (GPU: fp8_gemm_test, fp8_train_test; CPU: the oracle, the kernels' tile code, the CPU error) ----
-part tests && for t in fp8_test fp8_tiles_test backend_registry_test fp8_gemm_test fp8_train_test; do
+# ---- tests (GPU: fp8_gemm_test, fp8_train_test, and cuda_backend_test for the bf16 GEMM paths that share
+# gemm_lt.cpp with FP8; CPU: the oracle, the kernels' tile code, the CPU error) ----
+part tests && for t in fp8_test fp8_tiles_test backend_registry_test fp8_gemm_test cuda_backend_test fp8_train_test; do
   lim=$(( $(left) - 300 )); [ $lim -gt 180 ] && lim=180; [ $lim -lt 30 ] && lim=30  # keep ~5 min for benches
   TMPDIR=/tmp timeout $lim /tmp/b/$t > /tmp/t_$t.log 2>&1; rc=$?
   echo "$t exit $rc at ${SECONDS}s: $(grep -E '^\[  (PASSED|FAILED) ' /tmp/t_$t.log | tr '\n' ' ')" >> "$R"
-  grep -E "SKIPPED|FAILED  \]" /tmp/t_$t.log | head -20 >> "$R"
+  grep -E "SKIPPED|FAILED  \]|esm2: (warning|note)" /tmp/t_$t.log | head -20 >> "$R"
   { echo "===== $t (exit $rc)"; cat /tmp/t_$t.log; } >> "$OUT/tests.log"
 done
 
@@ -49,7 +50,7 @@ bench() {  # preset precision tokens extra...
     --steps ${BENCH_STEPS:-5} --warmup 2 --peak-tflops 989 --json "/tmp/j_$tag.json" --force "$@" > "/tmp/b_$tag.log" 2>&1
   local rc=$?
   echo "[$tag $*] exit $rc at ${SECONDS}s: $(grep -m1 '^bench' /tmp/b_$tag.log)" >> "$R"
-  grep -m3 -i "warning\|error" "/tmp/b_$tag.log" >> "$R"
+  grep -m3 -i "warning\|error\|note:" "/tmp/b_$tag.log" >> "$R"
   { echo "===== $tag $* (exit $rc)"; cat "/tmp/b_$tag.log"; } >> "$OUT/bench.log"
   return $rc
 }
