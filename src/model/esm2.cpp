@@ -409,7 +409,7 @@ struct Esm2Model::Impl : SlotState {
     s.D = cfg.head_dim();
     s.max_seqlen = max_seqlen;
     s.cu_seqlens = cu;
-    s.ids = has_pad ? ids : nullptr;  // no pad token: no key mask (lets the CUDA backend use cuDNN)
+    s.ids = has_pad ? ids : nullptr;  // no pad token: no key mask to apply
     s.pad_id = kPad;
     s.inv_freq = inv_freq_dev;
     return s;

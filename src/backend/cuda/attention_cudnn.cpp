@@ -18,7 +18,6 @@
 #include <tuple>
 #include <vector>
 
-#include "backend/cuda/attention_rotary.cuh"
 #include "backend/cuda/attention_varlen.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "core/error.h"
@@ -50,7 +49,7 @@ struct Desc {
 // Fixed tensor ids of a graph's inputs and outputs (the variant pack binds pointers to them).
 enum Uid : int64_t {
   kQ = 1, kK, kV, kO, kStats, kScale, kSeqQ, kSeqKV, kNegInf, kOffC, kOff3C, kDO, kOne, kDQ, kDK, kDV, kSoftmaxSum,
-  kDQAccum, kFirstVirtual = 100
+  kDQAccum, kOffKV, kFirstVirtual = 100
 };
 
 // Builds one operation graph and its execution plan; owns every descriptor the plan refers to.
@@ -265,14 +264,15 @@ class CudnnAttentionImpl final : public CudnnAttention {
     Graph& g = plan_for(k);
     const int64_t C = static_cast<int64_t>(a.H) * a.D;
     const Layout m = carve(static_cast<char*>(scratch), a, k, g.workspace);
-    launch_varlen_meta(m.seqlen, m.off_c, m.off_3c, a.cu_seqlens, a.S, static_cast<int>(k.B), C, stream_);
-    launch_rotate_qk(m.qr, m.kr, qkv, a, 1.0f, stream_);
+    launch_kv_compaction(m.seqlen_q, m.seqlen_kv, m.off_c, m.off_3c, m.off_kv, m.kv_start, m.kv_pos, a,
+                         static_cast<int>(k.B), stream_);
+    launch_rotate_compact_qkv(m.q, C, m.kv, m.kv_pos, qkv, a, stream_);
     const float scale = attn_scale(a.D), neg_inf = -std::numeric_limits<float>::infinity();
-    const auto* v = static_cast<const uint16_t*>(qkv) + 2 * C;
     const std::vector<std::pair<int64_t, const void*>> bind = {
-        {kQ, m.qr},       {kK, m.kr},        {kV, v},            {kO, out},           {kStats, m.stats},
-        {kScale, &scale}, {kSeqQ, m.seqlen}, {kSeqKV, m.seqlen}, {kNegInf, &neg_inf}, {kOffC, m.off_c},
-        {kOff3C, m.off_3c}};
+        {kQ, m.q},          {kK, m.kv},           {kV, static_cast<uint16_t*>(m.kv) + C},
+        {kO, out},          {kStats, m.stats},    {kScale, &scale},
+        {kSeqQ, m.seqlen_q}, {kSeqKV, m.seqlen_kv}, {kNegInf, &neg_inf},
+        {kOffC, m.off_c},   {kOffKV, m.off_kv}};
     execute(g, bind, m.ws);
     launch_stats_to_lse(lse, m.stats, a.cu_seqlens, a.S, a.T, a.H, static_cast<int>(k.sp), stream_);
   }
@@ -284,21 +284,23 @@ class CudnnAttentionImpl final : public CudnnAttention {
     Graph& g = plan_for(k);
     const int64_t C = static_cast<int64_t>(a.H) * a.D;
     const Layout m = carve(static_cast<char*>(scratch), a, k, g.workspace);
-    launch_varlen_meta(m.seqlen, m.off_c, m.off_3c, a.cu_seqlens, a.S, static_cast<int>(k.B), C, stream_);
-    launch_rotate_qk(m.qr, m.kr, qkv, a, 1.0f, stream_, 3 * C);
+    launch_kv_compaction(m.seqlen_q, m.seqlen_kv, m.off_c, m.off_3c, m.off_kv, m.kv_start, m.kv_pos, a,
+                         static_cast<int>(k.B), stream_);
+    launch_rotate_compact_qkv(m.q, 3 * C, m.kv, m.kv_pos, qkv, a, stream_);
     launch_lse_to_stats(m.stats, lse, a.cu_seqlens, a.S, static_cast<int>(k.B), a.T, a.H, static_cast<int>(k.sp),
                         stream_);
     const float scale = attn_scale(a.D), neg_inf = -std::numeric_limits<float>::infinity(), one = 1.0f;
-    const auto* v = static_cast<const uint16_t*>(qkv) + 2 * C;
-    auto* dq = static_cast<uint16_t*>(dqkv);
+    auto* dkv = static_cast<uint16_t*>(m.dkv);
     std::vector<std::pair<int64_t, const void*>> bind = {
-        {kQ, m.qr},          {kK, m.kr},         {kV, v},            {kO, out},         {kDO, dout},
-        {kStats, m.stats},   {kScale, &scale},   {kOne, &one},       {kSeqQ, m.seqlen}, {kSeqKV, m.seqlen},
-        {kNegInf, &neg_inf}, {kOffC, m.off_c},   {kOff3C, m.off_3c}, {kDQ, dq},         {kDK, dq + C},
-        {kDV, dq + 2 * C},   {kSoftmaxSum, m.softmax_sum}};
+        {kQ, m.q},           {kK, m.kv},           {kV, static_cast<uint16_t*>(m.kv) + C},
+        {kO, out},           {kDO, dout},          {kStats, m.stats},
+        {kScale, &scale},    {kOne, &one},         {kSeqQ, m.seqlen_q},
+        {kSeqKV, m.seqlen_kv}, {kNegInf, &neg_inf}, {kOffC, m.off_c},
+        {kOff3C, m.off_3c},  {kOffKV, m.off_kv},   {kDQ, dqkv},
+        {kDK, dkv},          {kDV, dkv + C},       {kSoftmaxSum, m.softmax_sum}};
     if (!deterministic) bind.emplace_back(kDQAccum, m.dq_accum);
     execute(g, bind, m.ws);
-    launch_unrotate_dqk(dqkv, a, stream_);
+    launch_expand_unrotate_dqkv(dqkv, m.dkv, m.kv_pos, a, stream_);
   }
 
  private:
@@ -309,8 +311,10 @@ class CudnnAttentionImpl final : public CudnnAttention {
     bool operator<(const Key& o) const { return std::tie(pass, D, H, B, sp) < std::tie(o.pass, o.D, o.H, o.B, o.sp); }
   };
   struct Layout {
-    void *qr, *kr;
-    int32_t *seqlen, *off_c, *off_3c;
+    void* q;    // rotated q: rows of C (forward) or 3C (backward, the layout of dQ)
+    void* kv;   // the kept keys' [rot(k) | v], compacted rows of 2C
+    void* dkv;  // backward: their [dk | dv], the same layout
+    int32_t *seqlen_q, *seqlen_kv, *off_c, *off_3c, *off_kv, *kv_start, *kv_pos;
     float *stats, *softmax_sum, *dq_accum;
     void* ws;
     size_t used;
@@ -326,16 +330,17 @@ class CudnnAttentionImpl final : public CudnnAttention {
     Carver sc{base};
     Layout m{};
     const size_t tc = static_cast<size_t>(a.T) * a.H * a.D, rows = static_cast<size_t>(k.B) * a.H * k.sp;
-    if (k.pass == 0) {
-      m.qr = sc.take<uint16_t>(tc);
-      m.kr = sc.take<uint16_t>(tc);
-    } else {  // rotated q and k inside [T, 3C] rows, the layout of v and of dq / dk / dv (see build_backward)
-      m.qr = sc.take<uint16_t>(3 * tc);
-      m.kr = base ? static_cast<uint16_t*>(m.qr) + static_cast<size_t>(a.H) * a.D : nullptr;
-    }
-    m.seqlen = sc.take<int32_t>(static_cast<size_t>(k.B));
-    m.off_c = sc.take<int32_t>(static_cast<size_t>(k.B) + 1);
-    m.off_3c = sc.take<int32_t>(static_cast<size_t>(k.B) + 1);
+    const size_t B = static_cast<size_t>(k.B);
+    m.q = sc.take<uint16_t>(k.pass == 0 ? tc : 3 * tc);
+    m.kv = sc.take<uint16_t>(2 * tc);
+    if (k.pass > 0) m.dkv = sc.take<uint16_t>(2 * tc);
+    m.seqlen_q = sc.take<int32_t>(B);
+    m.seqlen_kv = sc.take<int32_t>(B);
+    m.off_c = sc.take<int32_t>(B + 1);
+    m.off_3c = sc.take<int32_t>(B + 1);
+    m.off_kv = sc.take<int32_t>(B + 1);
+    m.kv_start = sc.take<int32_t>(B + 1);
+    m.kv_pos = sc.take<int32_t>(static_cast<size_t>(a.T));
     m.stats = sc.take<float>(rows);
     if (k.pass > 0) m.softmax_sum = sc.take<float>(rows);
     if (k.pass == 2) m.dq_accum = sc.take<float>(3 * tc);
@@ -381,12 +386,13 @@ class CudnnAttentionImpl final : public CudnnAttention {
 
   // Shared inputs: the ragged offsets, the sequence lengths and the by-value scalars.
   struct Inputs {
-    cudnnBackendDescriptor_t off_c, off_3c, seq_q, seq_kv, scale, neg_inf;
+    cudnnBackendDescriptor_t off_c, off_3c, off_kv, seq_q, seq_kv, scale, neg_inf;
   };
   static Inputs inputs(Graph& g, const Key& k) {
     Inputs in{};
     in.off_c = g.tensor(kOffC, {k.B + 1, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_INT32, false);
     in.off_3c = g.tensor(kOff3C, {k.B + 1, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_INT32, false);
+    in.off_kv = g.tensor(kOffKV, {k.B + 1, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_INT32, false);
     in.seq_q = g.tensor(kSeqQ, {k.B, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_INT32, false);
     in.seq_kv = g.tensor(kSeqKV, {k.B, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_INT32, false);
     in.scale = g.scalar(kScale);
@@ -400,8 +406,8 @@ class CudnnAttentionImpl final : public CudnnAttention {
     const int64_t B = k.B, H = k.H, s = k.sp, D = k.D, C = H * D;
     const Inputs in = inputs(g, k);
     auto q = g.tensor(kQ, {B, H, s, D}, {s * C, D, C, 1}, CUDNN_DATA_BFLOAT16, false, in.off_c);
-    auto kt = g.tensor(kK, {B, H, D, s}, {s * C, D, 1, C}, CUDNN_DATA_BFLOAT16, false, in.off_c);
-    auto v = g.tensor(kV, {B, H, s, D}, {s * 3 * C, D, 3 * C, 1}, CUDNN_DATA_BFLOAT16, false, in.off_3c);
+    auto kt = g.tensor(kK, {B, H, D, s}, {s * 2 * C, D, 1, 2 * C}, CUDNN_DATA_BFLOAT16, false, in.off_kv);
+    auto v = g.tensor(kV, {B, H, s, D}, {s * 2 * C, D, 2 * C, 1}, CUDNN_DATA_BFLOAT16, false, in.off_kv);
     auto o = g.tensor(kO, {B, H, s, D}, {s * C, D, C, 1}, CUDNN_DATA_BFLOAT16, false, in.off_c);
     const Dims sd = {B, H, s, s}, ss = {H * s * s, s * s, s, 1}, rd = {B, H, s, 1}, rs = {H * s, s, 1, 1};
     auto stats = g.tensor(kStats, rd, rs, CUDNN_DATA_FLOAT, false);
@@ -427,23 +433,25 @@ class CudnnAttentionImpl final : public CudnnAttention {
     g.build_plan("forward");
   }
 
-  // The fused backward engine addresses dQ, dK and dV with the strides and ragged offsets of Q, K and V
-  // (measured on an H100, cuDNN 9.14: rotated Q/K in rows of C with dQ/dK in rows of 3C gave wrong dQ/dK), so the rotated
-  // q and k sit in [T, 3C] rows like v and the gradients: one layout for all six, TransformerEngine's t3hd.
+  // Layouts: Q and dQ in rows of 3C (dQ lands in dqkv; the rotated q sits in a scratch of the same
+  // layout), K, V, dK, dV in the compacted [k | v] rows of 2C, O and dO in rows of C. Each gradient has
+  // its input's strides and ragged offsets: the first H100 run (cuDNN 9.14), with rotated q/k in rows of C
+  // and dQ/dK in rows of 3C, got wrong dQ/dK, as if the engine addressed the gradients with the inputs'
+  // layout; TransformerEngine's layouts keep them equal too.
   static void build_backward(Graph& g, const Key& k) {
     const bool deterministic = k.pass == 1;
     const int64_t B = k.B, H = k.H, s = k.sp, D = k.D, C = H * D;
     const Inputs in = inputs(g, k);
     const auto bf = CUDNN_DATA_BFLOAT16;
-    auto q = g.tensor(kQ, {B, H, s, D}, {s * 3 * C, D, 3 * C, 1}, bf, false, in.off_3c);
-    auto kt = g.tensor(kK, {B, H, D, s}, {s * 3 * C, D, 1, 3 * C}, bf, false, in.off_3c);
-    auto vt = g.tensor(kV, {B, H, D, s}, {s * 3 * C, D, 1, 3 * C}, bf, false, in.off_3c);
-    auto o = g.tensor(kO, {B, H, s, D}, {s * C, D, C, 1}, bf, false, in.off_c);
-    auto d_o = g.tensor(kDO, {B, H, s, D}, {s * C, D, C, 1}, bf, false, in.off_c);
-    const Dims qd = {B, H, s, D}, q3 = {s * 3 * C, D, 3 * C, 1};
+    const Dims qd = {B, H, s, D}, q3 = {s * 3 * C, D, 3 * C, 1}, kv2 = {s * 2 * C, D, 2 * C, 1};
+    auto q = g.tensor(kQ, qd, q3, bf, false, in.off_3c);
+    auto kt = g.tensor(kK, {B, H, D, s}, {s * 2 * C, D, 1, 2 * C}, bf, false, in.off_kv);
+    auto vt = g.tensor(kV, {B, H, D, s}, {s * 2 * C, D, 1, 2 * C}, bf, false, in.off_kv);
+    auto o = g.tensor(kO, qd, {s * C, D, C, 1}, bf, false, in.off_c);
+    auto d_o = g.tensor(kDO, qd, {s * C, D, C, 1}, bf, false, in.off_c);
     auto dq = g.tensor(kDQ, qd, q3, bf, false, in.off_3c);
-    auto dk = g.tensor(kDK, qd, q3, bf, false, in.off_3c);
-    auto dv = g.tensor(kDV, qd, q3, bf, false, in.off_3c);
+    auto dk = g.tensor(kDK, qd, kv2, bf, false, in.off_kv);
+    auto dv = g.tensor(kDV, qd, kv2, bf, false, in.off_kv);
     const Dims sd = {B, H, s, s}, ss = {H * s * s, s * s, s, 1}, rd = {B, H, s, 1}, rs = {H * s, s, 1, 1};
     const Dims td = {B, H, s, s}, ts = {H * s * s, s * s, 1, s};  // transposed scores (kv rows, q columns)
     auto stats = g.tensor(kStats, rd, rs, CUDNN_DATA_FLOAT, false);
@@ -480,7 +488,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
     auto dst = g.virt(td, ts, bf);
     g.reshape(ds, dst);
     g.matmul(dst, q, dk, in.seq_kv, nullptr, in.seq_q);
-    auto kk = g.tensor(kFirstVirtual - 1, qd, q3, bf, true, in.off_3c);
+    auto kk = g.tensor(kFirstVirtual - 1, qd, kv2, bf, true, in.off_kv);
     g.reshape(kt, kk);
     if (deterministic) {
       g.matmul(ds, kk, dq, in.seq_q, nullptr, in.seq_kv);
@@ -518,8 +526,7 @@ std::unique_ptr<CudnnAttention> CudnnAttention::create(cudaStream_t stream, std:
 
 bool CudnnAttention::supports(const AttentionShape& a, DType dt) {
   const int64_t C = static_cast<int64_t>(a.H) * a.D;
-  return dt == DType::BF16 && a.D % 8 == 0 && a.D <= 128 && a.ids == nullptr &&
-         a.T * 3 * C < std::numeric_limits<int32_t>::max();
+  return dt == DType::BF16 && a.D % 8 == 0 && a.D <= 128 && a.T * 3 * C < std::numeric_limits<int32_t>::max();
 }
 
 }  // namespace esm2::cuda

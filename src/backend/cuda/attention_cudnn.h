@@ -3,9 +3,12 @@
 // fp32 softmax statistics. Built only when CMake finds cuDNN 9 (ESM2_HAVE_CUDNN); the mma.sync kernels
 // stay the fallback and the test oracle.
 //
-// Rotary is applied outside the graph: q and k are rotated into bf16 scratch (launch_rotate_qk, no
-// scale) for both passes, the graph scales the scores by D^-0.5, and the rotary adjoint is applied in
-// place to the dQ and dK cuDNN writes into dqkv. cuDNN's statistics (max + log Σexp, natural log, of
+// Rotary is applied outside the graph: q is rotated into bf16 scratch and the keys a sequence attends to
+// (all of them, or those whose id is not pad_id when the shape has ids) are rotated and packed with their
+// values into consecutive [k | v] rows (launch_rotate_compact_qkv), so the per-sequence key count of
+// cuDNN's padding mask expresses the pad-key mask; the graph scales the scores by D^-0.5; the backward
+// writes dQ into dqkv and (dK, dV) into the compacted rows, and launch_expand_unrotate_dqkv applies the
+// rotary adjoint and puts dK/dV back at their tokens (zero for a masked key). cuDNN's statistics (max + log Σexp, natural log, of
 // the scaled scores) live in a [B,H,s] padded scratch and are converted to and from the backend's lse[H,T].
 //
 // Execution plans are built once per (pass, D, H, B bucket, s bucket, backward algorithm): the batch
@@ -28,8 +31,8 @@ class CudnnAttention {
   static std::unique_ptr<CudnnAttention> create(cudaStream_t stream, std::string* why);
   virtual ~CudnnAttention() = default;
 
-  // Whether this shape can go through cuDNN: bf16, head dim a multiple of 8 up to 128, no per-key pad
-  // mask (ids with pad tokens need the mma kernels), offsets that fit int32.
+  // Whether this shape can go through cuDNN: bf16, head dim a multiple of 8 up to 128, offsets that fit
+  // int32 (pad keys, a.ids, are handled by key compaction).
   static bool supports(const AttentionShape& a, DType dt);
 
   // Scratch bytes for a call (builds and caches the plan on first use; throws esm2::Error if cuDNN

@@ -7,7 +7,7 @@ namespace {
 // One thread per (token, head, rotary pair).
 __global__ void rotate_qk_kernel(bf16* __restrict__ qr, bf16* __restrict__ kr, const bf16* __restrict__ qkv,
                                  const int32_t* __restrict__ cu, int S, int64_t T, int H, int D,
-                                 const float* __restrict__ inv_freq, float q_scale, int64_t ld) {
+                                 const float* __restrict__ inv_freq, float q_scale) {
   const int h2 = D / 2;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= T * H * h2) return;
@@ -30,8 +30,8 @@ __global__ void rotate_qk_kernel(bf16* __restrict__ qr, bf16* __restrict__ kr, c
   const bf16* k = q + C;
   const float q1 = __bfloat162float(q[d]) * q_scale, q2 = __bfloat162float(q[d + h2]) * q_scale;
   const float k1 = __bfloat162float(k[d]), k2 = __bfloat162float(k[d + h2]);
-  bf16* qo = qr + t * ld + h * D;
-  bf16* ko = kr + t * ld + h * D;
+  bf16* qo = qr + t * C + h * D;
+  bf16* ko = kr + t * C + h * D;
   qo[d] = __float2bfloat16_rn(q1 * cs - q2 * sn);
   qo[d + h2] = __float2bfloat16_rn(q2 * cs + q1 * sn);
   ko[d] = __float2bfloat16_rn(k1 * cs - k2 * sn);
@@ -39,13 +39,12 @@ __global__ void rotate_qk_kernel(bf16* __restrict__ qr, bf16* __restrict__ kr, c
 }
 }  // namespace
 
-void launch_rotate_qk(void* qr, void* kr, const void* qkv, const AttentionShape& a, float q_scale, cudaStream_t s,
-                      int64_t ld_out) {
+void launch_rotate_qk(void* qr, void* kr, const void* qkv, const AttentionShape& a, float q_scale, cudaStream_t s) {
   const int64_t n = a.T * a.H * (a.D / 2);
   if (n == 0) return;
   rotate_qk_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(
       static_cast<bf16*>(qr), static_cast<bf16*>(kr), static_cast<const bf16*>(qkv), a.cu_seqlens, a.S, a.T, a.H, a.D,
-      a.inv_freq, q_scale, ld_out > 0 ? ld_out : static_cast<int64_t>(a.H) * a.D);
+      a.inv_freq, q_scale);
   ESM2_CUDA_CHECK_LAUNCH();
 }
 

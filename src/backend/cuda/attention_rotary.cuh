@@ -8,9 +8,7 @@
 
 namespace esm2::cuda {
 
-// qr, kr (bf16, rows of ld_out elements, C by default) from qkv[T,3C] (bf16); positions restart at each
-// cu_seqlens boundary.
-void launch_rotate_qk(void* qr, void* kr, const void* qkv, const AttentionShape& a, float q_scale, cudaStream_t s,
-                      int64_t ld_out = 0);
+// qr[T,C], kr[T,C] (bf16) from qkv[T,3C] (bf16); positions restart at each cu_seqlens boundary.
+void launch_rotate_qk(void* qr, void* kr, const void* qkv, const AttentionShape& a, float q_scale, cudaStream_t s);
 
 }  // namespace esm2::cuda
