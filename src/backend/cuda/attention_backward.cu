@@ -11,6 +11,7 @@
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_rotary.cuh"
 #include "backend/cuda/attention_tiles.cuh"
+#include "backend/cuda/attention_pad.cuh"
 
 namespace esm2::cuda {
 
@@ -370,16 +371,13 @@ size_t mma_backward_smem() {
 namespace {
 // Δ[H,T] first, then the rotated q and k; the latter start on a 256-byte boundary for 16-byte loads.
 size_t delta_floats(const AttentionShape& a) { return (static_cast<size_t>(a.T) * a.H + 63) / 64 * 64; }
-}  // namespace
 
-size_t attention_backward_scratch_floats(const AttentionShape& a) {
+size_t native_backward_scratch_floats(const AttentionShape& a) {
   return delta_floats(a) + static_cast<size_t>(a.T) * a.H * a.D;
 }
 
-void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
-                               const AttentionShape& a, DType dt, float* scratch, cudaStream_t s) {
-  if (a.T == 0 || a.S == 0) return;
-  const float scale = static_cast<float>(std::pow(static_cast<double>(a.D), -0.5));  // as the CPU backend
+void backward_native(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
+                     const AttentionShape& a, DType dt, float* scratch, float scale, cudaStream_t s) {
   float* delta = scratch;
   dispatch_act(dt, [&](auto tag) {
     using E = decltype(tag);
@@ -429,6 +427,45 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
       ESM2_CUDA_CHECK_LAUNCH();
     });
   });
+}
+
+}  // namespace
+
+size_t attention_backward_scratch_floats(const AttentionShape& a, DType dt) {
+  const int Dk = attention_kernel_head_dim(dt, a.D);
+  if (Dk == a.D) return native_backward_scratch_floats(a);
+  AttentionShape ap = a;
+  ap.D = Dk;
+  const size_t n = static_cast<size_t>(a.T) * a.H * Dk;
+  return 2 * attn_pad::act_floats(3 * n, dt) + 2 * attn_pad::act_floats(n, dt) + 64 +
+         native_backward_scratch_floats(ap);
+}
+
+void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
+                               const AttentionShape& a, DType dt, float* scratch, cudaStream_t s) {
+  if (a.T == 0 || a.S == 0) return;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(a.D), -0.5));  // as the CPU backend
+  const int Dk = attention_kernel_head_dim(dt, a.D);
+  if (Dk == a.D) {
+    backward_native(dqkv, dout, qkv, out, lse, a, dt, scratch, scale, s);
+    return;
+  }
+  const size_t n = static_cast<size_t>(a.T) * a.H * Dk;
+  float* qkv_p = scratch;
+  float* dqkv_p = qkv_p + attn_pad::act_floats(3 * n, dt);
+  float* out_p = dqkv_p + attn_pad::act_floats(3 * n, dt);
+  float* dout_p = out_p + attn_pad::act_floats(n, dt);
+  float* inv_p = dout_p + attn_pad::act_floats(n, dt);
+  float* inner = inv_p + 64;
+  launch_pad_heads(qkv_p, qkv, a.T, 3, a.H, a.D, Dk, dt, s);
+  launch_pad_heads(out_p, out, a.T, 1, a.H, a.D, Dk, dt, s);
+  launch_pad_heads(dout_p, dout, a.T, 1, a.H, a.D, Dk, dt, s);
+  launch_pad_inv_freq(inv_p, a.inv_freq, a.D, Dk, s);
+  AttentionShape ap = a;
+  ap.D = Dk;
+  ap.inv_freq = inv_p;
+  backward_native(dqkv_p, dout_p, qkv_p, out_p, lse, ap, dt, inner, scale, s);
+  launch_unpad_heads(dqkv, dqkv_p, a.T, 3, a.H, a.D, Dk, dt, s);
 }
 
 }  // namespace esm2::cuda

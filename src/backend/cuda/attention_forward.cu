@@ -7,6 +7,7 @@
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_rotary.cuh"
 #include "backend/cuda/attention_tiles.cuh"
+#include "backend/cuda/attention_pad.cuh"
 
 namespace esm2::cuda {
 
@@ -192,12 +193,22 @@ size_t mma_forward_smem() {
 
 bool attention_uses_mma(DType dt, int D) { return dt == DType::BF16 && (D == 16 || D == 32 || D == 64 || D == 128); }
 
-size_t attention_forward_scratch_floats(const AttentionShape& a) { return static_cast<size_t>(a.T) * a.H * a.D; }
+int attention_kernel_head_dim(DType dt, int D) {
+  if (D % 2 != 0 || D < 2 || D > 128)
+    throw_unsupported("attention: head dim must be even and at most 128", __FILE__, __LINE__);
+  (void)dt;
+  if (D == 24) return 24;  // 35M: the CUDA-core kernel has a D = 24 instance (both dtypes)
+  for (int k : {16, 32, 64, 128})
+    if (D <= k) return k;
+  return 128;
+}
 
-void launch_attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a, DType dt,
-                              float* scratch, cudaStream_t s) {
-  if (a.T == 0 || a.S == 0 || a.max_seqlen == 0) return;
-  const float scale = static_cast<float>(std::pow(static_cast<double>(a.D), -0.5));  // as the CPU backend
+namespace {
+
+size_t native_forward_scratch_floats(const AttentionShape& a) { return static_cast<size_t>(a.T) * a.H * a.D; }
+
+void forward_native(void* out, float* lse, const void* qkv, const AttentionShape& a, DType dt, float* scratch,
+                    float scale, cudaStream_t s) {
   if (attention_uses_mma(dt, a.D)) {
     bf16* qr = reinterpret_cast<bf16*>(scratch);
     bf16* kr = qr + a.T * a.H * a.D;
@@ -229,6 +240,40 @@ void launch_attention_forward(void* out, float* lse, const void* qkv, const Atte
       ESM2_CUDA_CHECK_LAUNCH();
     });
   });
+}
+
+}  // namespace
+
+size_t attention_forward_scratch_floats(const AttentionShape& a, DType dt) {
+  const int Dk = attention_kernel_head_dim(dt, a.D);
+  if (Dk == a.D) return native_forward_scratch_floats(a);
+  AttentionShape ap = a;
+  ap.D = Dk;
+  const size_t n = static_cast<size_t>(a.T) * a.H * Dk;
+  return attn_pad::act_floats(3 * n, dt) + attn_pad::act_floats(n, dt) + 64 + native_forward_scratch_floats(ap);
+}
+
+void launch_attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a, DType dt,
+                              float* scratch, cudaStream_t s) {
+  if (a.T == 0 || a.S == 0 || a.max_seqlen == 0) return;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(a.D), -0.5));  // as the CPU backend
+  const int Dk = attention_kernel_head_dim(dt, a.D);
+  if (Dk == a.D) {
+    forward_native(out, lse, qkv, a, dt, scratch, scale, s);
+    return;
+  }
+  const size_t n = static_cast<size_t>(a.T) * a.H * Dk;
+  float* qkv_p = scratch;
+  float* out_p = qkv_p + attn_pad::act_floats(3 * n, dt);
+  float* inv_p = out_p + attn_pad::act_floats(n, dt);
+  float* inner = inv_p + 64;
+  launch_pad_heads(qkv_p, qkv, a.T, 3, a.H, a.D, Dk, dt, s);
+  launch_pad_inv_freq(inv_p, a.inv_freq, a.D, Dk, s);
+  AttentionShape ap = a;
+  ap.D = Dk;
+  ap.inv_freq = inv_p;
+  forward_native(out_p, lse, qkv_p, ap, dt, inner, scale, s);
+  launch_unpad_heads(out, out_p, a.T, 1, a.H, a.D, Dk, dt, s);
 }
 
 }  // namespace esm2::cuda

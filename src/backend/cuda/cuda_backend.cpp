@@ -139,7 +139,7 @@ class CudaBackend final : public Backend {
     a.S = 1;
     a.max_seqlen = static_cast<int>(std::min<int64_t>(T, 1 << 30));
     const size_t attention =
-        std::max(cuda::attention_forward_scratch_floats(a), cuda::attention_backward_scratch_floats(a));
+        std::max(cuda::attention_forward_scratch_floats(a, act_), cuda::attention_backward_scratch_floats(a, act_));
     size_t columns = std::max(cuda::layernorm_backward_scratch_floats(T, C),
                               cuda::embedding_backward_scratch_floats(T, C, static_cast<int>(w.vocab)));
     for (int64_t n : {3 * C, C, w.ffn, w.vocab}) columns = std::max(columns, cuda::bias_backward_scratch_floats(T, n));
@@ -228,12 +228,12 @@ class CudaBackend final : public Backend {
   // ---- attention ----
   void attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a) override {
     cuda::launch_attention_forward(out, lse, qkv, a, act_,
-                                   scratch(Slot::Attention, cuda::attention_forward_scratch_floats(a)), stream_);
+                                   scratch(Slot::Attention, cuda::attention_forward_scratch_floats(a, act_)), stream_);
   }
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
                           const AttentionShape& a) override {
     cuda::launch_attention_backward(dqkv, dout, qkv, out, lse, a, act_,
-                                    scratch(Slot::Attention, cuda::attention_backward_scratch_floats(a)), stream_);
+                                    scratch(Slot::Attention, cuda::attention_backward_scratch_floats(a, act_)), stream_);
   }
 
   // ---- GELU, rows, loss ----
