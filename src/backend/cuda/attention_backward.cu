@@ -11,7 +11,7 @@
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_rotary.cuh"
 #include "backend/cuda/attention_tiles.cuh"
-#include "backend/cuda/attention_varlen.cuh"
+#include "backend/cuda/attention_pad.cuh"
 
 namespace esm2::cuda {
 

@@ -1,6 +1,6 @@
 // Layout helpers around the attention kernels: cuDNN's ragged (THD) metadata with key compaction and the
-// rotary embedding in and out of it, the conversion between its padded softmax statistics and the
-// backend's lse[H,T], and the zero padding of odd head dims up to a tensor-core tile.
+// rotary embedding in and out of it, and the conversion between its padded softmax statistics and the
+// backend's lse[H,T] (the zero padding of odd head dims is in attention_pad.cuh).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -32,13 +32,4 @@ void launch_stats_to_lse(float* lse, const float* stats, const int32_t* cu, int 
 // stats[(b·H + h)·sp + i] = lse[h·T + cu[b] + i] for i < len(b), 0 elsewhere (b < B, i < sp).
 void launch_lse_to_stats(float* stats, const float* lse, const int32_t* cu, int S, int B, int64_t T, int H, int sp,
                          cudaStream_t s);
-// Head-dim padding D → Dp (Dp > D, both even): a head's rotary halves [0, D/2) and [D/2, D) move to
-// [0, D/2) and [Dp/2, Dp/2 + D/2), so the kernels' rotary pairs (d, d + Dp/2) stay the model's pairs;
-// padded lanes are zero. `parts` heads blocks of H·D per row (3 for qkv, 1 for out).
-void launch_pad_heads(void* dst, const void* src, int64_t T, int parts, int H, int D, int Dp, DType dt, cudaStream_t s);
-void launch_unpad_heads(void* dst, const void* src, int64_t T, int parts, int H, int D, int Dp, DType dt,
-                        cudaStream_t s);
-// inv_p[Dp/2] = inv_freq[d] for d < D/2, 0 beyond (the padded lanes do not rotate).
-void launch_pad_inv_freq(float* inv_p, const float* inv_freq, int D, int Dp, cudaStream_t s);
-
 }  // namespace esm2::cuda
