@@ -1,5 +1,6 @@
 // Runs the esm2 binary from integration tests and captures its output and exit status.
 #pragma once
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -51,6 +52,20 @@ inline CliResult prepare_sample_corpus(const std::filesystem::path& out) {
   return run_cli("prepare --fasta " + (source_dir() / "data/swissprot-sample/valid.fasta.gz").string() +
                  " --output " + out.string());
 }
+
+// Base of a test suite whose tests train on the sample corpus: prepared once per suite, in a scratch
+// directory named after the suite (so suites in test binaries that run at the same time never share it).
+class SampleCorpusTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string suite = ::testing::UnitTest::GetInstance()->current_test_suite()->name();
+    corpus_ = scratch_dir(suite + "-corpus") / "valid";
+    const auto r = prepare_sample_corpus(corpus_);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  static std::string data_args() { return " --train-data " + corpus_.string() + " --valid-data " + corpus_.string(); }
+  static inline std::filesystem::path corpus_;
+};
 
 // step → train_loss from a run's metrics.jsonl (later lines win: a resumed run re-logs some steps).
 inline std::map<int64_t, double> train_losses(const std::filesystem::path& run_dir) {

@@ -27,18 +27,9 @@ const std::string kRun =
 
 fs::path hf_model() { return source_dir() / "tests/fixtures/hf/tiny-hd16/model"; }
 
-class FineTune : public ::testing::Test {
+class FineTune : public SampleCorpusTest {
  protected:
-  static void SetUpTestSuite() {
-    corpus_ = new fs::path(scratch_dir("finetune-corpus") / "valid");
-    const auto r = prepare_sample_corpus(*corpus_);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-  }
-  static void TearDownTestSuite() { delete corpus_; }
-  static std::string data_args() { return " --train-data " + corpus_->string() + " --valid-data " + corpus_->string(); }
-  static fs::path* corpus_;
 };
-fs::path* FineTune::corpus_ = nullptr;
 
 
 // The loss of the HF model on the run's first global batch, recomputed independently: the same
@@ -85,7 +76,7 @@ TEST_F(FineTune, InitFromHfTakesShapeAndWeights) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("fresh optimizer"), std::string::npos) << r.output;
 
-  const double want = hf_loss_on_first_batch(*corpus_);
+  const double want = hf_loss_on_first_batch(corpus_);
   const auto losses = train_losses(root / "init");
   ASSERT_TRUE(losses.contains(1));
   // Same forward, same data, same thread count: equal up to the last digits of the accumulation.

@@ -25,18 +25,9 @@ nlohmann::json latest_state(const fs::path& run) {
       esm2::read_file(run / "checkpoints" / name.substr(0, name.find('\n')) / "trainer_state/state.json"));
 }
 
-class TimeBudget : public ::testing::Test {
+class TimeBudget : public SampleCorpusTest {
  protected:
-  static void SetUpTestSuite() {
-    corpus_ = new fs::path(scratch_dir("budget-corpus") / "valid");
-    const auto r = prepare_sample_corpus(*corpus_);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-  }
-  static void TearDownTestSuite() { delete corpus_; }
-  static std::string data_args() { return " --train-data " + corpus_->string() + " --valid-data " + corpus_->string(); }
-  static fs::path* corpus_;
 };
-fs::path* TimeBudget::corpus_ = nullptr;
 
 }  // namespace
 
@@ -148,7 +139,7 @@ TEST_F(TimeBudget, RecipeFillsUnsetFlagsOnly) {
   const fs::path root = scratch_dir("recipe");
   const std::string tiny8m = " --preset 8M --num-layers 1 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64"
                              " --max-seq-length 96 --threads 2 --no-report --num-steps 1 --disable-checkpointing"
-                             " --train-data " + corpus_->string() + " --result-dir " + root.string();
+                             " --train-data " + corpus_.string() + " --result-dir " + root.string();
   auto r = run_cli("train" + tiny8m + " --experiment-name short-run --recipe short-run");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("batch: 65536 tokens (packed) × 1 DP rank(s) × 2 accumulation"), std::string::npos) << r.output;

@@ -22,18 +22,9 @@ const std::string kTinyModel =
     kTinyModelShape + " --accumulate-grad-batches 2 --lr 1e-3 --warmup-steps 2"
     " --limit-val-batches 2 --log-every-n-steps 1 --threads 2 --no-report";
 
-class TrainCli : public ::testing::Test {
+class TrainCli : public SampleCorpusTest {
  protected:
-  static void SetUpTestSuite() {
-    corpus_ = new fs::path(scratch_dir("train-corpus") / "valid");
-    const auto r = prepare_sample_corpus(*corpus_);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-  }
-  static void TearDownTestSuite() { delete corpus_; }
-  static std::string data_args() { return " --train-data " + corpus_->string() + " --valid-data " + corpus_->string(); }
-  static fs::path* corpus_;
 };
-fs::path* TrainCli::corpus_ = nullptr;
 
 }  // namespace
 

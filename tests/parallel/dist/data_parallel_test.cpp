@@ -52,24 +52,18 @@ void expect_losses_close(const fs::path& a, const fs::path& b, size_t steps, dou
   }
 }
 
-class DataParallel : public ::testing::Test {
+class DataParallel : public SampleCorpusTest {
  protected:
   static void SetUpTestSuite() {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     setenv("OMPI_MCA_btl", "self,vader,tcp", 0);  // no InfiniBand probing in CI containers
-    corpus_ = new fs::path(scratch_dir("dist-corpus") / "valid");
-    const auto r = prepare_sample_corpus(*corpus_);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
+    SampleCorpusTest::SetUpTestSuite();
   }
-  static void TearDownTestSuite() { delete corpus_; }
   void SetUp() override {
     if (!have_mpirun()) GTEST_SKIP() << "mpirun not found: install OpenMPI (mpirun, libopenmpi-dev) to run the dist tests";
   }
-  static std::string data_args() { return " --train-data " + corpus_->string() + " --valid-data " + corpus_->string(); }
-  static fs::path* corpus_;
 };
-fs::path* DataParallel::corpus_ = nullptr;
 
 }  // namespace
 

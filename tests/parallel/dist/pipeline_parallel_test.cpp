@@ -418,23 +418,17 @@ void expect_same_run(const fs::path& a, const fs::path& b, size_t steps, int64_t
               a.filename().c_str(), b.filename().c_str(), dw, dm, la.begin()->second, lb.begin()->second);
 }
 
-class PipelineParallel : public ::testing::Test {
+class PipelineParallel : public SampleCorpusTest {
  protected:
   static void SetUpTestSuite() {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    corpus_ = new fs::path(scratch_dir("pp-corpus") / "valid");
-    const auto r = prepare_sample_corpus(*corpus_);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
+    SampleCorpusTest::SetUpTestSuite();
   }
-  static void TearDownTestSuite() { delete corpus_; }
   void SetUp() override {
     if (!have_mpirun()) GTEST_SKIP() << "mpirun not found: install OpenMPI (mpirun, libopenmpi-dev) to run the dist tests";
   }
-  static std::string data_args() { return " --train-data " + corpus_->string() + " --valid-data " + corpus_->string(); }
-  static fs::path* corpus_;
 };
-fs::path* PipelineParallel::corpus_ = nullptr;
 
 }  // namespace
 

@@ -53,24 +53,18 @@ double expect_checkpoints_close(const fs::path& a, const fs::path& b) {
   return dw;
 }
 
-class TensorParallel : public ::testing::Test {
+class TensorParallel : public SampleCorpusTest {
  protected:
   static void SetUpTestSuite() {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     setenv("OMPI_MCA_btl", "self,vader,tcp", 0);
-    corpus_ = new fs::path(scratch_dir("tp-corpus") / "valid");
-    const auto r = prepare_sample_corpus(*corpus_);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
+    SampleCorpusTest::SetUpTestSuite();
   }
-  static void TearDownTestSuite() { delete corpus_; }
   void SetUp() override {
     if (!have_mpirun()) GTEST_SKIP() << "mpirun not found: install OpenMPI (mpirun, libopenmpi-dev) to run the dist tests";
   }
-  static std::string data_args() { return " --train-data " + corpus_->string() + " --valid-data " + corpus_->string(); }
-  static fs::path* corpus_;
 };
-fs::path* TensorParallel::corpus_ = nullptr;
 
 const fs::path kStep4 = "checkpoints/step-00000004";
 
