@@ -129,7 +129,7 @@ void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
 
 // The recipe's value for every optimisation and batch setting that no flag (or config-file key) gave,
 // then the schedule from the lengths. --time-budget decides the length itself: --num-steps only caps
-// it, and a schedule length or a stop time of its own would contradict it.
+// it, and a schedule length of its own would contradict it (--max-time: validate_config).
 void apply_recipe(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
   const esm2::Recipe r = esm2::training_recipe(a.recipe, a.preset);
   cfg.recipe_label = r.label;
@@ -152,7 +152,6 @@ void apply_recipe(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
     d.micro_batch_tokens = 16384;
   }
   if (cfg.time_budget_s > 0) {
-    ESM2_CHECK(unset("--max-time"), "train: give at most one of --time-budget (which already ends the run in time) and --max-time");
     ESM2_CHECK(a.scheduler_num_steps <= 0, "train: --scheduler-num-steps conflicts with --time-budget, which sets the "
                "schedule's length from the measured throughput");
     if (unset("--num-steps")) cfg.num_steps = std::numeric_limits<int64_t>::max();
