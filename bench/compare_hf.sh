@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # Peer comparison (issue 6, item 3), ONE device call on the GPU machine: `esm2 bench` (ours) and
 # transformers' EsmForMaskedLM (bench/hf_throughput.py: bf16 autocast, SDPA, fused AdamW, eager and
-# torch.compile) for the 8M and 650M presets on the same corpus's length distribution, same machine,
+# torch.compile) for the 8M, 150M and 650M presets on the same corpus's length distribution, same machine,
 # same call. Prints a table and writes $OUT/hf_compare.json (ours/theirs ratios) plus the raw JSON and
 # logs of every step.
 # Usage (repository root on the device):  bench/compare_hf.sh [DEPS_DIR]
 #   DEPS_DIR  the carried libsqlite3/libsnappy .debs (as bench/cuda_device_run.sh); default .carry/deps
-# Environment: OUT (default /tmp/out), PRESETS (default "8M 650M"), CORPUS (a prepared corpus to use
+# Environment: ESM2_BIN (an esm2 binary to use instead of building one), OUT (default /tmp/out), PRESETS (default "8M 150M 650M"), CORPUS (a prepared corpus to use
 #   instead of preparing data/swissprot-sample's training FASTA), STEPS (timed steps, default 8),
-#   HF_TIMEOUT (seconds per HF process, default 150), BUDGET (seconds for everything after the build,
-#   default 340: an HF process gets at most what is left of it, less 20 s for the summary).
+#   HF_TIMEOUT (seconds per HF process, default 200: torch.compile of 650M needs ~2 minutes), BUDGET (seconds for everything after the build,
+#   default 470: an HF process gets at most what is left of it, less 20 s for the summary).
 # Each step is logged; a failing step does not stop the others. Wall time on an H100 with the build
-# already there: about 4-5 minutes (torch.compile of 650M is the longest part).
+# already there: about 8 minutes (torch.compile of 650M is the longest part).
 set -uo pipefail
 DEPS=${1:-.carry/deps}
 OUT=${OUT:-/tmp/out}
-PRESETS=${PRESETS:-"8M 650M"}
+PRESETS=${PRESETS:-"8M 150M 650M"}
 STEPS=${STEPS:-8}
-HF_TIMEOUT=${HF_TIMEOUT:-150}
-BUDGET=${BUDGET:-340}
+HF_TIMEOUT=${HF_TIMEOUT:-200}
+BUDGET=${BUDGET:-470}
 PY=${PY:-/opt/torch/.venv/bin/python3}
 mkdir -p "$OUT"
 LOG="$OUT/compare_hf.log"
@@ -26,18 +26,23 @@ step() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$LOG" 2>&1
 
-step "build"
 if [ -d "$DEPS" ]; then
   mkdir -p /tmp/deps
   for f in "$DEPS"/*.deb; do dpkg -x "$f" /tmp/deps; done
   export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
-{
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_BUILD_BENCH=OFF \
-    -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
-    -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so && time ninja -C build -j16 esm2
-} > "$OUT/build.log" 2>&1 || { step "build FAILED (tail of $OUT/build.log)"; tail -30 "$OUT/build.log"; exit 1; }
-E=./build/esm2
+if [ -x "${ESM2_BIN:-}" ]; then
+  E=$ESM2_BIN  # a binary built earlier on this machine (e.g. by bench/combined_device_run.sh)
+  step "using $E"
+else
+  step "build"
+  {
+    cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DESM2_BUILD_BENCH=OFF -DCMAKE_CUDA_ARCHITECTURES=90a \
+      -DCMAKE_PREFIX_PATH=/tmp/deps/usr -DSQLite3_INCLUDE_DIR=/tmp/deps/usr/include \
+      -DSQLite3_LIBRARY=/tmp/deps/usr/lib/x86_64-linux-gnu/libsqlite3.so && time ninja -C build -j16 esm2
+  } > "$OUT/build.log" 2>&1 || { step "build FAILED (tail of $OUT/build.log)"; tail -30 "$OUT/build.log"; exit 1; }
+  E=./build/esm2
+fi
 T0=$SECONDS  # the budget starts after the build
 
 if [ -z "${CORPUS:-}" ]; then
@@ -50,7 +55,7 @@ fi
 # Ours: the packed token budget of one step equals the HF packed batch (rows x 1024), so the memory
 # footprint is comparable; the padded HF batch holds fewer real tokens in the same slots.
 for P in $PRESETS; do
-  case $P in 8M) ROWS=64; BS=64 ;; 650M) ROWS=16; BS=16 ;; *) ROWS=16; BS=16 ;; esac
+  case $P in 8M) ROWS=64; BS=64 ;; 150M) ROWS=32; BS=32 ;; *) ROWS=16; BS=16 ;; esac
   step "ours: esm2 bench $P --micro-batch-tokens $((ROWS * 1024))"
   timeout 180 $E bench --backend cuda --preset "$P" --micro-batch-tokens $((ROWS * 1024)) --data "$CORPUS" \
     --steps "$STEPS" --warmup 2 --peak-tflops 989 --json "$OUT/ours_$P.json" >> "$LOG" 2>&1 || step "ours $P FAILED"
@@ -116,4 +121,6 @@ print(f"(machine: {summary['machine']}; batch = tokens per step for esm2.cpp, se
 with open(os.path.join(out, "hf_compare.json"), "w") as f:
     json.dump(summary, f, indent=1)
 PY
+# At most 8 files come back from a device call: the JSON files travel as one archive.
+(cd "$OUT" && tar -czf peers_json.tgz ./*.json && rm -f ./*.json)
 ls -la "$OUT"

@@ -157,6 +157,14 @@ class Backend {
   // dx[T,C] += ; dw[C] += ; db[C] += (dx accumulates: it is the residual stream).
   virtual void layernorm_backward(void* dx, float* dw, float* db, const void* dout, const void* x, const float* w,
                                   const float* mean, const float* rstd, int64_t T, int64_t C) = 0;
+  // The pre-LN block's residual add and the next LayerNorm in one pass: sum[T,C] (=) = a + b (rounded to
+  // the activation dtype), then out (=) = LayerNorm(sum) with mean/rstd saved, exactly as add followed by
+  // layernorm_forward (the default, and the CPU oracle); sum may alias a or b.
+  virtual void add_layernorm_forward(void* sum, void* out, float* mean, float* rstd, const void* a, const void* b,
+                                     const float* w, const float* bias, int64_t T, int64_t C, float eps) {
+    add(sum, a, b, static_cast<size_t>(T) * static_cast<size_t>(C));
+    layernorm_forward(out, mean, rstd, sum, w, bias, T, C, eps);
+  }
 
   // ---- attention (rotary inside) ----
   // qkv[T,3C]: per token [q | k | v], head h at columns h·D..h·D+D-1 of each part.
@@ -173,6 +181,14 @@ class Backend {
   virtual void gelu_forward(void* out, const void* x, size_t n, bool tanh_approx) = 0;
   // dx[n] (=) = gelu'(x)·dout. dx may alias dout.
   virtual void gelu_backward(void* dx, const void* dout, const void* x, size_t n, bool tanh_approx) = 0;
+  // GELU backward and the preceding Linear's bias gradient in one pass: dx[M,N] (=) = gelu'(x)·dout, then
+  // db[N] += Σ_rows dx (of dx as stored, i.e. rounded), exactly as gelu_backward followed by
+  // bias_backward (the default, and the CPU oracle). dx may alias dout.
+  virtual void gelu_backward_bias(void* dx, float* db, const void* dout, const void* x, int64_t M, int64_t N,
+                                  bool tanh_approx) {
+    gelu_backward(dx, dout, x, static_cast<size_t>(M) * static_cast<size_t>(N), tanh_approx);
+    bias_backward(db, dx, M, N);
+  }
 
   // ---- row gather / scatter ----
   // out[R,C] (=) = x[idx[r], :]

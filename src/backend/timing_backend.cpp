@@ -70,6 +70,13 @@ void TimingBackend::gelu_forward(void* o, const void* x, size_t n, bool t) { tim
 void TimingBackend::gelu_backward(void* dx, const void* d, const void* x, size_t n, bool t) {
   timed("gelu_backward", 0, [&] { in_.gelu_backward(dx, d, x, n, t); });
 }
+void TimingBackend::add_layernorm_forward(void* sum, void* out, float* mean, float* rstd, const void* a, const void* b,
+                                          const float* w, const float* bias, int64_t T, int64_t C, float eps) {
+  timed("add_layernorm_forward", 0, [&] { in_.add_layernorm_forward(sum, out, mean, rstd, a, b, w, bias, T, C, eps); });
+}
+void TimingBackend::gelu_backward_bias(void* dx, float* db, const void* d, const void* x, int64_t M, int64_t N, bool t) {
+  timed("gelu_backward_bias", 0, [&] { in_.gelu_backward_bias(dx, db, d, x, M, N, t); });
+}
 void TimingBackend::gather_rows(void* o, const void* x, const int32_t* idx, int64_t R, int64_t C) {
   timed("gather_rows", 0, [&] { in_.gather_rows(o, x, idx, R, C); });
 }

@@ -66,6 +66,10 @@ class TimingBackend final : public Backend {
                           const AttentionShape& a) override;
   void gelu_forward(void* out, const void* x, size_t n, bool tanh_approx) override;
   void gelu_backward(void* dx, const void* dout, const void* x, size_t n, bool tanh_approx) override;
+  void add_layernorm_forward(void* sum, void* out, float* mean, float* rstd, const void* a, const void* b,
+                             const float* w, const float* bias, int64_t T, int64_t C, float eps) override;
+  void gelu_backward_bias(void* dx, float* db, const void* dout, const void* x, int64_t M, int64_t N,
+                          bool tanh_approx) override;
   void gather_rows(void* out, const void* x, const int32_t* idx, int64_t R, int64_t C) override;
   void scatter_add_rows(void* dx, const void* dout, const int32_t* idx, int64_t R, int64_t C) override;
   void cross_entropy_forward(float* loss, const void* logits, const int32_t* labels, int64_t R, int64_t V) override;

@@ -177,6 +177,7 @@ struct SlotState {
   // Current micro-batch.
   int64_t T = 0, R = 0;
   int S = 0, max_seqlen = 0;
+  bool has_pad = false;  // some input id is <pad> (attention must mask those keys)
 };
 
 }  // namespace
@@ -362,6 +363,7 @@ struct Esm2Model::Impl : SlotState {
     R = static_cast<int64_t>(r.size());
     S = static_cast<int>(mb.cu_seqlens.size() - 1);
     max_seqlen = maxlen;
+    has_pad = std::find(mb.input_ids.begin(), mb.input_ids.end(), kPad) != mb.input_ids.end();
     ensure_capacity(T, R);
     be.copy_to_device(ids, mb.input_ids.data(), T * 4);
     be.copy_to_device(cu, mb.cu_seqlens.data(), (S + 1) * 4);
@@ -407,7 +409,7 @@ struct Esm2Model::Impl : SlotState {
     s.D = cfg.head_dim();
     s.max_seqlen = max_seqlen;
     s.cu_seqlens = cu;
-    s.ids = ids;
+    s.ids = has_pad ? ids : nullptr;  // no pad token: no key mask to apply
     s.pad_id = kPad;
     s.inv_freq = inv_freq_dev;
     return s;
@@ -454,48 +456,72 @@ struct Esm2Model::Impl : SlotState {
   const float* row_parallel_bias(const float* b) const { return coord.tp_rank == 0 ? b : nullptr; }
 
   // ---- forward ----
-  // One pre-LN layer into v. recompute = false: the whole layer, v.x → v.out. recompute = true (before
-  // layer l's backward): only the tensors the mode does not keep, in forward order, from the kept
-  // ones; same ops on the same inputs, so bitwise the values the forward had.
-  void layer_forward(int l, const LayerActs& v, bool recompute_pass) {
+  // One pre-LN layer into v. recompute = false: the whole layer from v.x, except its last residual add,
+  // v.out += v.mid, which encoder_forward fuses with the LayerNorm that reads v.out (ln1_ready: this
+  // layer's LN1 came from that fused add of the layer before). recompute = true (before layer l's
+  // backward): only the tensors the mode does not keep, in forward order, from the kept ones; the same
+  // ops on the same inputs (a fused add + LayerNorm is bitwise the two ops), so bitwise the values the
+  // forward had.
+  void layer_forward(int l, const LayerActs& v, bool recompute_pass, bool ln1_ready = false) {
     const int64_t C = cfg.hidden_size, Ca = Cl, F = Fl;
     const LayerOffsets& o = table.layers[l];
     const float* P = params;
     const Keep k = keep_for(recompute);
     auto need = [recompute_pass](bool kept) { return !recompute_pass || !kept; };
     // x_mid = x + out_proj(Attn(LN1(x))); out_proj is row-parallel: partial sums over the local heads
-    if (need(k.ln1))
+    if (need(k.ln1) && !ln1_ready)
       be.layernorm_forward(v.ln1, v.ln1_mean, v.ln1_rstd, v.x, P + o.ln1_w, P + o.ln1_b, T, C, cfg.layer_norm_eps);
     if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * Ca, C);
     if (need(k.atty)) be.attention_forward(v.atty, v.lse, v.qkv, attn_shape());
+    // x_next = x_mid + proj(GELU(fc(LN2(x_mid)))); the residual add and LN2 in one pass
     if (need(k.mid)) {
       linear(v.mid, v.atty, P + o.w_o, row_parallel_bias(P + o.b_o), T, C, Ca);
       tp_allreduce(v.mid, T * C, "tensor-parallel attention output all-reduce");
-      be.add(v.mid, v.mid, v.x, T * C);
-    }
-    // x_next = x_mid + proj(GELU(fc(LN2(x_mid))))
-    if (need(k.ln2))
+      if (need(k.ln2))
+        be.add_layernorm_forward(v.mid, v.ln2, v.ln2_mean, v.ln2_rstd, v.mid, v.x, P + o.ln2_w, P + o.ln2_b, T, C,
+                                 cfg.layer_norm_eps);
+      else
+        be.add(v.mid, v.mid, v.x, T * C);
+    } else if (need(k.ln2)) {
       be.layernorm_forward(v.ln2, v.ln2_mean, v.ln2_rstd, v.mid, P + o.ln2_w, P + o.ln2_b, T, C, cfg.layer_norm_eps);
+    }
     if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C);
     if (recompute_pass) return;  // v.out is the next layer's kept input
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
     linear(v.out, a.gelu, P + o.w_proj, row_parallel_bias(P + o.b_proj), T, C, F);
     tp_allreduce(v.out, T * C, "tensor-parallel FFN output all-reduce");
-    be.add(v.out, v.out, v.mid, T * C);
   }
 
   void encoder_forward() {
     const int64_t C = cfg.hidden_size;
+    const float eps = cfg.layer_norm_eps;
     const float* P = params;
     // A later pipeline stage finds the previous stage's output in res(0) instead.
     if (table.has_embedding) {
       be.embedding_forward(res(0), ids, P + table.wte, T, C);
       be.token_dropout_forward(res(0), ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
     }
-    for (int l = 0; l < num_local_layers(); ++l) layer_forward(l, layer(l), /*recompute_pass=*/false);
-    if (table.has_head)
-      be.layernorm_forward(a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), res(num_local_layers()), P + table.lnf_w,
-                           P + table.lnf_b, T, C, cfg.layer_norm_eps);
+    const int L = num_local_layers();
+    for (int l = 0; l < L; ++l) {
+      const LayerActs v = layer(l);
+      layer_forward(l, v, /*recompute_pass=*/false, /*ln1_ready=*/l > 0);
+      // The layer's residual add, fused with the LayerNorm that reads its output: the next layer's LN1,
+      // or the final LayerNorm after the last layer.
+      if (l + 1 < L) {
+        const LayerActs n = layer(l + 1);
+        const LayerOffsets& o = table.layers[l + 1];
+        be.add_layernorm_forward(v.out, n.ln1, n.ln1_mean, n.ln1_rstd, v.out, v.mid, P + o.ln1_w, P + o.ln1_b, T, C,
+                                 eps);
+      } else if (table.has_head) {
+        be.add_layernorm_forward(v.out, a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), v.out, v.mid, P + table.lnf_w,
+                                 P + table.lnf_b, T, C, eps);
+      } else {
+        be.add(v.out, v.out, v.mid, T * C);
+      }
+    }
+    if (table.has_head && L == 0)
+      be.layernorm_forward(a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), res(0), P + table.lnf_w, P + table.lnf_b, T, C,
+                           eps);
   }
 
   // LM head on the R selected rows: dense → GELU → LayerNorm → tied decoder + bias.
@@ -534,8 +560,8 @@ struct Esm2Model::Impl : SlotState {
       be.memset_zero(a.dh_b, be.act_bytes(R * C));
       be.layernorm_backward(a.dh_b, G + table.head_ln_w, G + table.head_ln_b, a.dh_a, a.h_gelu, P + table.head_ln_w,
                             f32(a.h_mean), f32(a.h_rstd), R, C);
-      be.gelu_backward(a.dh_b, a.dh_b, a.h_dense, R * C, cfg.gelu_tanh);
-      linear_backward(a.dh_a, G + table.head_w, G + table.head_b, a.dh_b, a.h_in, P + table.head_w, R, C, C);
+      be.gelu_backward_bias(a.dh_b, G + table.head_b, a.dh_b, a.h_dense, R, C, cfg.gelu_tanh);
+      linear_backward(a.dh_a, G + table.head_w, nullptr, a.dh_b, a.h_in, P + table.head_w, R, C, C);
       be.memset_zero(a.d_tmp, be.act_bytes(T * C));
       be.scatter_add_rows(a.d_tmp, a.dh_a, rows, R, C);
       // final LayerNorm: d_res becomes the gradient of the last residual stream
@@ -568,8 +594,8 @@ struct Esm2Model::Impl : SlotState {
     // bias/LayerNorm gradients come out identical on every tp rank.
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
     linear_backward(a.d_fch, G + o.w_proj, G + o.b_proj, a.d_res, a.gelu, P + o.w_proj, T, C, F);
-    be.gelu_backward(a.d_fch, a.d_fch, v.fch, T * F, cfg.gelu_tanh);
-    linear_backward(a.d_tmp, G + o.w_fc, G + o.b_fc, a.d_fch, v.ln2, P + o.w_fc, T, F, C);
+    be.gelu_backward_bias(a.d_fch, G + o.b_fc, a.d_fch, v.fch, T, F, cfg.gelu_tanh);
+    linear_backward(a.d_tmp, G + o.w_fc, nullptr, a.d_fch, v.ln2, P + o.w_fc, T, F, C);
     tp_allreduce(a.d_tmp, T * C, "tensor-parallel FFN input-gradient all-reduce");
     be.layernorm_backward(a.d_res, G + o.ln2_w, G + o.ln2_b, a.d_tmp, v.mid, P + o.ln2_w, v.ln2_mean, v.ln2_rstd, T, C);
     // attention block

@@ -1,7 +1,7 @@
 // Training recipes: the hyperparameters `esm2 train` uses where no flag sets them (docs/recipes.md).
-// `esm2-paper` (the default) is the reference's recipe; `short-run` is a per-preset starting point for
-// short single-GPU runs taken from the literature, which issue 20's sweep (bench/sweep_device_run.sh) is
-// to replace by measured winners before it becomes a default. Explicit flags always win.
+// `esm2-paper` is the reference's recipe; `short-run` is a per-preset row for short single-GPU runs.
+// A row that the sweep (bench/sweep_device_run.sh) measured is its preset's default; the others are
+// starting values from the literature, opt-in until measured. Explicit flags always win.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -41,5 +41,8 @@ inline constexpr EnumName<RecipeKind> kRecipeNames[] = {{"short-run", RecipeKind
 
 // The preset's recipe. Presets without a short-run row (demo, esm2_t6_8M, 3B, 15B) get esm2-paper.
 Recipe training_recipe(RecipeKind kind, const std::string& preset);
+
+// The recipe without --recipe: short-run where the preset's row was measured (8M), else esm2-paper.
+RecipeKind default_recipe(const std::string& preset);
 
 }  // namespace esm2

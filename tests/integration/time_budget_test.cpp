@@ -140,18 +140,27 @@ TEST_F(TimeBudget, RecipeFillsUnsetFlagsOnly) {
   const std::string tiny8m = " --preset 8M --num-layers 1 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64"
                              " --max-seq-length 96 --threads 2 --no-report --num-steps 1 --disable-checkpointing"
                              " --train-data " + corpus_.string() + " --result-dir " + root.string();
-  auto r = run_cli("train" + tiny8m + " --experiment-name short-run --recipe short-run");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("batch: 65536 tokens (packed) × 1 DP rank(s) × 2 accumulation"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("lr 0.002 (min 0.0002, warmup 0, 1 steps, warmup_stable_decay); recipe short-run (8M)"),
-            std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("AdamW: beta1 0.9, beta2 0.98, eps 1e-08, weight decay 0.01, clip 1; lr decay over the last 0.2"),
-            std::string::npos) << r.output;
+  // 8M's short-run row was measured by the sweep, so it is that preset's default: no --recipe.
+  for (const std::string recipe : {"", " --recipe short-run"}) {
+    auto r = run_cli("train" + tiny8m + " --experiment-name short-run" + (recipe.empty() ? "-default" : "") + recipe);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("batch: 65536 tokens (packed) × 1 DP rank(s) × 2 accumulation"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("lr 0.001 (min 0.0001, warmup 0, 1 steps, warmup_stable_decay); recipe short-run (8M)"),
+              std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("AdamW: beta1 0.9, beta2 0.98, eps 1e-08, weight decay 0.01, clip 1; lr decay over the last 0.2"),
+              std::string::npos) << r.output;
+  }
 
-  // esm2-paper is the default: no --recipe.
-  r = run_cli("train" + tiny8m + " --experiment-name paper --micro-batch-tokens 2048");
+  // The reference's recipe is one flag away; a preset whose row was not measured (150M) defaults to it.
+  auto r = run_cli("train" + tiny8m + " --experiment-name paper --micro-batch-tokens 2048 --recipe esm2-paper");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("batch: 2048 tokens (packed) × 1 DP rank(s) × 1 accumulation"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("lr 0.0004 (min 4e-05, warmup 0, 1 steps, warmup_anneal_decay_hold); recipe esm2-paper"),
+            std::string::npos) << r.output;
+  std::string tiny150m = tiny8m;
+  tiny150m.replace(tiny150m.find("8M"), 2, "150M");
+  r = run_cli("train" + tiny150m + " --experiment-name paper-150m --micro-batch-tokens 2048");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("lr 0.0004 (min 4e-05, warmup 0, 1 steps, warmup_anneal_decay_hold); recipe esm2-paper"),
             std::string::npos) << r.output;
 

@@ -57,3 +57,15 @@ TEST(Recipe, ShortRunRowsPerPreset) {
   EXPECT_EQ(demo.schedule, ScheduleKind::WarmupAnnealDecayHold);
   EXPECT_NE(demo.label.find("esm2-paper"), std::string::npos);
 }
+
+// Without --recipe: short-run where the sweep measured the preset's row (8M), the reference elsewhere.
+TEST(Recipe, DefaultIsShortRunOnlyWhereMeasured) {
+  EXPECT_EQ(default_recipe("8M"), RecipeKind::ShortRun);
+  for (const char* preset : {"demo", "esm2_t6_8M", "35M", "150M", "650M", "3B", "15B", "no-such-preset"})
+    EXPECT_EQ(default_recipe(preset), RecipeKind::Esm2Paper) << preset;
+  // The measured 8M row (bench/results/recipes-8M-swissprot): lr 1e-3, 131,072 tokens per step.
+  const Recipe r = training_recipe(default_recipe("8M"), "8M");
+  EXPECT_EQ(r.lr, 1e-3);
+  EXPECT_EQ(r.tokens_per_step(), 131072);
+  EXPECT_EQ(r.schedule, ScheduleKind::WarmupStableDecay);
+}

@@ -11,13 +11,20 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <cstdint>
 #include <map>
 #include <vector>
 
 #include "backend/cuda/adamw.cuh"
 #include "backend/cuda/add.cuh"
+#include "backend/cuda/add_layernorm.cuh"
 #include "backend/cuda/attention_backward.cuh"
+#ifdef ESM2_HAVE_CUDNN
+#include "backend/cuda/attention_cudnn.h"
+#endif
 #include "backend/cuda/attention_forward.cuh"
 #include "backend/cuda/bias_backward.cuh"
 #include "backend/cuda/convert.cuh"
@@ -66,6 +73,9 @@ class CudaBackend final : public Backend {
     for (auto& s : scratch_) cudaFree(s.ptr);
     for (auto& u : uploads_) cudaFree(u.dev);
     lt_.reset();
+#ifdef ESM2_HAVE_CUDNN
+    cudnn_.reset();
+#endif
     cudaFreeHost(host_word_);
     cudaStreamDestroy(stream_);
   }
@@ -74,6 +84,7 @@ class CudaBackend final : public Backend {
   DType activation_dtype() const override { return act_; }
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
+  int64_t cudnn_attention_calls() const { return cudnn_calls_; }
 
   // ---- memory ----
   void* alloc(size_t bytes) override {
@@ -225,13 +236,43 @@ class CudaBackend final : public Backend {
                                     scratch(Slot::Columns, cuda::layernorm_backward_scratch_floats(T, C)), stream_);
   }
 
+  void add_layernorm_forward(void* sum, void* out, float* mean, float* rstd, const void* a, const void* b,
+                             const float* w, const float* bias, int64_t T, int64_t C, float eps) override {
+    cuda::launch_add_layernorm_forward(sum, out, mean, rstd, a, b, w, bias, T, C, eps, act_, stream_);
+  }
+
   // ---- attention ----
   void attention_forward(void* out, float* lse, const void* qkv, const AttentionShape& a) override {
+#ifdef ESM2_HAVE_CUDNN
+    if (cuda::CudnnAttention* c = cudnn_for(a)) {
+      size_t bytes = 0;
+      if (cudnn_plan_ok([&] { bytes = c->forward_scratch_bytes(a); })) {
+        if (void* ws = cudnn_scratch(c, a, bytes)) {
+          c->forward(out, lse, qkv, a, ws);
+          ++cudnn_calls_;
+          return;
+        }
+      }
+    }
+#endif
     cuda::launch_attention_forward(out, lse, qkv, a, act_,
                                    scratch(Slot::Attention, cuda::attention_forward_scratch_floats(a, act_)), stream_);
   }
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
                           const AttentionShape& a) override {
+#ifdef ESM2_HAVE_CUDNN
+    if (cuda::CudnnAttention* c = cudnn_for(a)) {
+      const bool det = cudnn_deterministic(a);
+      size_t bytes = 0;
+      if (cudnn_plan_ok([&] { bytes = c->backward_scratch_bytes(a, det); })) {
+        if (void* ws = cudnn_scratch(c, a, bytes)) {
+          c->backward(dqkv, dout, qkv, out, lse, a, det, ws);
+          ++cudnn_calls_;
+          return;
+        }
+      }
+    }
+#endif
     cuda::launch_attention_backward(dqkv, dout, qkv, out, lse, a, act_,
                                     scratch(Slot::Attention, cuda::attention_backward_scratch_floats(a, act_)), stream_);
   }
@@ -242,6 +283,12 @@ class CudaBackend final : public Backend {
   }
   void gelu_backward(void* dx, const void* dout, const void* x, size_t n, bool tanh_approx) override {
     cuda::launch_gelu_backward(dx, dout, x, n, tanh_approx, act_, stream_);
+  }
+  void gelu_backward_bias(void* dx, float* db, const void* dout, const void* x, int64_t M, int64_t N,
+                          bool tanh_approx) override {
+    invalidate(db, N * 4);
+    cuda::launch_gelu_backward_bias(dx, db, dout, x, M, N, tanh_approx, act_,
+                                    scratch(Slot::Columns, cuda::gelu_backward_bias_scratch_floats(M, N)), stream_);
   }
   void gather_rows(void* out, const void* x, const int32_t* idx, int64_t R, int64_t C) override {
     cuda::launch_gather_rows(out, x, idx, R, C, act_, stream_);
@@ -339,6 +386,14 @@ class CudaBackend final : public Backend {
 
   // Device scratch of at least `floats` floats, grown on demand (never shrunk). Growing frees the old
   // buffer after the stream drains, so queued kernels never see it vanish.
+  void release_scratch(Slot slot) {
+    Scratch& s = scratch_[static_cast<int>(slot)];
+    if (!s.ptr) return;
+    ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    device_free(s.ptr, s.floats * 4);
+    s.ptr = nullptr;
+    s.floats = 0;
+  }
   float* scratch(Slot slot, size_t floats) {
     Scratch& s = scratch_[static_cast<int>(slot)];
     if (s.floats < floats) {
@@ -460,6 +515,95 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   void* host_word_ = nullptr;  // pinned, for scalar read-backs
   std::unique_ptr<cuda::LtRunner> lt_;
+
+  // Attention route (docs/cuda.md): ESM2_ATTENTION=auto (the measured table in cudnn_preferred), mma
+  // (the mma.sync kernels) or cudnn (cuDNN wherever the shape allows); ESM2_ATTENTION_NONDETERMINISTIC=1
+  // lets cuDNN's backward accumulate dQ with atomics (faster; bits may differ between runs).
+  enum class AttnRoute { Auto, Mma, Cudnn };
+  static AttnRoute attention_route_from_env() {
+    const char* v = std::getenv("ESM2_ATTENTION");
+    if (!v || !*v || std::string(v) == "auto") return AttnRoute::Auto;
+    if (std::string(v) == "mma") return AttnRoute::Mma;
+    if (std::string(v) == "cudnn") return AttnRoute::Cudnn;
+    fail("ESM2_ATTENTION={}: must be auto, mma or cudnn", v);
+  }
+  static bool nondeterministic_from_env() {
+    const char* v = std::getenv("ESM2_ATTENTION_NONDETERMINISTIC");
+    if (!v || !*v || std::string(v) == "0") return false;
+    ESM2_CHECK(std::string(v) == "1", "ESM2_ATTENTION_NONDETERMINISTIC={}: must be 0 or 1", v);
+    return true;
+  }
+  [[maybe_unused]] AttnRoute attn_route_ = attention_route_from_env();
+  int64_t cudnn_calls_ = 0;
+  [[maybe_unused]] bool attn_nondeterministic_ = nondeterministic_from_env();
+#ifdef ESM2_HAVE_CUDNN
+  // Which route `auto` takes per head dim, from one H100 run (bench/results/cuda/issue15-callB): cuDNN
+  // made 650M (D 64) 10% and 150M (D 32) 9% faster per training step, 8M (D 16) 16% slower; 40 and 128
+  // passed the same test against the CPU backend (the mma kernels pad 40 to 64); 24 was not run on cuDNN.
+  static bool cudnn_preferred(int D) { return D == 32 || D == 40 || D == 64 || D == 128; }
+  std::unique_ptr<cuda::CudnnAttention> cudnn_;
+  bool cudnn_tried_ = false;
+  // The cuDNN runner when this call goes through cuDNN, else nullptr (created on first use; a machine
+  // where cuDNN cannot start says so once and keeps the mma kernels).
+  cuda::CudnnAttention* cudnn_for(const AttentionShape& a) {
+    if (attn_route_ == AttnRoute::Mma || !cuda::CudnnAttention::supports(a, act_)) return nullptr;
+    if (attn_route_ == AttnRoute::Auto && !cudnn_preferred(a.D)) return nullptr;
+    if (!cudnn_tried_) {
+      cudnn_tried_ = true;
+      std::string why;
+      cudnn_ = cuda::CudnnAttention::create(stream_, &why);
+      if (!cudnn_) std::fprintf(stderr, "esm2: cuDNN attention unavailable (%s); using the mma kernels\n", why.c_str());
+    }
+    return cudnn_.get();
+  }
+  // Runs a plan lookup; a shape cuDNN finds no engine for goes to the mma kernels (said once per run;
+  // both routes keep the same lse, so a forward and a backward of different routes still agree).
+  template <class F>
+  bool cudnn_plan_ok(F&& f) {
+    try {
+      f();
+      return true;
+    } catch (const Error& e) {
+      if (!cudnn_warned_) std::fprintf(stderr, "esm2: %s; using the mma kernels for this shape\n", e.what());
+      cudnn_warned_ = true;
+      return false;
+    }
+  }
+  bool cudnn_warned_ = false;
+  // cuDNN's scratch (its plan's workspace grows with the padded sequence count times the longest
+  // sequence: +4 GB for 650M at 16,384 tokens, +15 GB for 8M at 65,536) is not in the memory plan. On
+  // the first call the slot is sized for the backward, the larger of the two, and must leave 1 GiB free
+  // for what is allocated later in the step; when it does not fit (then or on a later, larger shape) the
+  // run says so once and keeps the mma kernels, so a micro-batch that fits with them still runs.
+  bool cudnn_off_ = false;
+  bool cudnn_sized_ = false;
+  void* cudnn_scratch(cuda::CudnnAttention* c, const AttentionShape& a, size_t bytes) {
+    if (cudnn_off_) return nullptr;
+    size_t need = bytes;
+    const bool first = !cudnn_sized_;
+    cudnn_sized_ = true;
+    if (first) cudnn_plan_ok([&] { need = std::max(bytes, c->backward_scratch_bytes(a, cudnn_deterministic(a))); });
+    try {
+      void* p = scratch(Slot::Attention, (need + 3) / 4);
+      if (!first) return p;
+      size_t free_b = 0, total_b = 0;
+      ESM2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+      if (free_b >= (size_t{1} << 30)) return p;
+      release_scratch(Slot::Attention);
+    } catch (const OutOfDeviceMemory&) {
+      // cudaMalloc's failure is not sticky; the slot is empty again (scratch frees before it allocates)
+    }
+    cudnn_off_ = true;
+    std::fprintf(stderr,
+                 "esm2: note: cuDNN attention needs %.0f MiB of scratch that does not fit beside this run; it uses the "
+                 "mma kernels\n",
+                 need / 1048576.0);
+    return nullptr;
+  }
+  // The atomic backward gave wrong dQ/dK at head dim 40 on an H100 (cuDNN 9.14, 2026-12-07) while the
+  // deterministic one matched: head dims that are not a multiple of 16 keep the deterministic one.
+  bool cudnn_deterministic(const AttentionShape& a) const { return !attn_nondeterministic_ || a.D % 16 != 0; }
+#endif
   Scratch scratch_[static_cast<int>(Slot::kCount)];
   Uploaded uploads_[static_cast<int>(Upload::kCount)];
   std::vector<double> per_range_;
@@ -484,5 +628,6 @@ CudaBackend& as_cuda(Backend& b) {
 
 void* cuda_backend_stream(Backend& b) { return as_cuda(b).stream(); }
 int cuda_backend_device(Backend& b) { return as_cuda(b).device(); }
+int64_t cuda_backend_cudnn_attention_calls(Backend& b) { return as_cuda(b).cudnn_attention_calls(); }
 
 }  // namespace esm2

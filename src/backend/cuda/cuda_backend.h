@@ -3,6 +3,7 @@
 // copies of the fp32 master weights, kept by the backend and refreshed by the fused AdamW step.
 // This header is plain C++ (no CUDA headers) so that C++-only code (apps, tests) can include it.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "backend/backend.h"
@@ -20,6 +21,9 @@ std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device = 
 // not a CUDA backend.
 void* cuda_backend_stream(Backend& b);
 int cuda_backend_device(Backend& b);
+// Attention calls (forward and backward) a CUDA backend has run through cuDNN's fused attention (0 when
+// built without cuDNN); tests use it to know which route ran.
+int64_t cuda_backend_cudnn_attention_calls(Backend& b);
 
 // Adds the cuda backend to the registry (backend/backend_factory.h); the build's generated
 // builtin_components.cpp calls it.

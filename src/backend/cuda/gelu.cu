@@ -1,3 +1,5 @@
+#include "backend/cuda/bias_backward.cuh"
+#include "backend/cuda/col_reduce.cuh"
 #include "backend/cuda/cuda_types.cuh"
 #include "backend/cuda/gelu.cuh"
 
@@ -69,7 +71,77 @@ __global__ void gelu_backward_kernel(T* dx, const T* dout, const T* x, size_t n)
   }
   for (size_t i = done + tid; i < n; i += stride) dx[i] = from_f<T>(gelu_grad<kTanh>(to_f(x[i])) * to_f(dout[i]));
 }
+
+// gelu_backward_kernel and bias_partials_vec_kernel in one pass: dx is written and its stored (rounded)
+// values summed per column over the same partition and in the same order as bias_partials_vec_kernel
+// (block: 32 packs of columns × kColRows rows, thread row y takes rows r0 + y, r0 + y + 8, ...), so the
+// partials are bitwise those of the two separate kernels. Requires N % Pack16<T>::kN == 0 and aligned
+// rows. dx may alias dout (each element is read, then written, by one thread).
+template <class T, bool kTanh>
+__global__ void __launch_bounds__(256) gelu_backward_bias_kernel(T* dx, float* __restrict__ partial, const T* dout,
+                                                                 const T* __restrict__ x, int64_t M, int64_t N) {
+  using P = Pack16<T>;
+  constexpr int kN = P::kN;
+  __shared__ float sm[8][32 * kN + 1];
+  const int64_t c0 = (blockIdx.x * 32 + static_cast<int64_t>(threadIdx.x)) * kN;
+  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kColRows);
+  const int64_t r1 = min(M, r0 + kColRows);
+  float acc[kN];
+#pragma unroll
+  for (int k = 0; k < kN; ++k) acc[k] = 0;
+  if (c0 < N)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      const P a = *reinterpret_cast<const P*>(x + r * N + c0);
+      P d = *reinterpret_cast<const P*>(dout + r * N + c0);
+#pragma unroll
+      for (int k = 0; k < kN; ++k) {
+        d.v[k] = from_f<T>(gelu_grad<kTanh>(to_f(a.v[k])) * to_f(d.v[k]));
+        acc[k] += to_f(d.v[k]);
+      }
+      *reinterpret_cast<P*>(dx + r * N + c0) = d;
+    }
+#pragma unroll
+  for (int k = 0; k < kN; ++k) sm[threadIdx.y][threadIdx.x * kN + k] = acc[k];
+  __syncthreads();
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  for (int j = tid; j < 32 * kN; j += 256) {
+    const int64_t c = blockIdx.x * 32 * kN + j;
+    if (c >= N) continue;
+    float sum = 0;
+    for (int w = 0; w < 8; ++w) sum += sm[w][j];
+    partial[blockIdx.y * N + c] = sum;
+  }
+}
 }  // namespace
+
+size_t gelu_backward_bias_scratch_floats(int64_t M, int64_t N) { return bias_backward_scratch_floats(M, N); }
+
+void launch_gelu_backward_bias(void* dx, float* db, const void* dout, const void* x, int64_t M, int64_t N,
+                               bool tanh_approx, DType dt, float* scratch, cudaStream_t s) {
+  if (M == 0 || N == 0) return;
+  const int64_t chunks = col_chunks(M);
+  bool fused = false;
+  dispatch_act(dt, [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int kN = Pack16<T>::kN;
+    if (N % kN != 0 || !aligned16(dx, dout, x)) return;
+    const dim3 grid((N + 32 * kN - 1) / (32 * kN), chunks);
+    auto* d = static_cast<T*>(dx);
+    const auto* g = static_cast<const T*>(dout);
+    const auto* xi = static_cast<const T*>(x);
+    if (tanh_approx) gelu_backward_bias_kernel<T, true><<<grid, dim3(32, 8), 0, s>>>(d, scratch, g, xi, M, N);
+    else gelu_backward_bias_kernel<T, false><<<grid, dim3(32, 8), 0, s>>>(d, scratch, g, xi, M, N);
+    ESM2_CUDA_CHECK_LAUNCH();
+    fused = true;
+  });
+  if (!fused) {  // ragged or unaligned rows: the two separate ops (the same result)
+    launch_gelu_backward(dx, dout, x, static_cast<size_t>(M) * static_cast<size_t>(N), tanh_approx, dt, s);
+    launch_bias_backward(db, dx, dt, M, N, scratch, s);
+    return;
+  }
+  finish_col_partials<<<(N + 255) / 256, 256, 0, s>>>(db, scratch, chunks, N);
+  ESM2_CUDA_CHECK_LAUNCH();
+}
 
 void launch_gelu_forward(void* out, const void* x, size_t n, bool tanh_approx, DType dt, cudaStream_t s) {
   if (n == 0) return;
