@@ -268,6 +268,7 @@ class Trainer {
  private:
   void print_banner() const;
   void plan_time_budget();
+  void replan_time_budget();
   void apply_budget(const BudgetPlan& p);
   double compute_gradients(const StepBatch& batch);
   StepOutcome train_step();
@@ -308,6 +309,11 @@ class Trainer {
   ScheduleConfig schedule_;  // cfg.schedule, with the length of a --time-budget plan
   int64_t last_step_;
   double eval_reserve_s_ = 0;  // --time-budget: the longest validation + checkpoint so far (or the plan's)
+  // --time-budget's one re-plan (replan_time_budget): the step it happens after (0: none), and the wall
+  // time of the steps since the second one, less their validations and checkpoints.
+  int64_t replan_at_ = 0, replan_from_step_ = 0;
+  Clock::time_point replan_t0_;
+  double replan_eval_s_ = 0;
   const bool checkpointing_;
   const FaultInjection faults_ = fault_injection_from_env();  // test-only: empty unless ESM2_FAULT_INJECT is set
   Throughput throughput_;
@@ -510,6 +516,13 @@ void Trainer::plan_time_budget() {
   state_.budget = BudgetPlan{budget, n, warmup, step_s, eval_s};
   apply_budget(*state_.budget);
   eval_reserve_s_ = eval_s;
+  // A schedule whose learning rate up to its decay does not depend on its length (warmup_stable_decay,
+  // constant) can take a new length once the steps have been timed in the run itself: see
+  // replan_time_budget. At a fifth of the plan, after the warm-up, before the decay.
+  if (schedule_.kind == ScheduleKind::WarmupStableDecay || schedule_.kind == ScheduleKind::Constant) {
+    const int64_t at = std::max(warmup + 1, (n + 4) / 5);
+    if (at + 1 < n && at >= 4 && learning_rate(schedule_, at) == schedule_.max_lr) replan_at_ = at;
+  }
   if (root_) {
     fmt::print("time budget {} s: {:.1f} s start-up and timing; a step {:.4f} s, a validation + checkpoint {:.2f} s "
                "→ {} steps (warmup {}{}), about {:.0f} s of training\n",
@@ -517,6 +530,52 @@ void Trainer::plan_time_budget() {
                cost(n));
     std::fflush(stdout);
   }
+}
+
+// --time-budget, once, a fifth of the way in: the plan came from a few steps timed at start-up, which
+// misjudge the steady state (on an H100, 8M's steps ran 14% faster than timed, so a 30 s budget ended
+// after 21 s). The steps since the second one give the real rate; the schedule's length becomes what
+// the rest of the budget holds, as long as the steps so far stay before the new decay, so the run is
+// still exactly the --num-steps run of the final length with the plan's warm-up (the final plan is what
+// the checkpoints record). Only in the call that made the plan: a resumed run keeps the recorded one.
+void Trainer::replan_time_budget() {
+  replan_at_ = 0;
+  BudgetPlan& p = *state_.budget;
+  const int64_t now = state_.step, timed = now - replan_from_step_;
+  if (timed <= 0) return;
+  // [dist] Every rank re-plans from the same numbers (the ranks' means).
+  double m[3] = {(seconds_since(replan_t0_) - replan_eval_s_) / static_cast<double>(timed), eval_reserve_s_,
+                 seconds_since(job_start_)};
+  if (comm_.world_size() > 1) {
+    comm_.allreduce_sum(m, 3, "time budget re-plan");
+    for (double& x : m) x /= comm_.world_size();
+  }
+  const double step_s = std::max(m[0], 1e-6), eval_s = m[1], elapsed = m[2];
+  const double usable = p.budget_s - elapsed - (0.5 + 0.02 * p.budget_s);
+  const int64_t vci = cfg_.val_check_interval;
+  // The steps after now, the validations at multiples of the interval among them and the final one.
+  const auto cost = [&](int64_t n) {
+    const int64_t evals = n / vci - now / vci + (n % vci != 0 ? 1 : 0);
+    return static_cast<double>(n - now) * step_s + static_cast<double>(evals) * eval_s;
+  };
+  int64_t n = now;
+  if (usable > 0) {
+    const double fit = std::floor(usable / (step_s + eval_s / static_cast<double>(vci)));
+    n = now + static_cast<int64_t>(std::min(fit, static_cast<double>(cfg_.num_steps - now)));
+    while (n > now && cost(n) > usable) --n;
+  }
+  ScheduleConfig next = schedule_;
+  next.total_steps = n;
+  // Too short for the steps so far to stay before the decay: keep the plan (the guard still stops in time).
+  if (n == p.num_steps || n <= now + 1 || learning_rate(next, now) != schedule_.max_lr) return;
+  if (root_) {
+    fmt::print("time budget: the steps ran at {:.4f} s (planned {:.4f} s) → {} steps instead of {}\n", step_s,
+               p.step_s, n, p.num_steps);
+    std::fflush(stdout);
+  }
+  p.num_steps = n;
+  p.step_s = step_s;
+  apply_budget(p);
 }
 
 // --time-budget's guard: the steps were planned from a short timing; if they run slower, the run stops
@@ -634,7 +693,9 @@ LossSum Trainer::validate() {
 void Trainer::validate_and_checkpoint(bool do_validation, bool final_save) {
   const auto t_start = Clock::now();
   validate_and_checkpoint_timed(do_validation, final_save);
-  eval_reserve_s_ = std::max(eval_reserve_s_, seconds_since(t_start));
+  const double took = seconds_since(t_start);
+  eval_reserve_s_ = std::max(eval_reserve_s_, took);
+  replan_eval_s_ += took;
 }
 
 void Trainer::validate_and_checkpoint_timed(bool do_validation, bool final_save) {
@@ -688,6 +749,10 @@ TrainResult Trainer::run() {
     state_.consumed_tokens += s.batch.global_num_tokens;
     throughput_.add_step(s.seconds, s.batch.global_num_tokens, state_.step > 1 || start_.resumed);
     log_step(s);
+    if (replan_at_ > 0) {
+      if (state_.step == 2) replan_t0_ = Clock::now(), replan_from_step_ = 2, replan_eval_s_ = 0;
+      if (state_.step == replan_at_) replan_time_budget();
+    }
     const auto [out_of_time, signal] = stop_decision();
     const bool val_due = state_.step % cfg_.val_check_interval == 0;
     const bool at_end = state_.step == last_step_ || out_of_time;

@@ -95,6 +95,40 @@ TEST_F(TimeBudget, ResumeKeepsThePlanAndEqualsAFixedLengthRun) {
   for (const auto& [step, loss] : lb) EXPECT_EQ(loss, la.at(step)) << "step " << step;
 }
 
+// warmup_stable_decay: a fifth of the way in, the run re-plans its length from its own step rate (the
+// steps so far stay before the decay), and still trains exactly as the --num-steps run of the final
+// length with the first plan's warm-up; the checkpoint records the final plan.
+TEST_F(TimeBudget, WsdReplanEqualsAFixedLengthRun) {
+  const fs::path root = scratch_dir("budget-wsd");
+  const std::string common = kTiny + data_args() + " --val-check-interval 1000 --lr-schedule warmup_stable_decay "
+                             "--result-dir " + root.string();
+  const auto budget = run_cli("train" + common + " --experiment-name wsd --time-budget 3");
+  ASSERT_EQ(budget.exit_code, 0) << budget.output;
+  const auto st = latest_state(root / "wsd");
+  const auto plan = st["time_budget"];
+  const int64_t n = plan["num_steps"].get<int64_t>(), warmup = plan["warmup_steps"].get<int64_t>();
+  ASSERT_GT(n, 10) << plan.dump();
+  if (budget.output.find("slower than planned") != std::string::npos) GTEST_SKIP() << "a busy machine cut the run short";
+  EXPECT_EQ(st["step"].get<int64_t>(), n);
+  const size_t at = budget.output.find(" steps instead of ");
+  if (at != std::string::npos) {
+    // "→ N steps instead of M": N is the final plan, M the first one, whose warm-up stays.
+    const size_t arrow = budget.output.rfind("→ ", at);
+    EXPECT_EQ(std::stoll(budget.output.substr(arrow + std::string("→ ").size())), n) << budget.output;
+    EXPECT_NE(budget.output.find(fmt::format("steps (warmup {})", warmup)), std::string::npos) << budget.output;
+  }
+  const auto fixed = run_cli("train" + common +
+                             fmt::format(" --experiment-name fixed --num-steps {} --warmup-steps {}", n, warmup));
+  ASSERT_EQ(fixed.exit_code, 0) << fixed.output;
+  const std::string ckpt = fmt::format("checkpoints/step-{:08}", n);
+  for (const char* f : {"model.safetensors", "trainer_state/optimizer.safetensors"})
+    EXPECT_TRUE(esm2::read_file(root / "wsd" / ckpt / f) == esm2::read_file(root / "fixed" / ckpt / f))
+        << f << " differs between the re-planned budget run and the fixed-length run";
+  const auto la = train_losses(root / "wsd"), lb = train_losses(root / "fixed");
+  ASSERT_EQ(la.size(), static_cast<size_t>(n));
+  for (const auto& [step, loss] : lb) EXPECT_EQ(loss, la.at(step)) << "step " << step;
+}
+
 TEST_F(TimeBudget, NumStepsCapsThePlan) {
   const fs::path root = scratch_dir("budget-cap");
   const auto r = run_cli("train" + kTiny + data_args() + " --time-budget 30 --num-steps 12 --val-check-interval 100 "
