@@ -571,14 +571,17 @@ class CudaBackend final : public Backend {
   }
   bool cudnn_warned_ = false;
   // cuDNN's scratch (its plan's workspace grows with the padded sequence count times the longest
-  // sequence: +4 GB for 650M at 16,384 tokens, +15 GB for 8M at 65,536) is not in the memory plan. On
-  // the first call the slot is sized for the backward, the larger of the two, and must leave 1 GiB free
-  // for what is allocated later in the step; when it does not fit (then or on a later, larger shape) the
-  // run says so once and keeps the mma kernels, so a micro-batch that fits with them still runs.
+  // sequence: +4 GB for 650M at 16,384 tokens, +15 GB for 8M at 65,536) is not in the memory plan. Under
+  // `auto`, the first call sizes the slot for the backward, the larger of the two, and must leave 1 GiB
+  // free beyond the bf16 weight copies still to come; when it does not fit (then or on a later, larger
+  // shape) the run says so once and keeps the mma kernels, so a micro-batch that fits with them still runs.
   bool cudnn_off_ = false;
   bool cudnn_sized_ = false;
   void* cudnn_scratch(cuda::CudnnAttention* c, const AttentionShape& a, size_t bytes) {
     if (cudnn_off_) return nullptr;
+    // ESM2_ATTENTION=cudnn asked for cuDNN: its scratch is allocated like any other (an out-of-memory error
+    // then says what fits).
+    if (attn_route_ == AttnRoute::Cudnn) return scratch(Slot::Attention, (bytes + 3) / 4);
     size_t need = bytes;
     const bool first = !cudnn_sized_;
     cudnn_sized_ = true;
@@ -588,7 +591,8 @@ class CudaBackend final : public Backend {
       if (!first) return p;
       size_t free_b = 0, total_b = 0;
       ESM2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-      if (free_b >= (size_t{1} << 30)) return p;
+      // The first attention call comes before most of the step's bf16 weight copies are made.
+      if (free_b >= (size_t{1} << 30) + pending_mirror_bytes()) return p;
       release_scratch(Slot::Attention);
     } catch (const OutOfDeviceMemory&) {
       // cudaMalloc's failure is not sticky; the slot is empty again (scratch frees before it allocates)
@@ -599,6 +603,22 @@ class CudaBackend final : public Backend {
                  "mma kernels\n",
                  need / 1048576.0);
     return nullptr;
+  }
+  // An upper bound on the bf16 weight copies still to be made (operand() makes them on first use): half of
+  // the allocation that holds the weights mirrored so far (the parameters), less the copies that exist.
+  size_t pending_mirror_bytes() const {
+    if (mirrors_.empty()) return 0;
+    auto block = sizes_.upper_bound(static_cast<const void*>(mirrors_.begin()->first));
+    if (block == sizes_.begin()) return 0;
+    --block;
+    const char* lo = static_cast<const char*>(block->first);
+    const char* hi = lo + block->second;
+    size_t made = 0;
+    for (const auto& [k, m] : mirrors_) {
+      const char* p = reinterpret_cast<const char*>(k);
+      if (p >= lo && p < hi) made += mirror_bytes(m.n);
+    }
+    return block->second / 2 > made ? block->second / 2 - made : 0;
   }
   // The atomic backward gave wrong dQ/dK at head dim 40 on an H100 (cuDNN 9.14, 2026-12-07) while the
   // deterministic one matched: head dims that are not a multiple of 16 keep the deterministic one.
