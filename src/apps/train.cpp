@@ -132,7 +132,10 @@ void model_config(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
 // it, and a schedule length of its own would contradict it (--max-time: validate_config).
 void apply_recipe(const TrainArgs& a, const CLI::App& app, TrainConfig& cfg) {
   const auto unset = [&](const char* flag) { return app.count(flag) == 0; };
-  const esm2::Recipe r = esm2::training_recipe(unset("--recipe") ? esm2::default_recipe(a.preset) : a.recipe, a.preset);
+  // The row: --preset's, or (no --preset: the model comes from a checkpoint or the default) the preset
+  // whose shape the model has, so that a resumed run without --preset keeps its recipe.
+  const std::string preset = unset("--preset") ? esm2::preset_of_model(cfg.model, a.preset) : a.preset;
+  const esm2::Recipe r = esm2::training_recipe(unset("--recipe") ? esm2::default_recipe(preset) : a.recipe, preset);
   cfg.recipe_label = r.label;
   const double lr = unset("--lr") ? r.lr : a.lr;
   cfg.schedule.max_lr = lr;

@@ -48,6 +48,16 @@ constexpr ShortRunRow kShortRun[] = {
 
 }  // namespace
 
+std::string preset_of_model(const ModelConfig& m, const std::string& fallback) {
+  for (const std::string& name : model_preset_names()) {
+    const ModelConfig p = model_preset(name);
+    if (p.num_layers == m.num_layers && p.hidden_size == m.hidden_size &&
+        p.num_attention_heads == m.num_attention_heads && p.ffn_hidden_size == m.ffn_hidden_size)
+      return name;
+  }
+  return fallback;
+}
+
 RecipeKind default_recipe(const std::string& preset) {
   for (const ShortRunRow& t : kShortRun)
     if (preset == t.preset) return t.measured ? RecipeKind::ShortRun : RecipeKind::Esm2Paper;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/enum_names.h"
+#include "model/config.h"
 #include "optim/optimizer_config.h"
 #include "optim/schedule.h"
 
@@ -44,5 +45,9 @@ Recipe training_recipe(RecipeKind kind, const std::string& preset);
 
 // The recipe without --recipe: short-run where the preset's row was measured (8M), else esm2-paper.
 RecipeKind default_recipe(const std::string& preset);
+
+// The preset whose shape `m` has (layers, hidden size, heads, FFN size), else `fallback`: the row of a run
+// that names no --preset because its model comes from a checkpoint (a resumed 8M run keeps 8M's recipe).
+std::string preset_of_model(const ModelConfig& m, const std::string& fallback);
 
 }  // namespace esm2

@@ -269,6 +269,7 @@ class Trainer {
   void print_banner() const;
   void plan_time_budget();
   void replan_time_budget();
+  void slowest_rank(double (&m)[3], const char* what);
   void apply_budget(const BudgetPlan& p);
   double compute_gradients(const StepBatch& batch);
   StepOutcome train_step();
@@ -461,6 +462,21 @@ void Trainer::apply_budget(const BudgetPlan& p) {
   last_step_ = stop_step(p.num_steps);
 }
 
+// [dist] Each number as the largest over the ranks, so that every rank plans alike and the plan holds for
+// the slowest (the stop guard stops all ranks when any one is out of time). Every rank adds its values
+// into its own slots of zeros, so the sums are exact and identical everywhere.
+void Trainer::slowest_rank(double (&m)[3], const char* what) {
+  const int n = comm_.world_size();
+  if (n <= 1) return;
+  std::vector<double> all(static_cast<size_t>(3 * n), 0.0);
+  std::copy(m, m + 3, all.begin() + 3 * comm_.rank());
+  comm_.allreduce_sum(all.data(), all.size(), what);
+  for (int i = 0; i < 3; ++i) {
+    m[i] = all[static_cast<size_t>(i)];
+    for (int r = 1; r < n; ++r) m[i] = std::max(m[i], all[static_cast<size_t>(3 * r + i)]);
+  }
+}
+
 // --time-budget: times a step (forward, backward, reduction, gradient norm) and a validation pass, then
 // fixes the schedule's length to what the rest of the budget holds. The timed steps change nothing:
 // the first real step recomputes the gradients and the data position is rewound, so the run trains
@@ -488,12 +504,8 @@ void Trainer::plan_time_budget() {
   // assumed 0.5 GB/s. Any slower save raises the reserve the run keeps for its last one.
   const double ckpt_s =
       checkpointing_ ? 0.05 + 12.0 * static_cast<double>(cfg_.model.num_parameters()) / 0.5e9 : 0.0;
-  // [dist] Every rank plans from the same numbers (the ranks' means).
   double m[3] = {timed_s / kTimed, val_s, seconds_since(job_start_)};
-  if (comm_.world_size() > 1) {
-    comm_.allreduce_sum(m, 3, "time budget plan");
-    for (double& x : m) x /= comm_.world_size();
-  }
+  slowest_rank(m, "time budget plan");
   const double step_s = std::max(m[0], 1e-6), eval_s = m[1] + ckpt_s, elapsed = m[2];
   const double budget = cfg_.time_budget_s;
   // Left unplanned: the report and exit, and jitter in the step time.
@@ -543,19 +555,16 @@ void Trainer::replan_time_budget() {
   BudgetPlan& p = *state_.budget;
   const int64_t now = state_.step, timed = now - replan_from_step_;
   if (timed <= 0) return;
-  // [dist] Every rank re-plans from the same numbers (the ranks' means).
   double m[3] = {(seconds_since(replan_t0_) - replan_eval_s_) / static_cast<double>(timed), eval_reserve_s_,
                  seconds_since(job_start_)};
-  if (comm_.world_size() > 1) {
-    comm_.allreduce_sum(m, 3, "time budget re-plan");
-    for (double& x : m) x /= comm_.world_size();
-  }
+  slowest_rank(m, "time budget re-plan");
   const double step_s = std::max(m[0], 1e-6), eval_s = m[1], elapsed = m[2];
   const double usable = p.budget_s - elapsed - (0.5 + 0.02 * p.budget_s);
   const int64_t vci = cfg_.val_check_interval;
-  // The steps after now, the validations at multiples of the interval among them and the final one.
+  // The steps after now, the validations at multiples of the interval and the final one.
+  // (A validation due at step now itself runs after this re-plan, so [now, n].)
   const auto cost = [&](int64_t n) {
-    const int64_t evals = n / vci - now / vci + (n % vci != 0 ? 1 : 0);
+    const int64_t evals = n / vci - (now - 1) / vci + (n % vci != 0 ? 1 : 0);
     return static_cast<double>(n - now) * step_s + static_cast<double>(evals) * eval_s;
   };
   int64_t n = now;

@@ -69,3 +69,15 @@ TEST(Recipe, DefaultIsShortRunOnlyWhereMeasured) {
   EXPECT_EQ(r.tokens_per_step(), 131072);
   EXPECT_EQ(r.schedule, ScheduleKind::WarmupStableDecay);
 }
+
+// A run without --preset (its model from a checkpoint) finds its row by the model's shape.
+TEST(Recipe, PresetOfModelMatchesTheShape) {
+  for (const char* preset : {"8M", "35M", "150M", "650M", "esm2_t6_8M"})
+    EXPECT_EQ(preset_of_model(model_preset(preset), "demo"), preset);
+  ModelConfig odd = model_preset("8M");
+  odd.num_layers = 7;
+  EXPECT_EQ(preset_of_model(odd, "demo"), "demo");
+  odd = model_preset("8M");
+  odd.ffn_hidden_size = 640;
+  EXPECT_EQ(preset_of_model(odd, "fallback"), "fallback");
+}

@@ -546,7 +546,7 @@ class CudaBackend final : public Backend {
   // The cuDNN runner when this call goes through cuDNN, else nullptr (created on first use; a machine
   // where cuDNN cannot start says so once and keeps the mma kernels).
   cuda::CudnnAttention* cudnn_for(const AttentionShape& a) {
-    if (attn_route_ == AttnRoute::Mma || !cuda::CudnnAttention::supports(a, act_)) return nullptr;
+    if (cudnn_off_ || attn_route_ == AttnRoute::Mma || !cuda::CudnnAttention::supports(a, act_)) return nullptr;
     if (attn_route_ == AttnRoute::Auto && !cudnn_preferred(a.D)) return nullptr;
     if (!cudnn_tried_) {
       cudnn_tried_ = true;
@@ -579,28 +579,34 @@ class CudaBackend final : public Backend {
   bool cudnn_sized_ = false;
   void* cudnn_scratch(cuda::CudnnAttention* c, const AttentionShape& a, size_t bytes) {
     if (cudnn_off_) return nullptr;
-    // ESM2_ATTENTION=cudnn asked for cuDNN: its scratch is allocated like any other (an out-of-memory error
-    // then says what fits).
+    // ESM2_ATTENTION=cudnn asked for cuDNN: its scratch is allocated like any other (out of memory is the
+    // usual error).
     if (attn_route_ == AttnRoute::Cudnn) return scratch(Slot::Attention, (bytes + 3) / 4);
+    Scratch& s = scratch_[static_cast<int>(Slot::Attention)];
     size_t need = bytes;
-    const bool first = !cudnn_sized_;
-    cudnn_sized_ = true;
-    if (first) cudnn_plan_ok([&] { need = std::max(bytes, c->backward_scratch_bytes(a, cudnn_deterministic(a))); });
+    if (!cudnn_sized_) {  // the first call sizes the slot for the backward too, the larger of the two
+      cudnn_sized_ = true;
+      cudnn_plan_ok([&] { need = std::max(bytes, c->backward_scratch_bytes(a, cudnn_deterministic(a))); });
+    }
+    if (s.floats * 4 >= need) return s.ptr;
+    // Growing (first call, or a batch with more or longer sequences): exactly what is needed, kept only if
+    // 1 GiB stays free beyond the bf16 weight copies still to come (the first attention call precedes most).
     try {
-      void* p = scratch(Slot::Attention, (need + 3) / 4);
-      if (!first) return p;
+      release_scratch(Slot::Attention);
+      const size_t floats = (need + 3) / 4;
+      s.ptr = static_cast<float*>(device_malloc(floats * 4));
+      s.floats = floats;
       size_t free_b = 0, total_b = 0;
       ESM2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-      // The first attention call comes before most of the step's bf16 weight copies are made.
-      if (free_b >= (size_t{1} << 30) + pending_mirror_bytes()) return p;
+      if (free_b >= (size_t{1} << 30) + pending_mirror_bytes()) return s.ptr;
       release_scratch(Slot::Attention);
     } catch (const OutOfDeviceMemory&) {
-      // cudaMalloc's failure is not sticky; the slot is empty again (scratch frees before it allocates)
+      // cudaMalloc's failure is not sticky, and the slot is empty (released before the allocation)
     }
     cudnn_off_ = true;
     std::fprintf(stderr,
                  "esm2: note: cuDNN attention needs %.0f MiB of scratch that does not fit beside this run; it uses the "
-                 "mma kernels\n",
+                 "mma kernels from here on\n",
                  need / 1048576.0);
     return nullptr;
   }
