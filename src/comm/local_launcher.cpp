@@ -117,7 +117,17 @@ LaunchResult run_workers(const WorkerLaunch& l) {
     const std::string exec_failed = fmt::format("{}: rank {}: cannot execute {}\n", l.label, r, l.program);
     std::fflush(stdout);
     std::fflush(stderr);
+    // A SIGTERM for a worker that arrives between fork and execve would reach the forwarding handler it
+    // inherited and be lost (the worker then ran on until the SIGKILL after the grace period): the
+    // forwarded signals stay blocked across fork, and the child unblocks them only after restoring
+    // the default handlers, so a pending one ends it.
+    sigset_t forwarded, mask_before;
+    sigemptyset(&forwarded);
+    sigaddset(&forwarded, SIGTERM);
+    sigaddset(&forwarded, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &forwarded, &mask_before);
     const pid_t pid = fork();
+    if (pid != 0) pthread_sigmask(SIG_SETMASK, &mask_before, nullptr);
     if (pid < 0) {
       const std::string why = std::strerror(errno);
       signal_alive(SIGKILL);
@@ -126,11 +136,16 @@ LaunchResult run_workers(const WorkerLaunch& l) {
       fail("{}: cannot start worker {} of {}: fork: {}", l.label, r, l.num_workers, why);
     }
     if (pid == 0) {
+      struct sigaction dfl{};
+      dfl.sa_handler = SIG_DFL;
+      sigemptyset(&dfl.sa_mask);
+      sigaction(SIGTERM, &dfl, nullptr);
+      sigaction(SIGINT, &dfl, nullptr);
+      pthread_sigmask(SIG_SETMASK, &mask_before, nullptr);
       setpgid(0, 0);
       // A launcher killed outright (SIGKILL) must not leave workers behind.
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);
-      // The forwarding handlers are reset to the default by execve.
       if (r > 0 && l.quiet_nonzero_ranks) {
         const int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
