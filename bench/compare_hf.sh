@@ -32,7 +32,7 @@ if [ -d "$DEPS" ]; then
   export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
 if [ -x "${ESM2_BIN:-}" ]; then
-  E=$ESM2_BIN  # a binary built earlier on this machine (e.g. by bench/combined_device_run.sh)
+  E=$ESM2_BIN  # a binary built earlier on this machine (e.g. by bench/int_device_run.sh)
   step "using $E"
 else
   step "build"
