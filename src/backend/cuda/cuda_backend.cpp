@@ -394,16 +394,13 @@ class CudaBackend final : public Backend {
     s.ptr = nullptr;
     s.floats = 0;
   }
-  float* scratch(Slot slot, size_t floats) {
+  // Grows by half again (fewer regrowths as batch shapes vary) unless `exact`. A failed allocation leaves
+  // the slot empty: the old buffer is released first.
+  float* scratch(Slot slot, size_t floats, bool exact = false) {
     Scratch& s = scratch_[static_cast<int>(slot)];
     if (s.floats < floats) {
-      const size_t want = std::max(floats, s.floats + s.floats / 2);
-      if (s.ptr) {
-        ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-        device_free(s.ptr, s.floats * 4);
-        s.ptr = nullptr;
-        s.floats = 0;
-      }
+      const size_t want = exact ? floats : std::max(floats, s.floats + s.floats / 2);
+      release_scratch(slot);
       s.ptr = static_cast<float*>(device_malloc(want * 4));
       s.floats = want;
     }
@@ -592,10 +589,7 @@ class CudaBackend final : public Backend {
     // Growing (first call, or a batch with more or longer sequences): exactly what is needed, kept only if
     // 1 GiB stays free beyond the bf16 weight copies still to come (the first attention call precedes most).
     try {
-      release_scratch(Slot::Attention);
-      const size_t floats = (need + 3) / 4;
-      s.ptr = static_cast<float*>(device_malloc(floats * 4));
-      s.floats = floats;
+      scratch(Slot::Attention, (need + 3) / 4, /*exact=*/true);
       size_t free_b = 0, total_b = 0;
       ESM2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
       if (free_b >= (size_t{1} << 30) + pending_mirror_bytes()) return s.ptr;
