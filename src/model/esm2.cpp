@@ -17,6 +17,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <cmath>
 #include <numbers>
@@ -209,6 +210,16 @@ struct Esm2Model::Impl : SlotState {
   Recompute recompute = Recompute::None;  // set_recompute()
   std::function<void(size_t)> grad_ready;  // set_grad_ready_hook()
 
+  // ESM2_CHECK_FINITE=1 (docs/troubleshooting.md): every tensor the training forward and backward write is
+  // read back after the op that wrote it, and its first non-finite value is reported with the token of its
+  // row. It finds the op where a run that stopped on a non-finite gradient first went wrong (resume it
+  // from the checkpoint written before that step: the step repeats bitwise). A device→host copy per op:
+  // a diagnosis mode, not a guard.
+  // ESM2_CHECK_FINITE=2 also prints every checked tensor's largest |value| (how far from overflow it is).
+  int check_finite = std::getenv("ESM2_CHECK_FINITE") ? std::atoi(std::getenv("ESM2_CHECK_FINITE")) : 0;
+  int finite_reports = 0;
+  std::vector<int32_t> host_ids, host_rows, host_labels;  // the micro-batch, kept only when checking
+
   Impl(const ModelConfig& c, Backend& b, const ModelParallel& p)
       : cfg(c),
         be(b),
@@ -359,6 +370,11 @@ struct Esm2Model::Impl : SlotState {
     for (size_t i = 0; i < lab.size(); ++i)
       ESM2_CHECK(lab[i] == kIgnoreLabel || (lab[i] >= 0 && lab[i] < cfg.vocab_size),
                  "micro-batch: token {} has label {} outside the vocabulary", r[i], lab[i]);
+    if (check_finite > 0) {
+      host_ids = mb.input_ids;
+      host_rows = r;
+      host_labels = mb.labels;
+    }
     T = n;
     R = static_cast<int64_t>(r.size());
     S = static_cast<int>(mb.cu_seqlens.size() - 1);
@@ -370,6 +386,53 @@ struct Esm2Model::Impl : SlotState {
     if (table.has_head) {  // only the last pipeline stage has the LM head (and room for its rows)
       be.copy_to_device(rows, r.data(), R * 4);
       be.copy_to_device(row_labels, lab.data(), R * 4);
+    }
+  }
+
+  // Under ESM2_CHECK_FINITE: scan rows×cols values at p (activation dtype, or fp32 when f32) and report the
+  // first non-finite one. head: the rows are the LM head's (labelled tokens), else the micro-batch's tokens.
+  void chk(const char* what, int layer, const void* p, int64_t rows, int64_t cols, bool f32 = false,
+           bool head = false) {
+    if (check_finite <= 0 || finite_reports >= 64 || rows * cols == 0) return;
+    std::vector<float> h(static_cast<size_t>(rows * cols));
+    if (f32) be.copy_to_host(h.data(), p, h.size() * 4);
+    else be.act_to_host_f32(h.data(), p, h.size());
+    int64_t bad = 0, first = -1;
+    float amax = 0;
+    for (size_t i = 0; i < h.size(); ++i) {
+      if (!std::isfinite(h[i])) {
+        if (first < 0) first = static_cast<int64_t>(i);
+        ++bad;
+      } else {
+        amax = std::max(amax, std::fabs(h[i]));
+      }
+    }
+    std::string where = layer >= 0 ? fmt::format("layer {} {}", layer + table.first_layer, what) : what;
+    if (bad == 0) {
+      if (check_finite >= 2) fmt::print(stderr, "esm2: check-finite: {}: {}x{}, |max| {}\n", where, rows, cols, amax);
+      return;
+    }
+    ++finite_reports;
+    const int64_t row = first / cols, col = first % cols;
+    const int64_t tok = head && row < static_cast<int64_t>(host_rows.size()) ? host_rows[row] : row;
+    std::string token = "?";
+    if (tok < static_cast<int64_t>(host_ids.size())) {
+      const int32_t id = host_ids[tok];
+      const bool labelled = tok < static_cast<int64_t>(host_labels.size()) && host_labels[tok] != kIgnoreLabel;
+      token = fmt::format("token {} id {}{}, {}", tok, id, id == kPad ? " <pad>" : "", labelled ? "labelled" : "unlabelled");
+    }
+    fmt::print(stderr,
+               "esm2: check-finite: {}: {} non-finite of {}x{}; first at row {} ({}), column {}: {}; finite |max| {}\n",
+               where, bad, rows, cols, row, token, col, h[static_cast<size_t>(first)], amax);
+  }
+  // The parameter gradients after a backward, tensor by tensor.
+  void chk_grads() {
+    if (check_finite <= 0) return;
+    for (const ParamInfo& p : table.infos) {
+      std::vector<float> h(p.numel);
+      be.copy_to_host(h.data(), grads + p.offset, p.numel * 4);
+      const int64_t bad = std::count_if(h.begin(), h.end(), [](float v) { return !std::isfinite(v); });
+      if (bad) fmt::print(stderr, "esm2: check-finite: gradient {}: {} non-finite of {}\n", p.name, bad, p.numel);
     }
   }
 
@@ -473,6 +536,11 @@ struct Esm2Model::Impl : SlotState {
       be.layernorm_forward(v.ln1, v.ln1_mean, v.ln1_rstd, v.x, P + o.ln1_w, P + o.ln1_b, T, C, cfg.layer_norm_eps);
     if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * Ca, C);
     if (need(k.atty)) be.attention_forward(v.atty, v.lse, v.qkv, attn_shape());
+    if (!recompute_pass) {
+      chk("ln1", l, v.ln1, T, C);
+      chk("qkv", l, v.qkv, T, 3 * Ca);
+      chk("attention", l, v.atty, T, Ca);
+    }
     // x_next = x_mid + proj(GELU(fc(LN2(x_mid)))); the residual add and LN2 in one pass
     if (need(k.mid)) {
       linear(v.mid, v.atty, P + o.w_o, row_parallel_bias(P + o.b_o), T, C, Ca);
@@ -487,9 +555,14 @@ struct Esm2Model::Impl : SlotState {
     }
     if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C);
     if (recompute_pass) return;  // v.out is the next layer's kept input
+    chk("attention residual", l, v.mid, T, C);
+    chk("ln2", l, v.ln2, T, C);
+    chk("fc", l, v.fch, T, F);
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
+    chk("gelu", l, a.gelu, T, F);
     linear(v.out, a.gelu, P + o.w_proj, row_parallel_bias(P + o.b_proj), T, C, F);
     tp_allreduce(v.out, T * C, "tensor-parallel FFN output all-reduce");
+    chk("ffn out", l, v.out, T, C);
   }
 
   void encoder_forward() {
@@ -500,6 +573,7 @@ struct Esm2Model::Impl : SlotState {
     if (table.has_embedding) {
       be.embedding_forward(res(0), ids, P + table.wte, T, C);
       be.token_dropout_forward(res(0), ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
+      chk("embedding", -1, res(0), T, C);
     }
     const int L = num_local_layers();
     for (int l = 0; l < L; ++l) {
@@ -518,10 +592,12 @@ struct Esm2Model::Impl : SlotState {
       } else {
         be.add(v.out, v.out, v.mid, T * C);
       }
+      chk("residual", l, v.out, T, C);
     }
     if (table.has_head && L == 0)
       be.layernorm_forward(a.lnf, f32(a.lnf_mean), f32(a.lnf_rstd), res(0), P + table.lnf_w, P + table.lnf_b, T, C,
                            eps);
+    if (table.has_head) chk("final LayerNorm", -1, a.lnf, T, C);
   }
 
   // LM head on the R selected rows: dense → GELU → LayerNorm → tied decoder + bias.
@@ -534,6 +610,9 @@ struct Esm2Model::Impl : SlotState {
     be.layernorm_forward(a.h_ln, f32(a.h_mean), f32(a.h_rstd), a.h_gelu, P + table.head_ln_w, P + table.head_ln_b,
                          R, C, cfg.layer_norm_eps);
     linear(a.logits, a.h_ln, P + table.wte, P + table.head_bias, R, V, C);
+    chk("head dense", -1, a.h_dense, R, C, false, true);
+    chk("head LayerNorm", -1, a.h_ln, R, C, false, true);
+    chk("logits", -1, a.logits, R, V, false, true);
   }
 
   LossSum loss_sum() {
@@ -568,6 +647,9 @@ struct Esm2Model::Impl : SlotState {
       be.memset_zero(a.d_res, be.act_bytes(T * C));
       be.layernorm_backward(a.d_res, G + table.lnf_w, G + table.lnf_b, a.d_tmp, res(num_local_layers()),
                             P + table.lnf_w, f32(a.lnf_mean), f32(a.lnf_rstd), T, C);
+      chk("d logits", -1, a.d_logits, R, V, false, true);
+      chk("d head input (scattered)", -1, a.d_tmp, T, C);
+      chk("d final LayerNorm input", -1, a.d_res, T, C);
       // The tail (final LayerNorm, LM head) is final; the tied decoder's share of wte is not (wte sits
       // at the front and the embedding adds to it last).
       if (grad_ready) grad_ready(table.lnf_w);
@@ -582,6 +664,8 @@ struct Esm2Model::Impl : SlotState {
     if (!table.has_embedding) return;
     be.token_dropout_backward(a.d_res, ids, cu, S, C, kMask, kPad, cfg.mask_ratio_train, cfg.token_dropout);
     be.embedding_backward(G + table.wte, a.d_res, ids, T, C);
+    chk("d embedding", -1, a.d_res, T, C);
+    chk_grads();
   }
 
   // Layer l's backward from its activations v; d_res holds dL/d(v.out) on entry, dL/d(v.x) on exit.
@@ -594,16 +678,24 @@ struct Esm2Model::Impl : SlotState {
     // bias/LayerNorm gradients come out identical on every tp rank.
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
     linear_backward(a.d_fch, G + o.w_proj, G + o.b_proj, a.d_res, a.gelu, P + o.w_proj, T, C, F);
+    chk("d gelu", l, a.d_fch, T, F);
     be.gelu_backward_bias(a.d_fch, G + o.b_fc, a.d_fch, v.fch, T, F, cfg.gelu_tanh);
+    chk("d fc", l, a.d_fch, T, F);
     linear_backward(a.d_tmp, G + o.w_fc, nullptr, a.d_fch, v.ln2, P + o.w_fc, T, F, C);
     tp_allreduce(a.d_tmp, T * C, "tensor-parallel FFN input-gradient all-reduce");
+    chk("d ln2", l, a.d_tmp, T, C);
     be.layernorm_backward(a.d_res, G + o.ln2_w, G + o.ln2_b, a.d_tmp, v.mid, P + o.ln2_w, v.ln2_mean, v.ln2_rstd, T, C);
+    chk("d attention residual", l, a.d_res, T, C);
     // attention block
     linear_backward(a.d_tmp, G + o.w_o, G + o.b_o, a.d_res, v.atty, P + o.w_o, T, C, Ca);
+    chk("d attention", l, a.d_tmp, T, Ca);
     be.attention_backward(a.d_qkv, a.d_tmp, v.qkv, v.atty, v.lse, attn_shape());
+    chk("d qkv", l, a.d_qkv, T, 3 * Ca);
     linear_backward(a.d_tmp, G + o.w_qkv, G + o.b_qkv, a.d_qkv, v.ln1, P + o.w_qkv, T, 3 * Ca, C);
     tp_allreduce(a.d_tmp, T * C, "tensor-parallel attention input-gradient all-reduce");
+    chk("d ln1", l, a.d_tmp, T, C);
     be.layernorm_backward(a.d_res, G + o.ln1_w, G + o.ln1_b, a.d_tmp, v.x, P + o.ln1_w, v.ln1_mean, v.ln1_rstd, T, C);
+    chk("d layer input", l, a.d_res, T, C);
   }
 };
 

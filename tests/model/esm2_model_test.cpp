@@ -335,3 +335,39 @@ TEST(Esm2Model, RejectsMalformedMicroBatch) {
   EXPECT_EQ(z.num_labels, 0);
   EXPECT_EQ(z.loss_sum, 0.0);
 }
+
+// ESM2_CHECK_FINITE (diagnosis of a non-finite gradient): one NaN in layer 1's FFN input weight makes
+// "layer 1 fc" the first non-finite tensor of the forward; the report names it, its row's token, and the
+// parameter gradients that went non-finite (no forward tensor before it is reported). Without the variable nothing is printed.
+TEST(Esm2Model, CheckFiniteNamesTheFirstNonFiniteOp) {
+  auto run = [](bool check) {
+    if (check) setenv("ESM2_CHECK_FINITE", "1", 1);
+    else unsetenv("ESM2_CHECK_FINITE");
+    auto be = make_cpu_backend(2);
+    Esm2Model m(tiny_config(), *be);
+    unsetenv("ESM2_CHECK_FINITE");  // read when the model is made
+    randomise(m, 3);
+    std::vector<float> p(m.num_params());
+    m.get_params(p);
+    for (const ParamInfo& info : m.params_info())
+      if (info.name == "esm.encoder.layer.1.intermediate.dense.weight") p[info.offset + 3 * 16] = NAN;  // row 3
+    m.set_params(p);
+    m.zero_grads();
+    testing::internal::CaptureStderr();
+    m.forward_backward(tiny_batch(), 1.0f);
+    return testing::internal::GetCapturedStderr();
+  };
+  const std::string quiet = run(false);
+  EXPECT_EQ(quiet.find("check-finite"), std::string::npos) << quiet;
+  const std::string out = run(true);
+  const size_t first = out.find("esm2: check-finite: ");
+  ASSERT_NE(first, std::string::npos) << out;
+  // Every token's fc output column 3 is NaN: 18 tokens of 32 columns, the first at token 0 (<cls>).
+  const std::string want =
+      "esm2: check-finite: layer 1 fc: 18 non-finite of 18x32; first at row 0 (token 0 id 0, unlabelled), column 3: "
+      "nan; finite |max| ";
+  EXPECT_EQ(out.compare(first, want.size(), want), 0) << out;
+  EXPECT_LT(first, out.find("check-finite: layer 1 gelu: ")) << out;  // reported in op order
+  EXPECT_NE(out.find("check-finite: gradient esm.encoder.layer.1.intermediate.dense.weight: "), std::string::npos)
+      << out;
+}
