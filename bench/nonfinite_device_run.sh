@@ -9,7 +9,7 @@
 # Usage (repository root on the device): DEPS=.carry/deps bench/nonfinite_device_run.sh
 # Env: NF_CONFIG (the sweep config line, default below), NF_VALS (validations, hence checkpoints, per run).
 # Writes under $OUT: sweep.log/sweep.tsv/sweep.json/curves.tar.gz (the run, by bench/sweep_device_run.sh),
-# check.log (the resumed run's stderr and stdout, check-finite lines first).
+# check.log (the resumed run up to its stop), check_full.log.gz (all of it).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -21,5 +21,6 @@ cmd=${cmd/ --force/ --resume-if-exists}
 echo "resume with ESM2_CHECK_FINITE=2: $cmd" > /tmp/check_raw.log
 ( export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}; ESM2_CHECK_FINITE=2 timeout 240 $cmd ) >> /tmp/check_raw.log 2>&1
 echo "exit $?" >> /tmp/check_raw.log
-{ grep -v "check-finite: .*|max|" /tmp/check_raw.log | head -150; echo "===== every checked tensor's |max| (last 400 lines)"
-  grep "|max|" /tmp/check_raw.log | tail -400; } > "$OUT/check.log"
+# check.log: the resumed run up to its stop (the bad step's micro-batches); check_full.log.gz: everything
+awk '{print} /^esm2: error/{exit}' /tmp/check_raw.log > "$OUT/check.log"
+gzip -c /tmp/check_raw.log > "$OUT/check_full.log.gz"

@@ -397,33 +397,38 @@ struct Esm2Model::Impl : SlotState {
     std::vector<float> h(static_cast<size_t>(rows * cols));
     if (f32) be.copy_to_host(h.data(), p, h.size() * 4);
     else be.act_to_host_f32(h.data(), p, h.size());
-    int64_t bad = 0, first = -1;
+    int64_t bad = 0, first = -1, at_max = 0;
     float amax = 0;
     for (size_t i = 0; i < h.size(); ++i) {
       if (!std::isfinite(h[i])) {
         if (first < 0) first = static_cast<int64_t>(i);
         ++bad;
-      } else {
-        amax = std::max(amax, std::fabs(h[i]));
+      } else if (std::fabs(h[i]) > amax) {
+        amax = std::fabs(h[i]);
+        at_max = static_cast<int64_t>(i);
       }
     }
+    // "row r (token t id i[ <pad>], labelled|unlabelled)" of flat index i
+    auto describe = [&](int64_t i) {
+      const int64_t row = i / cols;
+      const int64_t tok = head && row < static_cast<int64_t>(host_rows.size()) ? host_rows[row] : row;
+      std::string token = "?";
+      if (tok < static_cast<int64_t>(host_ids.size())) {
+        const int32_t id = host_ids[tok];
+        const bool labelled = tok < static_cast<int64_t>(host_labels.size()) && host_labels[tok] != kIgnoreLabel;
+        token = fmt::format("token {} id {}{}, {}", tok, id, id == kPad ? " <pad>" : "", labelled ? "labelled" : "unlabelled");
+      }
+      return fmt::format("row {} ({}), column {}", row, token, i % cols);
+    };
     std::string where = layer >= 0 ? fmt::format("layer {} {}", layer + table.first_layer, what) : what;
     if (bad == 0) {
-      if (check_finite >= 2) fmt::print(stderr, "esm2: check-finite: {}: {}x{}, |max| {}\n", where, rows, cols, amax);
+      if (check_finite >= 2)
+        fmt::print(stderr, "esm2: check-finite: {}: {}x{}, |max| {} at {}\n", where, rows, cols, amax, describe(at_max));
       return;
     }
     ++finite_reports;
-    const int64_t row = first / cols, col = first % cols;
-    const int64_t tok = head && row < static_cast<int64_t>(host_rows.size()) ? host_rows[row] : row;
-    std::string token = "?";
-    if (tok < static_cast<int64_t>(host_ids.size())) {
-      const int32_t id = host_ids[tok];
-      const bool labelled = tok < static_cast<int64_t>(host_labels.size()) && host_labels[tok] != kIgnoreLabel;
-      token = fmt::format("token {} id {}{}, {}", tok, id, id == kPad ? " <pad>" : "", labelled ? "labelled" : "unlabelled");
-    }
-    fmt::print(stderr,
-               "esm2: check-finite: {}: {} non-finite of {}x{}; first at row {} ({}), column {}: {}; finite |max| {}\n",
-               where, bad, rows, cols, row, token, col, h[static_cast<size_t>(first)], amax);
+    fmt::print(stderr, "esm2: check-finite: {}: {} non-finite of {}x{}; first at {}: {}; finite |max| {}\n", where, bad,
+               rows, cols, describe(first), h[static_cast<size_t>(first)], amax);
   }
   // The parameter gradients after a backward, tensor by tensor.
   void chk_grads() {
@@ -433,6 +438,9 @@ struct Esm2Model::Impl : SlotState {
       be.copy_to_host(h.data(), grads + p.offset, p.numel * 4);
       const int64_t bad = std::count_if(h.begin(), h.end(), [](float v) { return !std::isfinite(v); });
       if (bad) fmt::print(stderr, "esm2: check-finite: gradient {}: {} non-finite of {}\n", p.name, bad, p.numel);
+      else if (check_finite >= 2)
+        fmt::print(stderr, "esm2: check-finite: gradient {}: |max| {}\n", p.name,
+                   std::fabs(*std::max_element(h.begin(), h.end(), [](float a, float b) { return std::fabs(a) < std::fabs(b); })));
     }
   }
 

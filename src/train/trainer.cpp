@@ -640,8 +640,12 @@ void Trainer::on_nonfinite_step(const StepOutcome& s) {
     comm_.barrier("non-finite stop checkpoint");
     if (root_) write_run_report();
     comm_.barrier("non-finite stop report");
-    fail("train: non-finite {}; stopped after saving the last good state to {}", what,
-         (ckpt_root_ / checkpoint_dir_name(state_.step)).string());
+    // A finite loss with a non-finite gradient went wrong inside the backward: resuming this state repeats
+    // the step bitwise, and ESM2_CHECK_FINITE names the op (docs/reliability.md).
+    fail("train: non-finite {}; stopped after saving the last good state to {}{}", what,
+         (ckpt_root_ / checkpoint_dir_name(state_.step)).string(),
+         std::isfinite(s.loss) ? " (to find the op where it starts: resume it with ESM2_CHECK_FINITE=1 in the environment)"
+                               : "");
   }
   stop_nonfinite(what);
 }

@@ -160,6 +160,8 @@ TEST_F(TrainFaults, NonfiniteStopSavesLastGoodStateAndFails) {
   EXPECT_NE(r.output.find("esm2: error: train: non-finite gradient at step 2"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("after saving the last good state to " + (ckpts / "step-00000002").string()), std::string::npos)
       << r.output;
+  // The loss was finite: the message says how to find where the gradient went non-finite.
+  EXPECT_NE(r.output.find("resume it with ESM2_CHECK_FINITE=1"), std::string::npos) << r.output;
   EXPECT_EQ(latest(ckpts), "step-00000002");
   EXPECT_TRUE(esm2::read_file(ckpts / "step-00000002/model.safetensors") == ref_file(2, "model.safetensors"));
   EXPECT_TRUE(esm2::read_file(ckpts / "step-00000002/trainer_state/optimizer.safetensors") ==
