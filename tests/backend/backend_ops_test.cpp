@@ -396,6 +396,9 @@ TEST(CpuMath, ExpApproxRelativeError) {
   EXPECT_LT(worst, 5e-7);
   EXPECT_EQ(cpu::exp_approx(-200.0f), 0.0f);
   EXPECT_EQ(cpu::exp_approx(0.0f), 1.0f);
+  // A NaN (a diverged weight) propagates, without the undefined NaN-to-int conversion UBSan caught.
+  EXPECT_TRUE(std::isnan(cpu::exp_approx(std::nanf(""))));
+  EXPECT_TRUE(std::isnan(cpu::erf_approx(std::nanf(""))));
 }
 
 // The threaded gemm splits C into row (or column) blocks, each a single-threaded sgemm over the full

@@ -1,7 +1,8 @@
 // Vectorisable fp32 exp for the softmax loops (the scalar libm call was ~10% of a CPU training step).
 // Cephes expf: range reduction by ln 2 in two parts, degree-6 polynomial, exponent by bit
 // construction. Relative error ~2e-7 (≈ 1–2 ulp) for x in [-87, 88]; below that it returns 0 (no
-// denormals), above +inf. Meant for |x| < 1e9 (callers pass x <= 0: shifted softmax scores, -x²/2).
+// denormals), above +inf. Meant for |x| < 1e9 (callers pass x <= 0: shifted softmax scores, -x²/2);
+// NaN in, NaN out.
 #pragma once
 #include <algorithm>
 #include <bit>
@@ -12,7 +13,8 @@ namespace esm2::cpu {
 
 inline float exp_approx(float x) {
   // round to nearest by the 1.5·2^23 trick (floor() and float clamps keep GCC from vectorising)
-  const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float t = x * 1.44269504088896341f + 12582912.0f;
+  const float fx = t - 12582912.0f;
   x -= fx * 0.693359375f;
   x -= fx * -2.12194440e-4f;
   const float z = x * x;
@@ -24,8 +26,10 @@ inline float exp_approx(float x) {
   y = y * x + 5.0000001201e-1f;
   y = y * z + x + 1.0f;
   // The exponent is clamped in the integer domain (branch-free, so the loop vectorises):
-  // n <= -127 builds +0.0, n >= 128 builds +inf.
-  int32_t n = static_cast<int32_t>(fx);
+  // n <= -127 builds +0.0, n >= 128 builds +inf. n = fx read from t's mantissa (t = 1.5·2^23 + fx
+  // exactly): the same integer as static_cast<int32_t>(fx), which is undefined for a NaN x (a NaN
+  // weight or activation must give NaN, not undefined behaviour; ±inf x gives NaN too).
+  int32_t n = std::bit_cast<int32_t>(t) - 0x4B400000;
   n = n < -127 ? -127 : n;
   n = n > 128 ? 128 : n;
   return y * std::bit_cast<float>((n + 127) << 23);
