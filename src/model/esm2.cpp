@@ -391,8 +391,9 @@ struct Esm2Model::Impl : SlotState {
 
   // Under ESM2_CHECK_FINITE: scan rows×cols values at p (activation dtype, or fp32 when f32) and report the
   // first non-finite one. head: the rows are the LM head's (labelled tokens), else the micro-batch's tokens.
+  // by_head: a [heads, tokens] fp32 statistic (the attention's lse): the token is the column.
   void chk(const char* what, int layer, const void* p, int64_t rows, int64_t cols, bool f32 = false,
-           bool head = false) {
+           bool head = false, bool by_head = false) {
     if (check_finite <= 0 || finite_reports >= 64 || rows * cols == 0) return;
     std::vector<float> h(static_cast<size_t>(rows * cols));
     if (f32) be.copy_to_host(h.data(), p, h.size() * 4);
@@ -411,7 +412,7 @@ struct Esm2Model::Impl : SlotState {
     // "row r (token t id i[ <pad>], labelled|unlabelled)" of flat index i
     auto describe = [&](int64_t i) {
       const int64_t row = i / cols;
-      const int64_t tok = head && row < static_cast<int64_t>(host_rows.size()) ? host_rows[row] : row;
+      const int64_t tok = by_head ? i % cols : head && row < static_cast<int64_t>(host_rows.size()) ? host_rows[row] : row;
       std::string token = "?";
       if (tok < static_cast<int64_t>(host_ids.size())) {
         const int32_t id = host_ids[tok];
@@ -544,10 +545,16 @@ struct Esm2Model::Impl : SlotState {
       be.layernorm_forward(v.ln1, v.ln1_mean, v.ln1_rstd, v.x, P + o.ln1_w, P + o.ln1_b, T, C, cfg.layer_norm_eps);
     if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * Ca, C);
     if (need(k.atty)) be.attention_forward(v.atty, v.lse, v.qkv, attn_shape());
-    if (!recompute_pass) {
-      chk("ln1", l, v.ln1, T, C);
-      chk("qkv", l, v.qkv, T, 3 * Ca);
-      chk("attention", l, v.atty, T, Ca);
+    // The recompute pass is checked too: the backward reads what it recomputes.
+    const char* again = recompute_pass ? " (recomputed)" : "";
+    if (need(k.ln1)) {
+      chk(fmt::format("ln1{}", again).c_str(), l, v.ln1, T, C);
+      chk(fmt::format("ln1 rstd{}", again).c_str(), l, v.ln1_rstd, T, 1, true);
+    }
+    if (need(k.qkv)) chk(fmt::format("qkv{}", again).c_str(), l, v.qkv, T, 3 * Ca);
+    if (need(k.atty)) {
+      chk(fmt::format("attention{}", again).c_str(), l, v.atty, T, Ca);
+      chk(fmt::format("attention lse{}", again).c_str(), l, v.lse, Hl, T, true, false, true);
     }
     // x_next = x_mid + proj(GELU(fc(LN2(x_mid)))); the residual add and LN2 in one pass
     if (need(k.mid)) {
@@ -562,10 +569,13 @@ struct Esm2Model::Impl : SlotState {
       be.layernorm_forward(v.ln2, v.ln2_mean, v.ln2_rstd, v.mid, P + o.ln2_w, P + o.ln2_b, T, C, cfg.layer_norm_eps);
     }
     if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C);
+    if (need(k.mid)) chk(fmt::format("attention residual{}", again).c_str(), l, v.mid, T, C);
+    if (need(k.ln2)) {
+      chk(fmt::format("ln2{}", again).c_str(), l, v.ln2, T, C);
+      chk(fmt::format("ln2 rstd{}", again).c_str(), l, v.ln2_rstd, T, 1, true);
+    }
+    if (need(k.fch)) chk(fmt::format("fc{}", again).c_str(), l, v.fch, T, F);
     if (recompute_pass) return;  // v.out is the next layer's kept input
-    chk("attention residual", l, v.mid, T, C);
-    chk("ln2", l, v.ln2, T, C);
-    chk("fc", l, v.fch, T, F);
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
     chk("gelu", l, a.gelu, T, F);
     linear(v.out, a.gelu, P + o.w_proj, row_parallel_bias(P + o.b_proj), T, C, F);
