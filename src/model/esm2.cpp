@@ -215,8 +215,13 @@ struct Esm2Model::Impl : SlotState {
   // row. It finds the op where a run that stopped on a non-finite gradient first went wrong (resume it
   // from the checkpoint written before that step: the step repeats bitwise). A device→host copy per op:
   // a diagnosis mode, not a guard.
-  // ESM2_CHECK_FINITE=2 also prints every checked tensor's largest |value| (how far from overflow it is).
-  int check_finite = std::getenv("ESM2_CHECK_FINITE") ? std::atoi(std::getenv("ESM2_CHECK_FINITE")) : 0;
+  // ESM2_CHECK_FINITE=2 also prints every checked tensor's largest |value| (how far from overflow it is);
+  // unset, empty or 0 is off, any other value (1, yes) is on.
+  int check_finite = [] {
+    const char* v = std::getenv("ESM2_CHECK_FINITE");
+    const std::string s = v ? v : "";
+    return s.empty() || s == "0" ? 0 : s == "2" ? 2 : 1;
+  }();
   int finite_reports = 0;
   std::vector<int32_t> host_ids, host_rows, host_labels;  // the micro-batch, kept only when checking
 

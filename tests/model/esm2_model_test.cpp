@@ -341,8 +341,8 @@ TEST(Esm2Model, RejectsMalformedMicroBatch) {
 // parameter gradients that went non-finite (no forward tensor before it is reported). Without the variable nothing is printed.
 TEST(Esm2Model, CheckFiniteNamesTheFirstNonFiniteOp) {
   auto run = [](bool check) {
-    if (check) setenv("ESM2_CHECK_FINITE", "1", 1);
-    else unsetenv("ESM2_CHECK_FINITE");
+    if (check) setenv("ESM2_CHECK_FINITE", "yes", 1);  // any value but 0 turns it on
+    else setenv("ESM2_CHECK_FINITE", "0", 1);
     auto be = make_cpu_backend(2);
     Esm2Model m(tiny_config(), *be);
     unsetenv("ESM2_CHECK_FINITE");  // read when the model is made
