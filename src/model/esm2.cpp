@@ -21,6 +21,7 @@
 #include <functional>
 #include <cmath>
 #include <numbers>
+#include <string_view>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -210,7 +211,7 @@ struct Esm2Model::Impl : SlotState {
   Recompute recompute = Recompute::None;  // set_recompute()
   std::function<void(size_t)> grad_ready;  // set_grad_ready_hook()
 
-  // ESM2_CHECK_FINITE=1 (docs/troubleshooting.md): every tensor the training forward and backward write is
+  // ESM2_CHECK_FINITE=1 (docs/reliability.md): every tensor the training forward and backward write is
   // read back after the op that wrote it, and its first non-finite value is reported with the token of its
   // row. It finds the op where a run that stopped on a non-finite gradient first went wrong (resume it
   // from the checkpoint written before that step: the step repeats bitwise). A device→host copy per op:
@@ -394,11 +395,13 @@ struct Esm2Model::Impl : SlotState {
     }
   }
 
+  // What a checked tensor's rows are: the micro-batch's tokens, the LM head's rows (labelled tokens), or
+  // heads of a [heads, tokens] statistic (the attention's lse), whose token is the column.
+  enum class RowsAre { Tokens, HeadRows, Heads };
   // Under ESM2_CHECK_FINITE: scan rows×cols values at p (activation dtype, or fp32 when f32) and report the
-  // first non-finite one. head: the rows are the LM head's (labelled tokens), else the micro-batch's tokens.
-  // by_head: a [heads, tokens] fp32 statistic (the attention's lse): the token is the column.
-  void chk(const char* what, int layer, const void* p, int64_t rows, int64_t cols, bool f32 = false,
-           bool head = false, bool by_head = false) {
+  // first non-finite one.
+  void chk(std::string_view what, int layer, const void* p, int64_t rows, int64_t cols, bool f32 = false,
+           RowsAre rows_are = RowsAre::Tokens) {
     if (check_finite <= 0 || finite_reports >= 64 || rows * cols == 0) return;
     std::vector<float> h(static_cast<size_t>(rows * cols));
     if (f32) be.copy_to_host(h.data(), p, h.size() * 4);
@@ -417,7 +420,9 @@ struct Esm2Model::Impl : SlotState {
     // "row r (token t id i[ <pad>], labelled|unlabelled)" of flat index i
     auto describe = [&](int64_t i) {
       const int64_t row = i / cols;
-      const int64_t tok = by_head ? i % cols : head && row < static_cast<int64_t>(host_rows.size()) ? host_rows[row] : row;
+      int64_t tok = row;
+      if (rows_are == RowsAre::Heads) tok = i % cols;
+      else if (rows_are == RowsAre::HeadRows && row < static_cast<int64_t>(host_rows.size())) tok = host_rows[row];
       std::string token = "?";
       if (tok < static_cast<int64_t>(host_ids.size())) {
         const int32_t id = host_ids[tok];
@@ -426,7 +431,7 @@ struct Esm2Model::Impl : SlotState {
       }
       return fmt::format("row {} ({}), column {}", row, token, i % cols);
     };
-    std::string where = layer >= 0 ? fmt::format("layer {} {}", layer + table.first_layer, what) : what;
+    const std::string where = layer >= 0 ? fmt::format("layer {} {}", layer + table.first_layer, what) : std::string(what);
     if (bad == 0) {
       if (check_finite >= 2)
         fmt::print(stderr, "esm2: check-finite: {}: {}x{}, |max| {} at {}\n", where, rows, cols, amax, describe(at_max));
@@ -550,17 +555,18 @@ struct Esm2Model::Impl : SlotState {
       be.layernorm_forward(v.ln1, v.ln1_mean, v.ln1_rstd, v.x, P + o.ln1_w, P + o.ln1_b, T, C, cfg.layer_norm_eps);
     if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * Ca, C);
     if (need(k.atty)) be.attention_forward(v.atty, v.lse, v.qkv, attn_shape());
-    // The recompute pass is checked too: the backward reads what it recomputes.
-    const char* again = recompute_pass ? " (recomputed)" : "";
-    if (need(k.ln1)) {
-      chk(fmt::format("ln1{}", again).c_str(), l, v.ln1, T, C);
-      chk(fmt::format("ln1 rstd{}", again).c_str(), l, v.ln1_rstd, T, 1, true);
-    }
-    if (need(k.qkv)) chk(fmt::format("qkv{}", again).c_str(), l, v.qkv, T, 3 * Ca);
-    if (need(k.atty)) {
-      chk(fmt::format("attention{}", again).c_str(), l, v.atty, T, Ca);
-      chk(fmt::format("attention lse{}", again).c_str(), l, v.lse, Hl, T, true, false, true);
-    }
+    // The recompute pass is checked too (the backward reads what it recomputes); the name is built only
+    // when checking, off the hot path.
+    auto chk_fwd = [&](bool done, const char* what, const void* p, int64_t rows, int64_t cols, bool f32 = false,
+                       RowsAre rows_are = RowsAre::Tokens) {
+      if (done && check_finite > 0)
+        chk(recompute_pass ? fmt::format("{} (recomputed)", what) : what, l, p, rows, cols, f32, rows_are);
+    };
+    chk_fwd(need(k.ln1), "ln1", v.ln1, T, C);
+    chk_fwd(need(k.ln1), "ln1 rstd", v.ln1_rstd, T, 1, true);
+    chk_fwd(need(k.qkv), "qkv", v.qkv, T, 3 * Ca);
+    chk_fwd(need(k.atty), "attention", v.atty, T, Ca);
+    chk_fwd(need(k.atty), "attention lse", v.lse, Hl, T, true, RowsAre::Heads);
     // x_next = x_mid + proj(GELU(fc(LN2(x_mid)))); the residual add and LN2 in one pass
     if (need(k.mid)) {
       linear(v.mid, v.atty, P + o.w_o, row_parallel_bias(P + o.b_o), T, C, Ca);
@@ -574,12 +580,10 @@ struct Esm2Model::Impl : SlotState {
       be.layernorm_forward(v.ln2, v.ln2_mean, v.ln2_rstd, v.mid, P + o.ln2_w, P + o.ln2_b, T, C, cfg.layer_norm_eps);
     }
     if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C);
-    if (need(k.mid)) chk(fmt::format("attention residual{}", again).c_str(), l, v.mid, T, C);
-    if (need(k.ln2)) {
-      chk(fmt::format("ln2{}", again).c_str(), l, v.ln2, T, C);
-      chk(fmt::format("ln2 rstd{}", again).c_str(), l, v.ln2_rstd, T, 1, true);
-    }
-    if (need(k.fch)) chk(fmt::format("fc{}", again).c_str(), l, v.fch, T, F);
+    chk_fwd(need(k.mid), "attention residual", v.mid, T, C);
+    chk_fwd(need(k.ln2), "ln2", v.ln2, T, C);
+    chk_fwd(need(k.ln2), "ln2 rstd", v.ln2_rstd, T, 1, true);
+    chk_fwd(need(k.fch), "fc", v.fch, T, F);
     if (recompute_pass) return;  // v.out is the next layer's kept input
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
     chk("gelu", l, a.gelu, T, F);
@@ -633,9 +637,9 @@ struct Esm2Model::Impl : SlotState {
     be.layernorm_forward(a.h_ln, f32(a.h_mean), f32(a.h_rstd), a.h_gelu, P + table.head_ln_w, P + table.head_ln_b,
                          R, C, cfg.layer_norm_eps);
     linear(a.logits, a.h_ln, P + table.wte, P + table.head_bias, R, V, C);
-    chk("head dense", -1, a.h_dense, R, C, false, true);
-    chk("head LayerNorm", -1, a.h_ln, R, C, false, true);
-    chk("logits", -1, a.logits, R, V, false, true);
+    chk("head dense", -1, a.h_dense, R, C, false, RowsAre::HeadRows);
+    chk("head LayerNorm", -1, a.h_ln, R, C, false, RowsAre::HeadRows);
+    chk("logits", -1, a.logits, R, V, false, RowsAre::HeadRows);
   }
 
   LossSum loss_sum() {
@@ -670,7 +674,7 @@ struct Esm2Model::Impl : SlotState {
       be.memset_zero(a.d_res, be.act_bytes(T * C));
       be.layernorm_backward(a.d_res, G + table.lnf_w, G + table.lnf_b, a.d_tmp, res(num_local_layers()),
                             P + table.lnf_w, f32(a.lnf_mean), f32(a.lnf_rstd), T, C);
-      chk("d logits", -1, a.d_logits, R, V, false, true);
+      chk("d logits", -1, a.d_logits, R, V, false, RowsAre::HeadRows);
       chk("d head input (scattered)", -1, a.d_tmp, T, C);
       chk("d final LayerNorm input", -1, a.d_res, T, C);
       // The tail (final LayerNorm, LM head) is final; the tied decoder's share of wte is not (wte sits
