@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where does a non-finite gradient with a finite loss come from? ONE device call (~4 minutes on an H100):
 # trains 8M on the full Swiss-Prot corpus with a config that stopped on a NaN gradient in the 60 s sweep
-# (bench/results/recipes-8M-swissprot: lr 4e-3 at step 61), then resumes from its last good state
+# (bench/results/recipes-8M-swissprot: lr 4e-3; step 61, 70 or 166, by the planned length), then resumes from its last good state
 # (`--on-nonfinite stop` saves the weights before the bad step) with ESM2_CHECK_FINITE=2: every tensor
 # of forward and backward is read back and scanned (docs/reliability.md). Resume is bitwise, so the bad
 # step repeats and the log names the first op and row (token, <pad>, labelled or not) that went
