@@ -335,10 +335,12 @@ __global__ void __launch_bounds__(128)
     for (int j = 0; j < NK; ++j) {
       const int c = j * 8 + 2 * (lane & 3);
       const float v0 = kval[c], v1 = kval[c + 1];
-      p[j][0] = v0 * __expf(p[j][0] - l0);
-      p[j][1] = v1 * __expf(p[j][1] - l0);
-      p[j][2] = v0 * __expf(p[j][2] - l1);
-      p[j][3] = v1 * __expf(p[j][3] - l1);
+      // a select, not a product: a pad key's score was never part of the forward's lse, so exp may be inf
+      // there, and 0 × inf would put a NaN into dS
+      p[j][0] = v0 != 0.0f ? __expf(p[j][0] - l0) : 0.0f;
+      p[j][1] = v1 != 0.0f ? __expf(p[j][1] - l0) : 0.0f;
+      p[j][2] = v0 != 0.0f ? __expf(p[j][2] - l1) : 0.0f;
+      p[j][3] = v1 != 0.0f ? __expf(p[j][3] - l1) : 0.0f;
       dp[j][0] = p[j][0] * (dp[j][0] - d0);  // dS
       dp[j][1] = p[j][1] * (dp[j][1] - d0);
       dp[j][2] = p[j][2] * (dp[j][2] - d1);
