@@ -338,7 +338,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   add_enum_option(app, "--backend", c.backend, esm2::kBackendKindNames,
                   "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda")
       ->group("Execution");
-  add_enum_option(app, "--precision", c.precision, esm2::kPrecisionNames, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU)")
+  add_enum_option(app, "--precision", c.precision, esm2::kPrecisionNames, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU), fp8-mixed (Hopper GPU)")
       ->group("Execution");
   app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->check(at_least(0))->capture_default_str();
   add_enum_option(app, "--recompute", c.recompute, esm2::kRecomputeNames,

@@ -44,6 +44,13 @@ struct DeviceMemory {
 };
 
 
+// Which product of a transformer Linear (y = x·Wᵀ + b) a GEMM computes, for backends with FP8 linears
+// (fp8-mixed): they run these in FP8 and every other GEMM as before; other backends ignore it. The model
+// marks only the four linears of each encoder layer (QKV, attention output, FFN in, FFN out), in the
+// shapes Esm2Model passes: Forward y[T,N] = x[T,K]·W[N,K]ᵀ (+ b); Dgrad dx[T,K] = dy[T,N]·W[N,K];
+// Wgrad dW[N,K] += dy[T,N]ᵀ·x[T,K] (fp32 output).
+enum class GemmRole : uint8_t { Other, LinearForward, LinearDgrad, LinearWgrad };
+
 // C[M,N] (=, or beta·C + when beta != 0) = alpha · op(A)[M,K] · op(B)[K,N] (+ bias[N] on every row).
 // op(X) = X or Xᵀ. Leading dimensions default to the packed ones (0 = packed): lda = trans_a ? M : K,
 // ldb = trans_b ? K : N, ldc = N. Each operand carries its dtype (fp32 master weights, activations
@@ -60,6 +67,7 @@ struct GemmArgs {
   DType c_dtype = DType::F32;
   const float* bias = nullptr;  // [N] fp32, optional
   int64_t lda = 0, ldb = 0, ldc = 0;
+  GemmRole role = GemmRole::Other;
 };
 
 // One AdamW step, PyTorch semantics (torch.optim.AdamW, amsgrad=False):
@@ -107,6 +115,8 @@ class Backend {
   virtual std::string name() const = 0;
   virtual DType activation_dtype() const = 0;
   size_t act_bytes(size_t n) const { return n * dtype_size(activation_dtype()); }
+  // true: the GEMMs marked with a Linear GemmRole run in FP8 (--precision fp8-mixed, docs/fp8.md).
+  virtual bool fp8_linears() const { return false; }
 
   // ---- memory ----
   virtual void* alloc(size_t bytes) = 0;  // zero-initialised

@@ -51,6 +51,7 @@ int gpu_for_local_rank(int local_rank) {
 }
 
 std::string precision_label(const Backend& b) {
+  if (b.fp8_linears()) return "fp8-mixed";
   return b.activation_dtype() == DType::F32 ? "fp32" : "bf16-mixed";
 }
 

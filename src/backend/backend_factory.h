@@ -17,15 +17,20 @@ enum class BackendKind { Auto, Cpu, Cuda };  // auto: CUDA when built and a GPU 
 inline constexpr EnumName<BackendKind> kBackendKindNames[] = {
     {"auto", BackendKind::Auto}, {"cpu", BackendKind::Cpu}, {"cuda", BackendKind::Cuda}};
 
-// --precision, in the reference's (Lightning's) spellings. Only fp32 and bf16-mixed (bf16 activations,
-// fp32 weights) are implemented; the others are named so that asking for them is a clear error.
-enum class Precision { Auto, Fp32, Bf16Mixed, Fp16Mixed, Bf16True };
+// --precision, in the reference's (Lightning's) spellings. fp32, bf16-mixed (bf16 activations, fp32
+// weights) and fp8-mixed (bf16-mixed with the encoder's linears in FP8 on Hopper, docs/fp8.md) are
+// implemented; the others are named so that asking for them is a clear error.
+enum class Precision { Auto, Fp32, Bf16Mixed, Fp16Mixed, Bf16True, Fp8Mixed };
 
 inline constexpr EnumName<Precision> kPrecisionNames[] = {
     {"auto", Precision::Auto},          {"32", Precision::Fp32},        {"fp32", Precision::Fp32},
     {"32-true", Precision::Fp32},       {"fp32-mixed", Precision::Fp32}, {"bf16-mixed", Precision::Bf16Mixed},
     {"bf16", Precision::Bf16Mixed},     {"16", Precision::Fp16Mixed},   {"fp16", Precision::Fp16Mixed},
-    {"16-mixed", Precision::Fp16Mixed}, {"fp16-mixed", Precision::Fp16Mixed}, {"bf16-true", Precision::Bf16True}};
+    {"16-mixed", Precision::Fp16Mixed}, {"fp16-mixed", Precision::Fp16Mixed}, {"bf16-true", Precision::Bf16True},
+    {"fp8-mixed", Precision::Fp8Mixed}};
+
+// The one error for fp8-mixed where it cannot run (the CPU backend, a GPU before Hopper).
+inline constexpr const char* kFp8NeedsHopper = "--precision fp8-mixed needs a Hopper-class (sm_90+) CUDA GPU";
 
 // The CPU backend computes in fp32 only: asking it for bf16/fp16 is an error, not a silent fallback.
 // A CUDA request in a build without the CUDA backend is an error.
@@ -37,7 +42,7 @@ std::unique_ptr<Backend> make_backend(BackendKind which, Precision precision, in
 // than ranks. 0 in a build without an accelerator backend.
 int gpu_for_local_rank(int local_rank);
 
-// "fp32" or "bf16-mixed", for logs.
+// "fp32", "bf16-mixed" or "fp8-mixed", for logs.
 std::string precision_label(const Backend& b);
 
 // ---- Backend registry ----

@@ -36,6 +36,7 @@ class TimingBackend final : public Backend {
 
   std::string name() const override { return in_.name(); }
   DType activation_dtype() const override { return in_.activation_dtype(); }
+  bool fp8_linears() const override { return in_.fp8_linears(); }
   void* alloc(size_t bytes) override { return in_.alloc(bytes); }
   void free(void* p) override { in_.free(p); }
   void copy_to_device(void* dst, const void* src, size_t bytes) override;

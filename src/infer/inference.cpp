@@ -24,6 +24,10 @@ InferenceModel load_inference_model(const fs::path& dir, BackendKind backend, Pr
   ESM2_CHECK(fs::is_directory(dir), "{}: checkpoint directory not found", dir.string());
   ESM2_CHECK(fs::exists(dir / "config.json"), "{}: no config.json (not a checkpoint or Hugging Face model directory)",
              dir.string());
+  // FP8 is a training precision (its scaling is chosen for the linears' gradients too); scoring and
+  // embedding run in bf16-mixed or fp32, which give the reference's numbers.
+  ESM2_CHECK(precision != Precision::Fp8Mixed,
+             "--precision fp8-mixed is for training (train, bench); inference runs in bf16-mixed or 32");
   InferenceModel m;
   const ModelConfig cfg = read_hf_config(dir / "config.json");
   m.backend = make_backend(backend, precision, threads);

@@ -497,9 +497,12 @@ struct Esm2Model::Impl : SlotState {
     return s;
   }
 
-  // y[M,N] = x[M,K] · W[N,K]ᵀ + b  (a PyTorch Linear)
-  void linear(void* y, const void* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K) {
+  // y[M,N] = x[M,K] · W[N,K]ᵀ + b  (a PyTorch Linear). `encoder`: one of the four linears of an encoder
+  // layer, whose products a backend with FP8 linears runs in FP8 (GemmRole; the LM head never).
+  void linear(void* y, const void* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K,
+              bool encoder = false) {
     GemmArgs g;
+    if (encoder) g.role = GemmRole::LinearForward;
     g.trans_b = true;
     g.M = M, g.N = N, g.K = K;
     g.A = x, g.a_dtype = be.activation_dtype();
@@ -510,10 +513,11 @@ struct Esm2Model::Impl : SlotState {
   }
   // Backward of linear: dW[N,K] += dyᵀ·x, db[N] += Σ dy, dx[M,K] (=) = dy·W (dx may be null).
   void linear_backward(void* dx, float* dw, float* db, const void* dy, const void* x, const float* w, int64_t M,
-                       int64_t N, int64_t K) {
+                       int64_t N, int64_t K, bool encoder = false) {
     const DType ad = be.activation_dtype();
     if (db) be.bias_backward(db, dy, M, N);
     GemmArgs gw;
+    if (encoder) gw.role = GemmRole::LinearWgrad;
     gw.trans_a = true;
     gw.M = N, gw.N = K, gw.K = M;
     gw.A = dy, gw.a_dtype = ad;
@@ -523,6 +527,7 @@ struct Esm2Model::Impl : SlotState {
     be.gemm(gw);
     if (!dx) return;
     GemmArgs gx;
+    if (encoder) gx.role = GemmRole::LinearDgrad;
     gx.M = M, gx.N = K, gx.K = N;
     gx.A = dy, gx.a_dtype = ad;
     gx.B = w, gx.b_dtype = DType::F32;
@@ -553,7 +558,7 @@ struct Esm2Model::Impl : SlotState {
     // x_mid = x + out_proj(Attn(LN1(x))); out_proj is row-parallel: partial sums over the local heads
     if (need(k.ln1) && !ln1_ready)
       be.layernorm_forward(v.ln1, v.ln1_mean, v.ln1_rstd, v.x, P + o.ln1_w, P + o.ln1_b, T, C, cfg.layer_norm_eps);
-    if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * Ca, C);
+    if (need(k.qkv)) linear(v.qkv, v.ln1, P + o.w_qkv, P + o.b_qkv, T, 3 * Ca, C, true);
     if (need(k.atty)) be.attention_forward(v.atty, v.lse, v.qkv, attn_shape());
     // The recompute pass is checked too (the backward reads what it recomputes); the name is built only
     // when checking, off the hot path.
@@ -569,7 +574,7 @@ struct Esm2Model::Impl : SlotState {
     chk_fwd(need(k.atty), "attention lse", v.lse, Hl, T, true, RowsAre::Heads);
     // x_next = x_mid + proj(GELU(fc(LN2(x_mid)))); the residual add and LN2 in one pass
     if (need(k.mid)) {
-      linear(v.mid, v.atty, P + o.w_o, row_parallel_bias(P + o.b_o), T, C, Ca);
+      linear(v.mid, v.atty, P + o.w_o, row_parallel_bias(P + o.b_o), T, C, Ca, true);
       tp_allreduce(v.mid, T * C, "tensor-parallel attention output all-reduce");
       if (need(k.ln2))
         be.add_layernorm_forward(v.mid, v.ln2, v.ln2_mean, v.ln2_rstd, v.mid, v.x, P + o.ln2_w, P + o.ln2_b, T, C,
@@ -579,7 +584,7 @@ struct Esm2Model::Impl : SlotState {
     } else if (need(k.ln2)) {
       be.layernorm_forward(v.ln2, v.ln2_mean, v.ln2_rstd, v.mid, P + o.ln2_w, P + o.ln2_b, T, C, cfg.layer_norm_eps);
     }
-    if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C);
+    if (need(k.fch)) linear(v.fch, v.ln2, P + o.w_fc, P + o.b_fc, T, F, C, true);
     chk_fwd(need(k.mid), "attention residual", v.mid, T, C);
     chk_fwd(need(k.ln2), "ln2", v.ln2, T, C);
     chk_fwd(need(k.ln2), "ln2 rstd", v.ln2_rstd, T, 1, true);
@@ -587,7 +592,7 @@ struct Esm2Model::Impl : SlotState {
     if (recompute_pass) return;  // v.out is the next layer's kept input
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
     chk("gelu", l, a.gelu, T, F);
-    linear(v.out, a.gelu, P + o.w_proj, row_parallel_bias(P + o.b_proj), T, C, F);
+    linear(v.out, a.gelu, P + o.w_proj, row_parallel_bias(P + o.b_proj), T, C, F, true);
     tp_allreduce(v.out, T * C, "tensor-parallel FFN output all-reduce");
     chk("ffn out", l, v.out, T, C);
   }
@@ -704,21 +709,21 @@ struct Esm2Model::Impl : SlotState {
     // FFN block; the residual passes d_res through unchanged. d_res is replicated, so the replicated
     // bias/LayerNorm gradients come out identical on every tp rank.
     be.gelu_forward(a.gelu, v.fch, T * F, cfg.gelu_tanh);
-    linear_backward(a.d_fch, G + o.w_proj, G + o.b_proj, a.d_res, a.gelu, P + o.w_proj, T, C, F);
+    linear_backward(a.d_fch, G + o.w_proj, G + o.b_proj, a.d_res, a.gelu, P + o.w_proj, T, C, F, true);
     chk("d gelu", l, a.d_fch, T, F);
     be.gelu_backward_bias(a.d_fch, G + o.b_fc, a.d_fch, v.fch, T, F, cfg.gelu_tanh);
     chk("d fc", l, a.d_fch, T, F);
-    linear_backward(a.d_tmp, G + o.w_fc, nullptr, a.d_fch, v.ln2, P + o.w_fc, T, F, C);
+    linear_backward(a.d_tmp, G + o.w_fc, nullptr, a.d_fch, v.ln2, P + o.w_fc, T, F, C, true);
     tp_allreduce(a.d_tmp, T * C, "tensor-parallel FFN input-gradient all-reduce");
     chk("d ln2", l, a.d_tmp, T, C);
     be.layernorm_backward(a.d_res, G + o.ln2_w, G + o.ln2_b, a.d_tmp, v.mid, P + o.ln2_w, v.ln2_mean, v.ln2_rstd, T, C);
     chk("d attention residual", l, a.d_res, T, C);
     // attention block
-    linear_backward(a.d_tmp, G + o.w_o, G + o.b_o, a.d_res, v.atty, P + o.w_o, T, C, Ca);
+    linear_backward(a.d_tmp, G + o.w_o, G + o.b_o, a.d_res, v.atty, P + o.w_o, T, C, Ca, true);
     chk("d attention", l, a.d_tmp, T, Ca);
     be.attention_backward(a.d_qkv, a.d_tmp, v.qkv, v.atty, v.lse, attn_shape());
     chk("d qkv", l, a.d_qkv, T, 3 * Ca);
-    linear_backward(a.d_tmp, G + o.w_qkv, G + o.b_qkv, a.d_qkv, v.ln1, P + o.w_qkv, T, 3 * Ca, C);
+    linear_backward(a.d_tmp, G + o.w_qkv, G + o.b_qkv, a.d_qkv, v.ln1, P + o.w_qkv, T, 3 * Ca, C, true);
     tp_allreduce(a.d_tmp, T * C, "tensor-parallel attention input-gradient all-reduce");
     chk("d ln1", l, a.d_tmp, T, C);
     be.layernorm_backward(a.d_res, G + o.ln1_w, G + o.ln1_b, a.d_tmp, v.x, P + o.ln1_w, v.ln1_mean, v.ln1_rstd, T, C);

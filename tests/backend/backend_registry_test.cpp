@@ -51,4 +51,13 @@ TEST(BackendRegistry, MakeBackendChoosesAmongRegisteredBackends) {
   // The CPU's own precision rule travels with its registration.
   EXPECT_THROW(make_backend(BackendKind::Cpu, Precision::Bf16Mixed, 1), Error);
   EXPECT_THROW(make_backend(BackendKind::Cpu, Precision::Fp16Mixed, 1), Error);
+  // fp8-mixed anywhere but a Hopper GPU: the one message that says what it needs.
+  try {
+    make_backend(BackendKind::Cpu, Precision::Fp8Mixed, 1);
+    FAIL() << "the CPU backend accepted fp8-mixed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fp8-mixed needs a Hopper-class (sm_90+) CUDA GPU"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(parse_enum(kPrecisionNames, "fp8-mixed"), Precision::Fp8Mixed);
 }

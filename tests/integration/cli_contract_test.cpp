@@ -62,6 +62,7 @@ TEST_F(CliContract, BadTrainingValuesAreRejectedNamingTheFlagAndNothingIsWritten
       {" --warmup-steps 2", "--warmup-steps 2 is not below the schedule's 2 steps"},
       {" --num-steps 1000 --warmup-steps 2000", "--warmup-steps 2000 is not below the schedule's 1000 steps"},
       {" --backend gpu", "--backend: gpu not in {auto,cpu,cuda}"},
+      {" --precision fp8-mixed", "--precision fp8-mixed needs a Hopper-class (sm_90+) CUDA GPU"},
       {" --num-nodes 2", "--num-nodes 2: a multi-node job is started by srun or mpirun"},
       {" --bogus 1 --more", "train: unexpected arguments '--bogus' '1' '--more'"},
   };
@@ -98,6 +99,9 @@ TEST_F(CliContract, ParseErrorsFollowTheContract) {
                         "eval --mask-prob", "--mask-prob 2 is outside [0, 1]");
   expect_one_line_error(run_cli("embed --checkpoint " + hf_model().string() + " --fasta x.fa --output y --layer -1"),
                         "embed --layer", "embed: --layer: -1 must be a finite number >= 0");
+  expect_one_line_error(run_cli("eval --checkpoint " + hf_model().string() + " --data " + (*root_ / "corpus").string() +
+                                " --precision fp8-mixed"),
+                        "eval --precision", "--precision fp8-mixed is for training (train, bench)");
 }
 
 // A run that starts writes the report's "Run" table from the command line (2 tiny steps).

@@ -9,6 +9,8 @@ void register_cpu_backend() {
                     .accelerator = false,
                     .device_count = [] { return 1; },
                     .make = [](Precision precision, int threads, int) -> std::unique_ptr<Backend> {
+                      ESM2_CHECK(precision != Precision::Fp8Mixed, "{}; the CPU backend computes in fp32",
+                                 kFp8NeedsHopper);
                       ESM2_CHECK(precision == Precision::Auto || precision == Precision::Fp32,
                                  "--precision {}: the CPU backend computes in fp32 only; use --precision 32 (or auto)",
                                  enum_name(kPrecisionNames, precision));

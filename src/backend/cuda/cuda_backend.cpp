@@ -5,6 +5,12 @@
 // through a bf16 copy keyed by its pointer. The copy stays valid until something writes the fp32 range
 // through this backend (uploads, copies, memsets, fp32 GEMM outputs, ...); adamw_update on exactly that
 // tensor rewrites the copy in the same kernel, so a training step casts each weight once, at first use.
+//
+// fp8-mixed (docs/fp8.md): the GEMMs the model marks with a Linear GemmRole run in FP8 through
+// cuBLASLt. Activations and gradients are quantised just before each product with per-tensor current
+// scaling (fp8_quantize.cuh); weights are quantised once per optimizer step into an FP8 cache beside the
+// bf16 one (both orientations, since Hopper's FP8 kernels take only K-contiguous operands), invalidated by
+// the same writes.
 #include "backend/cuda/cuda_backend.h"
 
 #include <cuda_bf16.h>
@@ -31,12 +37,14 @@
 #include "backend/cuda/cross_entropy.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/embedding.cuh"
+#include "backend/cuda/fp8_quantize.cuh"
 #include "backend/cuda/gelu.cuh"
 #include "backend/cuda/gemm_lt.h"
 #include "backend/cuda/layernorm.cuh"
 #include "backend/cuda/rows.cuh"
 #include "backend/cuda/sum_squares.cuh"
 #include "backend/cuda/token_dropout.cuh"
+#include "backend/backend_factory.h"
 #include "core/error.h"
 
 namespace esm2 {
@@ -56,11 +64,18 @@ using bf16 = __nv_bfloat16;
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(DType act, int device) : act_(act), device_(device) {
+  CudaBackend(DType act, int device, bool fp8) : act_(act), device_(device), fp8_(fp8) {
     ESM2_CHECK(act == DType::F32 || act == DType::BF16, "cuda backend: activation dtype must be F32 or BF16");
+    ESM2_CHECK(!fp8 || act == DType::BF16, "cuda backend: FP8 linears need BF16 activations");
     const int n = cuda_device_count();
     ESM2_CHECK(n > 0, "--backend cuda: no CUDA device is visible (cudaGetDeviceCount reports none)");
     ESM2_CHECK(device >= 0 && device < n, "--backend cuda: device {} requested, {} visible", device, n);
+    if (fp8) {
+      int major = 0, minor = 0;
+      ESM2_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+      ESM2_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+      ESM2_CHECK(major >= 9, "{}; device {} is sm_{}{}", kFp8NeedsHopper, device, major, minor);
+    }
     ESM2_CUDA_CHECK(cudaSetDevice(device));
     ESM2_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     ESM2_CUDA_CHECK(cudaMallocHost(&host_word_, 16));
@@ -70,6 +85,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     for (auto& [p, m] : mirrors_) cudaFree(m.bf);
+    for (auto& [p, w] : fp8_weights_) cudaFree(w.q);
+    if (fp8_scales_) cudaFree(fp8_scales_);
     for (auto& s : scratch_) cudaFree(s.ptr);
     for (auto& u : uploads_) cudaFree(u.dev);
     lt_.reset();
@@ -82,6 +99,8 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   DType activation_dtype() const override { return act_; }
+  bool fp8_linears() const override { return fp8_; }
+  Fp8GemmCounts fp8_counts() const { return fp8_counts_; }
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
   int64_t cudnn_attention_calls() const { return cudnn_calls_; }
@@ -154,7 +173,10 @@ class CudaBackend final : public Backend {
     size_t columns = std::max(cuda::layernorm_backward_scratch_floats(T, C),
                               cuda::embedding_backward_scratch_floats(T, C, static_cast<int>(w.vocab)));
     for (int64_t n : {3 * C, C, w.ffn, w.vocab}) columns = std::max(columns, cuda::bias_backward_scratch_floats(T, n));
-    return (attention + columns) * sizeof(float) * 3 / 2 + cuda::LtRunner::kWorkspaceBytes;
+    size_t fp8 = 0;  // the two FP8 operand slots (fp8_gemm): T (padded) × the widest linear, a byte each
+    // (+ 32 rows: the Fp8B slot also holds the 16-row bf16 tail of fp8_gemm_split_rows)
+    if (fp8_) fp8 = (2 * static_cast<size_t>(pad16(T)) + 32) * static_cast<size_t>(std::max(3 * C, w.ffn)) / sizeof(float);
+    return (attention + columns + fp8) * sizeof(float) * 3 / 2 + cuda::LtRunner::kWorkspaceBytes;
   }
 
   size_t device_bytes_in_use() const override {
@@ -171,6 +193,22 @@ class CudaBackend final : public Backend {
 
   // ---- dense ----
   void gemm(const GemmArgs& g) override {
+    // An empty product (no rows, columns or tokens) has nothing to run in FP8; the bf16 path below handles
+    // it (for K = 0: C = beta·C + bias) without counting it as a fallback or warning about it.
+    if (fp8_ && g.role != GemmRole::Other && g.M > 0 && g.N > 0 && g.K > 0) {
+      if (fp8_gemm(g)) {
+        ++fp8_counts_.fp8;
+        return;
+      }
+      ++fp8_counts_.bf16_fallback;
+      if (!fp8_warned_)
+        std::fprintf(stderr,
+                     "esm2: warning: FP8 GEMM of shape M=%lld N=%lld K=%lld not taken by cuBLASLt (%s); such products "
+                     "run in bf16\n",
+                     static_cast<long long>(g.M), static_cast<long long>(g.N), static_cast<long long>(g.K),
+                     lt_->fp8_refusal().empty() ? "its operands' layout" : lt_->fp8_refusal().c_str());
+      fp8_warned_ = true;
+    }
     cuda::LtGemm l;
     l.trans_a = g.trans_a, l.trans_b = g.trans_b, l.M = g.M, l.N = g.N, l.K = g.K, l.alpha = g.alpha,
     l.beta = g.beta;
@@ -320,6 +358,7 @@ class CudaBackend final : public Backend {
       d[i].offset = r.offset, d[i].n = r.n, d[i].decay = r.decay ? 1u : 0u, d[i].first_block = blocks;
       blocks += cuda::adamw_tiles(r.n);
       lo = std::min(lo, r.offset), hi = std::max(hi, r.offset + r.n);
+      invalidate_fp8(p + r.offset, r.n * 4);  // requantised at the next forward (once per step)
       // A weight whose bf16 copy covers exactly this range gets the copy rewritten by the same kernel.
       auto it = mirrors_.find(p + r.offset);
       if (it != mirrors_.end() && it->second.n == r.n) {
@@ -367,7 +406,7 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  enum class Slot { Columns, Attention, Convert, Reduce, Word, kCount };
+  enum class Slot { Columns, Attention, Convert, Reduce, Word, Fp8A, Fp8B, kCount };
   enum class Upload { AdamW, SumSquares, kCount };
   struct Uploaded {
     void* dev = nullptr;
@@ -382,6 +421,17 @@ class CudaBackend final : public Backend {
     size_t n = 0;
     bf16* bf = nullptr;
     bool valid = false;
+  };
+  // A Linear weight W[rows, cols] (fp32 master) in E4M3: q = [rows, cols] codes, then [cols, rows] (the
+  // transpose, for dgrad), then 2 floats: amax and the dequantisation factor 1/scale.
+  struct Fp8Weight {
+    int64_t rows = 0, cols = 0;
+    uint8_t* q = nullptr;
+    bool valid = false;
+    size_t bytes() const { return static_cast<size_t>(rows * cols) * 2 + 256; }
+    const uint8_t* rowwise() const { return q; }
+    const uint8_t* colwise() const { return q + rows * cols; }
+    float* scales() const { return reinterpret_cast<float*>(q + ((2 * rows * cols + 15) / 16) * 16); }
   };
 
   // Device scratch of at least `floats` floats, grown on demand (never shrunk). Growing frees the old
@@ -482,8 +532,154 @@ class CudaBackend final : public Backend {
     return m.bf;
   }
 
-  // A write to [dst, dst+bytes) of fp32 memory: cached bf16 copies overlapping it are stale.
+  static int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
+
+  uint8_t* fp8_slot(Slot slot, int64_t bytes) {
+    return reinterpret_cast<uint8_t*>(scratch(slot, static_cast<size_t>(bytes + 3) / 4));
+  }
+  // Four device words: [0] amax and [1] 1/scale of a product's first activation operand, [2] [3] of its
+  // second. Reused by every product: the stream orders each use after the previous one.
+  float* fp8_scale_words() {
+    if (!fp8_scales_) fp8_scales_ = static_cast<float*>(device_malloc(256));
+    return fp8_scales_;
+  }
+
+  // The E4M3 copy of the Linear weight W[rows, cols] at `w` (fp32 master), quantised now if stale.
+  const Fp8Weight& fp8_weight(const float* w, int64_t rows, int64_t cols) {
+    Fp8Weight& e = fp8_weights_[w];
+    if (e.rows != rows || e.cols != cols) {
+      if (e.q) {
+        ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        device_free(e.q, e.bytes());
+      }
+      e = Fp8Weight{};
+      e.rows = rows, e.cols = cols;
+      e.q = static_cast<uint8_t*>(device_malloc(e.bytes()));
+    }
+    if (!e.valid) {
+      const size_t n = static_cast<size_t>(rows * cols);
+      cuda::launch_fp8_amax(e.scales(), w, DType::F32, n, stream_);
+      cuda::launch_fp8_quantize(e.q, e.scales(), w, DType::F32, n, Fp8Format::E4M3, stream_);
+      cuda::launch_fp8_quantize_transpose(e.q + n, rows, e.scales(), w, DType::F32, rows, cols, Fp8Format::E4M3,
+                                          stream_);
+      e.valid = true;
+    }
+    return e;
+  }
+
+  // x[rows, cols] (activation dtype) → FP8 in `slot`, row-wise (transpose = false: [rows, cols]) or
+  // transposed with the rows padded to 16 ([cols, pad16(rows)]); the scale words at `sc` (amax, 1/scale).
+  const uint8_t* fp8_activation(Slot slot, float* sc, const void* x, int64_t rows, int64_t cols, Fp8Format f,
+                                bool transpose) {
+    const size_t n = static_cast<size_t>(rows * cols);
+    // Row-wise: room for pad16(rows) rows, which fp8_gemm_split_rows zeroes and reads when it needs them.
+    uint8_t* q = fp8_slot(slot, cols * pad16(rows));
+    cuda::launch_fp8_amax(sc, x, act_, n, stream_);
+    if (transpose)
+      cuda::launch_fp8_quantize_transpose(q, pad16(rows), sc, x, act_, rows, cols, f, stream_);
+    else
+      cuda::launch_fp8_quantize(q, sc, x, act_, n, f, stream_);
+    return q;
+  }
+
+  // A Linear product (GemmRole) in FP8 with per-tensor current scaling: E4M3 for weights and activations,
+  // E5M2 for the output gradient dy (TransformerEngine's HYBRID format). Returns false, before anything
+  // reaches cuBLASLt, when the call's shape or layout is not one the FP8 kernels take (the bf16 GEMM then
+  // computes it); a false from cuBLASLt itself leaves only scratch written.
+  bool fp8_gemm(const GemmArgs& g) {
+    lt_->clear_fp8_refusal();
+    const bool packed = (g.lda == 0 || g.lda == (g.trans_a ? g.M : g.K)) &&
+                        (g.ldb == 0 || g.ldb == (g.trans_b ? g.K : g.N)) && (g.ldc == 0 || g.ldc == g.N);
+    if (!packed || g.alpha != 1.0f || g.M == 0 || g.N == 0 || g.K == 0) return false;
+    constexpr Fp8Format E4 = Fp8Format::E4M3, E5 = Fp8Format::E5M2;
+    float* sc = fp8_scale_words();
+    cuda::LtFp8Gemm f;
+    f.M = g.M, f.N = g.N, f.K = g.K, f.beta = g.beta;
+    f.D = g.C, f.d_dtype = g.c_dtype, f.ldd = g.N;
+    switch (g.role) {
+      case GemmRole::LinearForward: {
+        // y[M,N] = x[M,K]·W[N,K]ᵀ (+ b): both operands already K-contiguous.
+        if (g.trans_a || !g.trans_b || g.a_dtype != act_ || g.b_dtype != DType::F32 || g.c_dtype != act_ ||
+            g.K % 16 != 0 || g.N % 16 != 0)
+          return false;
+        const Fp8Weight& w = fp8_weight(static_cast<const float*>(g.B), g.N, g.K);
+        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E4, false), f.a_fmt = E4, f.lda = g.K, f.a_scale = sc + 1;
+        f.B = w.rowwise(), f.b_fmt = E4, f.ldb = g.K, f.b_scale = w.scales() + 1;
+        f.bias = g.bias;
+        if (g.bias) f.bias_c = operand(g.bias, DType::F32, 1, g.N, g.N);
+        f.fast_accum = true;
+        break;
+      }
+      case GemmRole::LinearDgrad: {
+        // dx[M,N] = dy[M,K]·W[K,N]: W's transposed copy [N,K] is the K-contiguous operand.
+        if (g.trans_a || g.trans_b || g.a_dtype != act_ || g.b_dtype != DType::F32 || g.c_dtype != act_ || g.bias ||
+            g.K % 16 != 0 || g.N % 16 != 0)
+          return false;
+        const Fp8Weight& w = fp8_weight(static_cast<const float*>(g.B), g.K, g.N);
+        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E5, false), f.a_fmt = E5, f.lda = g.K, f.a_scale = sc + 1;
+        f.B = w.colwise(), f.b_fmt = E4, f.ldb = g.K, f.b_scale = w.scales() + 1;
+        break;
+      }
+      case GemmRole::LinearWgrad: {
+        // dW[M,N] += dy[K,M]ᵀ·x[K,N]: both transposed to token-contiguous rows, the token count padded
+        // with zero columns to a multiple of 16 (adds exact zeros to every dot product).
+        if (!g.trans_a || g.trans_b || g.a_dtype != act_ || g.b_dtype != act_ || g.c_dtype != DType::F32 || g.bias ||
+            g.M % 16 != 0 || g.N % 16 != 0)
+          return false;
+        f.K = pad16(g.K);
+        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.K, g.M, E5, true), f.a_fmt = E5, f.lda = f.K, f.a_scale = sc + 1;
+        f.B = fp8_activation(Slot::Fp8B, sc + 2, g.B, g.K, g.N, E4, true), f.b_fmt = E4, f.ldb = f.K;
+        f.b_scale = sc + 3;
+        invalidate(g.C, static_cast<size_t>(g.M * g.N) * 4);
+        break;
+      }
+      case GemmRole::Other: return false;
+    }
+    if (lt_->run_fp8(f, stream_)) return true;
+    // Forward and dgrad have the token count as M (cuBLASLt's n), which the layouts above leave free. Not every
+    // reading of cuBLASLt's FP8 rules agrees that n may be any number: XLA pads every FP8 GEMM dimension to a
+    // multiple of 16 "as required by cuBLASLt FP8 gemms", TransformerEngine has asked for M % 8 (and calls
+    // that stricter than the kernels need). Untested on a GPU so far: if cuBLASLt refuses such an M, the
+    // product still runs in FP8 as a 16-row-aligned part plus a 16-row tail instead of falling back to bf16.
+    if (g.role != GemmRole::LinearWgrad && g.M % 16 != 0 && f.beta == 0.0f) return fp8_gemm_split_rows(f);
+    return false;
+  }
+
+  // f (a forward or dgrad product whose A is the row-wise FP8 copy of fp8_activation, beta 0) as two products
+  // whose row counts are multiples of 16: rows [0, m16) straight into D, then rows [m16, M) as a 16-row
+  // product over A's zeroed padding rows into scratch, of which the real rows are copied to D. false when
+  // cuBLASLt refuses those too (D may then hold part of the result; the bf16 GEMM overwrites all of it).
+  bool fp8_gemm_split_rows(const cuda::LtFp8Gemm& f) {
+    const int64_t m16 = f.M / 16 * 16, tail = f.M - m16;
+    auto* a = static_cast<uint8_t*>(const_cast<void*>(f.A));
+    ESM2_CUDA_CHECK(cudaMemsetAsync(a + f.M * f.lda, 0, static_cast<size_t>((16 - tail) * f.lda), stream_));
+    if (m16 > 0) {
+      cuda::LtFp8Gemm head = f;
+      head.M = m16;
+      if (!lt_->run_fp8(head, stream_)) return false;
+    }
+    const size_t row_bytes = static_cast<size_t>(f.N) * dtype_size(f.d_dtype);
+    cuda::LtFp8Gemm last = f;
+    last.M = 16;
+    last.A = a + m16 * f.lda;
+    last.D = fp8_slot(Slot::Fp8B, static_cast<int64_t>(16 * row_bytes));
+    last.ldd = f.N;
+    if (!lt_->run_fp8(last, stream_)) return false;
+    ESM2_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(f.D) + static_cast<size_t>(m16) * row_bytes, last.D,
+                                    static_cast<size_t>(tail) * row_bytes, cudaMemcpyDeviceToDevice, stream_));
+    if (!fp8_split_noted_)
+      std::fprintf(stderr,
+                   "esm2: note: cuBLASLt took no FP8 GEMM with M=%lld rows (not a multiple of 16); such products run "
+                   "as a 16-row-aligned part plus a padded 16-row tail\n",
+                   static_cast<long long>(f.M));
+    fp8_split_noted_ = true;
+    ++fp8_counts_.split_rows;
+    return true;
+  }
+
+  // A write to [dst, dst+bytes) of fp32 memory: cached bf16 and FP8 copies overlapping it are stale.
   void invalidate(const void* dst, size_t bytes) {
+    invalidate_fp8(dst, bytes);
     if (mirrors_.empty()) return;
     const char* lo = static_cast<const char*>(dst);
     const char* hi = lo + bytes;
@@ -492,9 +688,28 @@ class CudaBackend final : public Backend {
       if (a < hi && a + m.n * 4 > lo) m.valid = false;
     }
   }
+  void invalidate_fp8(const void* dst, size_t bytes) {
+    if (fp8_weights_.empty()) return;
+    const char* lo = static_cast<const char*>(dst);
+    const char* hi = lo + bytes;
+    for (auto& [k, w] : fp8_weights_) {
+      const char* a = reinterpret_cast<const char*>(k);
+      if (a < hi && a + w.rows * w.cols * 4 > lo) w.valid = false;
+    }
+  }
   void drop_mirrors(const void* base, size_t bytes) {
     const char* lo = static_cast<const char*>(base);
     const char* hi = lo + bytes;
+    for (auto it = fp8_weights_.begin(); it != fp8_weights_.end();) {
+      const char* a = reinterpret_cast<const char*>(it->first);
+      if (a >= lo && a < hi) {
+        ESM2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        device_free(it->second.q, it->second.bytes());
+        it = fp8_weights_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     for (auto it = mirrors_.begin(); it != mirrors_.end();) {
       const char* a = reinterpret_cast<const char*>(it->first);
       if (a >= lo && a < hi) {
@@ -509,6 +724,11 @@ class CudaBackend final : public Backend {
 
   DType act_;
   int device_ = 0;
+  bool fp8_ = false;  // fp8-mixed: Linear GEMMs in FP8
+  Fp8GemmCounts fp8_counts_;
+  bool fp8_warned_ = false;
+  bool fp8_split_noted_ = false;
+  float* fp8_scales_ = nullptr;  // fp8_scale_words()
   cudaStream_t stream_ = nullptr;
   void* host_word_ = nullptr;  // pinned, for scalar read-backs
   std::unique_ptr<cuda::LtRunner> lt_;
@@ -628,14 +848,15 @@ class CudaBackend final : public Backend {
   Uploaded uploads_[static_cast<int>(Upload::kCount)];
   std::vector<double> per_range_;
   std::map<const float*, Mirror> mirrors_;
+  std::map<const float*, Fp8Weight> fp8_weights_;
   std::map<const void*, size_t> sizes_;  // alloc()ed pointer → bytes
   size_t held_ = 0, peak_held_ = 0;       // bytes of every device_malloc, now and at most
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device) {
-  return std::make_unique<CudaBackend>(activation_dtype, device);
+std::unique_ptr<Backend> make_cuda_backend(DType activation_dtype, int device, bool fp8_linears) {
+  return std::make_unique<CudaBackend>(activation_dtype, device, fp8_linears);
 }
 
 namespace {
@@ -649,5 +870,6 @@ CudaBackend& as_cuda(Backend& b) {
 void* cuda_backend_stream(Backend& b) { return as_cuda(b).stream(); }
 int cuda_backend_device(Backend& b) { return as_cuda(b).device(); }
 int64_t cuda_backend_cudnn_attention_calls(Backend& b) { return as_cuda(b).cudnn_attention_calls(); }
+Fp8GemmCounts cuda_backend_fp8_gemm_counts(Backend& b) { return as_cuda(b).fp8_counts(); }
 
 }  // namespace esm2

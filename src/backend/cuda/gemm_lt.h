@@ -14,9 +14,11 @@
 
 #include <cstdint>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/fp8.h"
 
 namespace esm2::cuda {
 
@@ -38,6 +40,32 @@ struct LtGemm {
   const void* bias_c = nullptr;
 };
 
+// An FP8 product in the one layout Hopper's FP8 kernels take (row-major terms: both operands K-contiguous):
+// D[M,N] (=, or + beta·D) = alpha · (a_scale·A)[M,K] · (b_scale·B)[N,K]ᵀ (+ bias[N] on every row).
+// A and B hold FP8 codes; a_scale / b_scale are device words (the dequantisation factors 1/scale).
+// Requirements (cuBLASLt on sm_90): K, N, lda, ldb multiples of 16, 16-byte aligned pointers, not both
+// operands E5M2; D BF16 or F32.
+struct LtFp8Gemm {
+  int64_t M = 0, N = 0, K = 0;
+  float alpha = 1.0f, beta = 0.0f;
+  const void* A = nullptr;
+  Fp8Format a_fmt = Fp8Format::E4M3;
+  int64_t lda = 0;
+  const float* a_scale = nullptr;
+  const void* B = nullptr;
+  Fp8Format b_fmt = Fp8Format::E4M3;
+  int64_t ldb = 0;
+  const float* b_scale = nullptr;
+  void* D = nullptr;
+  DType d_dtype = DType::BF16;
+  int64_t ldd = 0;
+  const float* bias = nullptr;  // [N] fp32 or null (added by a separate pass when the epilogue is refused)
+  const void* bias_c = nullptr;  // [N] the bias in d_dtype, for the epilogue, or null
+  // cuBLASLt's fast accumulation (no periodic promotion of the tensor cores' partial sums to fp32):
+  // TransformerEngine's default for the forward product only.
+  bool fast_accum = false;
+};
+
 class LtRunner {
  public:
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLASLt's workspace, allocated once
@@ -47,6 +75,13 @@ class LtRunner {
   LtRunner(const LtRunner&) = delete;
   LtRunner& operator=(const LtRunner&) = delete;
   void run(const LtGemm& g, cudaStream_t s);
+  // false (nothing enqueued) when cuBLASLt offers no algorithm for this FP8 product; the caller then
+  // computes it another way. Deterministic: cuBLASLt's first heuristic answer, cached per shape.
+  bool run_fp8(const LtFp8Gemm& g, cudaStream_t s);
+  // Why the last run_fp8 that returned false refused (the rule it broke, or cuBLASLt's status), for the
+  // caller's warning: the first GPU run refused every FP8 product without saying why.
+  const std::string& fp8_refusal() const { return fp8_refusal_; }
+  void clear_fp8_refusal() { fp8_refusal_.clear(); }
 
  private:
   // How the bias reaches the output: not through cuBLASLt, or its epilogue reading the bias in the
@@ -73,8 +108,12 @@ class LtRunner {
   struct Cached {
     bool ok = false;
     cublasLtMatmulAlgo_t algo{};
+    std::string why;  // FP8: the refusal, when !ok
   };
+  std::string fp8_refusal_;
   std::map<std::vector<int64_t>, Cached> cache_;
+  std::map<std::vector<int64_t>, Cached> fp8_cache_;
+  bool try_run_fp8(const LtFp8Gemm& g, bool epilogue_bias, cudaStream_t s);
 };
 
 }  // namespace esm2::cuda

@@ -1,0 +1,32 @@
+// Per-tensor current-scaling FP8 quantisation for the fp8-mixed GEMMs (docs/fp8.md). Everything stays
+// on the device: the amax, the scale derived from it and its inverse (the GEMM's dequantisation
+// factor) are written to device words, so no step waits on the host.
+//
+// Numerics, exactly those of the CPU oracle core/fp8.h: scale = fp8_max / amax (1 when amax is 0 or
+// not finite, FLT_MAX when the quotient overflows), q = cvt.rn.satfinite(fp32(x · scale)),
+// inv_scale = 1 / scale (IEEE division; the build does not use fast math).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/fp8.h"
+
+namespace esm2::cuda {
+
+// scales[0] (=) = max |x| over x[n] (F32 or BF16, packed); the word is reset first. Deterministic
+// (a maximum does not depend on the order it is taken in).
+void launch_fp8_amax(float* scales, const void* x, DType xt, size_t n, cudaStream_t s);
+
+// q[n] (=) = fp8(x[n] · scale), scale from the amax in scales[0]; scales[1] (=) = 1 / scale.
+void launch_fp8_quantize(uint8_t* q, float* scales, const void* x, DType xt, size_t n, Fp8Format f, cudaStream_t s);
+
+// The same quantisation, transposed: x[rows, cols] (packed) → qt[cols, ldq] with qt[c, r] = fp8(x[r, c] ·
+// scale) for r < rows and 0 for rows <= r < ldq (the zero padding of the token dimension an FP8 GEMM
+// reducing over it needs); scales[1] (=) = 1 / scale.
+void launch_fp8_quantize_transpose(uint8_t* qt, int64_t ldq, float* scales, const void* x, DType xt, int64_t rows,
+                                   int64_t cols, Fp8Format f, cudaStream_t s);
+
+}  // namespace esm2::cuda
