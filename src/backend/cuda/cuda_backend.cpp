@@ -423,7 +423,7 @@ class CudaBackend final : public Backend {
     bool valid = false;
   };
   // A Linear weight W[rows, cols] (fp32 master) in E4M3: q = [rows, cols] codes, then [cols, rows] (the
-  // transpose, for dgrad), then 2 floats: amax and the dequantisation factor 1/scale.
+  // transpose, for dgrad), then at the next 16-byte boundary its scaling words (fp8_quantize.cuh).
   struct Fp8Weight {
     int64_t rows = 0, cols = 0;
     uint8_t* q = nullptr;
@@ -537,8 +537,8 @@ class CudaBackend final : public Backend {
   uint8_t* fp8_slot(Slot slot, int64_t bytes) {
     return reinterpret_cast<uint8_t*>(scratch(slot, static_cast<size_t>(bytes + 3) / 4));
   }
-  // Four device words: [0] amax and [1] 1/scale of a product's first activation operand, [2] [3] of its
-  // second. Reused by every product: the stream orders each use after the previous one.
+  // The scaling words (fp8_quantize.cuh) of a product's first activation operand, then at
+  // kFp8ScaleWords those of its second. Reused by every product: the stream orders each use after the previous one.
   float* fp8_scale_words() {
     if (!fp8_scales_) fp8_scales_ = static_cast<float*>(device_malloc(256));
     return fp8_scales_;
@@ -603,8 +603,8 @@ class CudaBackend final : public Backend {
             g.K % 16 != 0 || g.N % 16 != 0)
           return false;
         const Fp8Weight& w = fp8_weight(static_cast<const float*>(g.B), g.N, g.K);
-        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E4, false), f.a_fmt = E4, f.lda = g.K, f.a_scale = sc + 1;
-        f.B = w.rowwise(), f.b_fmt = E4, f.ldb = g.K, f.b_scale = w.scales() + 1;
+        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E4, false), f.a_fmt = E4, f.lda = g.K, f.a_scale = sc + cuda::kFp8InvScaleWord;
+        f.B = w.rowwise(), f.b_fmt = E4, f.ldb = g.K, f.b_scale = w.scales() + cuda::kFp8InvScaleWord;
         f.bias = g.bias;
         if (g.bias) f.bias_c = operand(g.bias, DType::F32, 1, g.N, g.N);
         f.fast_accum = true;
@@ -616,8 +616,8 @@ class CudaBackend final : public Backend {
             g.K % 16 != 0 || g.N % 16 != 0)
           return false;
         const Fp8Weight& w = fp8_weight(static_cast<const float*>(g.B), g.K, g.N);
-        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E5, false), f.a_fmt = E5, f.lda = g.K, f.a_scale = sc + 1;
-        f.B = w.colwise(), f.b_fmt = E4, f.ldb = g.K, f.b_scale = w.scales() + 1;
+        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E5, false), f.a_fmt = E5, f.lda = g.K, f.a_scale = sc + cuda::kFp8InvScaleWord;
+        f.B = w.colwise(), f.b_fmt = E4, f.ldb = g.K, f.b_scale = w.scales() + cuda::kFp8InvScaleWord;
         break;
       }
       case GemmRole::LinearWgrad: {
@@ -627,9 +627,9 @@ class CudaBackend final : public Backend {
             g.M % 16 != 0 || g.N % 16 != 0)
           return false;
         f.K = pad16(g.K);
-        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.K, g.M, E5, true), f.a_fmt = E5, f.lda = f.K, f.a_scale = sc + 1;
-        f.B = fp8_activation(Slot::Fp8B, sc + 2, g.B, g.K, g.N, E4, true), f.b_fmt = E4, f.ldb = f.K;
-        f.b_scale = sc + 3;
+        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.K, g.M, E5, true), f.a_fmt = E5, f.lda = f.K, f.a_scale = sc + cuda::kFp8InvScaleWord;
+        f.B = fp8_activation(Slot::Fp8B, sc + cuda::kFp8ScaleWords, g.B, g.K, g.N, E4, true), f.b_fmt = E4, f.ldb = f.K;
+        f.b_scale = sc + cuda::kFp8ScaleWords + cuda::kFp8InvScaleWord;
         invalidate(g.C, static_cast<size_t>(g.M * g.N) * 4);
         break;
       }

@@ -55,7 +55,7 @@ __device__ __forceinline__ float fp8_max_of(bool e5m2) { return fp8::max_of(e5m2
 __device__ __forceinline__ float scale_for(float amax, float fmax) { return fp8::scale_for(amax, fmax); }
 
 __device__ __forceinline__ void publish_inverse(float* scales, float scale) {
-  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) scales[1] = fp8::inverse(scale);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) scales[kFp8InvScaleWord] = fp8::inverse(scale);
 }
 
 template <class T>

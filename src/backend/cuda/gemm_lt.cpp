@@ -197,6 +197,11 @@ bool LtRunner::try_run_fp8(const LtFp8Gemm& g, bool epilogue_bias, cudaStream_t 
     fp8_refusal_ = fmt::format("operand alignment A {} B {} D {} bytes, below 16", al, bl, cl);
     return false;
   }
+  // cuBLASLt refuses (NOT_SUPPORTED, from cublasLtMatmul only) scale factors that are not 16-byte aligned.
+  if (reinterpret_cast<uintptr_t>(g.a_scale) % 16 != 0 || reinterpret_cast<uintptr_t>(g.b_scale) % 16 != 0) {
+    fp8_refusal_ = "a scale pointer is not 16-byte aligned";
+    return false;
+  }
   const std::vector<int64_t> key = {g.M,
                                     g.N,
                                     g.K,

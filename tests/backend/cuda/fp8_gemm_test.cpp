@@ -167,20 +167,20 @@ TEST_F(Fp8Gemm, QuantisersMatchOracleBitForBit) {
     for (Fp8Format f : {Fp8Format::E4M3, Fp8Format::E5M2}) {
       auto* q = static_cast<uint8_t*>(be->alloc(static_cast<size_t>(n)));
       auto* qt = static_cast<uint8_t*>(be->alloc(static_cast<size_t>(c.cols * ldq)));
-      auto* sc = static_cast<float*>(be->alloc(16));
+      auto* sc = static_cast<float*>(be->alloc(cuda::kFp8ScaleWords * sizeof(float)));
       for (void* p : {static_cast<void*>(q), static_cast<void*>(qt), static_cast<void*>(sc)}) owned.push_back(p);
       const DType dt = c.bf16 ? DType::BF16 : DType::F32;
       cuda::launch_fp8_amax(sc, dx, dt, static_cast<size_t>(n), stream);
       cuda::launch_fp8_quantize(q, sc, dx, dt, static_cast<size_t>(n), f, stream);
       cuda::launch_fp8_quantize_transpose(qt, ldq, sc, dx, dt, c.rows, c.cols, f, stream);
       std::vector<uint8_t> hq(static_cast<size_t>(n)), hqt(static_cast<size_t>(c.cols * ldq));
-      float hsc[2] = {0, 0};
+      float hsc[cuda::kFp8ScaleWords] = {};
       be->copy_to_host(hq.data(), q, hq.size());
       be->copy_to_host(hqt.data(), qt, hqt.size());
       be->copy_to_host(hsc, sc, sizeof hsc);
       const float scale = fp8_scale_for_amax(amax, f);
       ASSERT_EQ(hsc[0], amax) << c.rows << "x" << c.cols;
-      ASSERT_EQ(hsc[1], 1.0f / scale) << c.rows << "x" << c.cols;
+      ASSERT_EQ(hsc[cuda::kFp8InvScaleWord], 1.0f / scale) << c.rows << "x" << c.cols;
       // Codes compared as values, so that a zero's sign (which the GEMM cannot see) is not a difference.
       int bad = 0;
       for (int64_t r = 0; r < ldq; ++r)
