@@ -453,6 +453,54 @@ TEST_P(CudaOps, AttentionForwardBackwardAllHeadDims) {
   }
 }
 
+// A <pad> key whose score lies far above a query's log-sum-exp (the forward never scored it, so nothing
+// bounds it): the backward must give it probability 0, not 0 × exp(…) = 0 × inf = NaN. The mma dq
+// kernel multiplied by the key mask until 2026-12-07; at a high learning rate (8M, lr 4e-3) that NaN
+// stopped training (docs/recipes.md). Queries of 30 and pad keys of 60 in every dimension score up to
+// ~7,200 against the pad key at head dim 16; the real keys are 0 (score 0), so lse = log(#real keys).
+TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
+  for (int D : {16, 32, 64}) {
+    const int H = 2;
+    const int64_t C = H * D;
+    std::vector<int32_t> cu = {0, 40, 110};
+    const int S = 2;
+    const int64_t T = cu.back();
+    std::vector<int32_t> ids(T, 7);
+    for (int t : {10, 11, 75}) ids[t] = kPad;
+    std::vector<float> inv_freq(D / 2);
+    for (int i = 0; i < D / 2; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, 2.0f * i / D);
+    std::vector<float> qkv(T * 3 * C, 0.0f);
+    std::mt19937 g(31 + D);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < C; ++c) {
+        qkv[t * 3 * C + c] = 30.0f;                                     // q
+        qkv[t * 3 * C + C + c] = ids[t] == kPad ? 60.0f : 0.0f;         // k
+        qkv[t * 3 * C + 2 * C + c] = std::round(u(g) * 64.0f) / 64.0f;  // v (exact in bf16)
+      }
+    auto dout = act_in(T * C, 32 + D);
+    std::vector<float> dqkv[2];
+    Side* sides[2] = {&cpu, &gpu};
+    for (int s = 0; s < 2; ++s) {
+      Side& d = *sides[s];
+      AttentionShape as;
+      as.T = T, as.S = S, as.H = H, as.D = D, as.max_seqlen = 70;
+      as.cu_seqlens = d.i32(cu), as.ids = d.i32(ids), as.pad_id = kPad, as.inv_freq = d.f32(inv_freq);
+      void* qp = d.act(qkv);
+      void* op = d.act_zero(T * C);
+      float* lp = d.f32(std::vector<float>(H * T));
+      d.be->attention_forward(op, lp, qp, as);
+      void* dq = d.act(std::vector<float>(T * 3 * C, 99.0f));
+      d.be->attention_backward(dq, d.act(dout), qp, op, lp, as);
+      dqkv[s] = d.get_act(dq, T * 3 * C);
+    }
+    int64_t bad = 0;
+    for (float x : dqkv[1]) bad += !std::isfinite(x);
+    EXPECT_EQ(bad, 0) << "D " << D << ": non-finite values in dq/dk/dv";
+    EXPECT_LT(rel_l2(dqkv[1], dqkv[0]), tol(1e-4, 2e-2)) << "D " << D;
+  }
+}
+
 // cuDNN's fused attention (ESM2_ATTENTION=cudnn) against the CPU backend and the mma kernels, forward,
 // lse and dq/dk/dv, on packed sequences of odd lengths (1, 2, 3, 63, 65, 130, 257) with no pad keys (the
 // cuDNN route's precondition); its deterministic backward gives the same bits twice, and
