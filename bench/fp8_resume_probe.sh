@@ -31,7 +31,10 @@ run bsplit bf16-mixed --val-check-interval 3 --resume-if-exists
 same() {  # a b step
   local r=""
   for f in model.safetensors trainer_state/optimizer.safetensors; do
-    cmp -s "$W/runs/$1/checkpoints/step-0000000$3/$f" "$W/runs/$2/checkpoints/step-0000000$3/$f" && r="$r same" || r="$r DIFFER"
+    local x="$W/runs/$1/checkpoints/step-0000000$3/$f" y="$W/runs/$2/checkpoints/step-0000000$3/$f"
+    if [ ! -f "$x" ] || [ ! -f "$y" ]; then r="$r missing"
+    elif cmp -s "$x" "$y"; then r="$r same"
+    else r="$r DIFFER"; fi
   done
   echo "$1 vs $2 at step $3: model/optimizer$r"
 }

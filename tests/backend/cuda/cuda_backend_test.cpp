@@ -456,9 +456,15 @@ TEST_P(CudaOps, AttentionForwardBackwardAllHeadDims) {
 // A <pad> key whose score lies far above a query's log-sum-exp (the forward never scored it, so nothing
 // bounds it): the backward must give it probability 0, not 0 × exp(…) = 0 × inf = NaN. The mma dq
 // kernel multiplied by the key mask until 2026-12-07; at a high learning rate (8M, lr 4e-3) that NaN
-// stopped training (docs/recipes.md). Queries of 30 and pad keys of 60 in every dimension score up to
-// ~7,200 against the pad key at head dim 16; the real keys are 0 (score 0), so lse = log(#real keys).
+// stopped training (docs/recipes.md). Queries of 30 and pad keys of 60 in every dimension score 1,600 to
+// 14,000 above lse (head dims 16–64, rotary included); the real keys are 0 (score 0), so lse = log(#real
+// keys). The default route runs cuDNN at head dims 32 and 64 in bf16, so the mma kernels run forced too.
 TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
+  // The default route (cuDNN at head dims 32 and 64 in bf16) and, forced, the mma kernels at every head dim.
+  Side mma;
+  setenv("ESM2_ATTENTION", "mma", 1);
+  mma.be = gpu_backend(GetParam());
+  unsetenv("ESM2_ATTENTION");
   for (int D : {16, 32, 64}) {
     const int H = 2;
     const int64_t C = H * D;
@@ -479,9 +485,9 @@ TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
         qkv[t * 3 * C + 2 * C + c] = std::round(u(g) * 64.0f) / 64.0f;  // v (exact in bf16)
       }
     auto dout = act_in(T * C, 32 + D);
-    std::vector<float> dqkv[2];
-    Side* sides[2] = {&cpu, &gpu};
-    for (int s = 0; s < 2; ++s) {
+    std::vector<float> dqkv[3];
+    Side* sides[3] = {&cpu, &gpu, &mma};
+    for (int s = 0; s < 3; ++s) {
       Side& d = *sides[s];
       AttentionShape as;
       as.T = T, as.S = S, as.H = H, as.D = D, as.max_seqlen = 70;
@@ -494,11 +500,16 @@ TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
       d.be->attention_backward(dq, d.act(dout), qp, op, lp, as);
       dqkv[s] = d.get_act(dq, T * 3 * C);
     }
-    int64_t bad = 0;
-    for (float x : dqkv[1]) bad += !std::isfinite(x);
-    EXPECT_EQ(bad, 0) << "D " << D << ": non-finite values in dq/dk/dv";
-    EXPECT_LT(rel_l2(dqkv[1], dqkv[0]), tol(1e-4, 2e-2)) << "D " << D;
+    for (int s = 1; s < 3; ++s) {
+      int64_t bad = 0;
+      for (float x : dqkv[s]) bad += !std::isfinite(x);
+      EXPECT_EQ(bad, 0) << "D " << D << (s == 2 ? " (mma route)" : "") << ": non-finite values in dq/dk/dv";
+      EXPECT_LT(rel_l2(dqkv[s], dqkv[0]), tol(1e-4, 2e-2)) << "D " << D << (s == 2 ? " (mma route)" : "");
+    }
   }
+#ifdef ESM2_HAVE_CUDA
+  EXPECT_EQ(cuda_backend_cudnn_attention_calls(*mma.be), 0) << "ESM2_ATTENTION=mma ran cuDNN";
+#endif
 }
 
 // cuDNN's fused attention (ESM2_ATTENTION=cudnn) against the CPU backend and the mma kernels, forward,
