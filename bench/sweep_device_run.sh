@@ -26,7 +26,8 @@
 # A dry run of the orchestration without a GPU (what was run before committing it):
 #   ESM2=build/esm2 CORPUS=dir-with-train-and-valid BACKEND=cpu CONFIGS=tiny.txt DEADLINE_S=150 VALS=2 \
 #     TB_CHECK=10 TB_PRESET=demo TB_FLAGS="--micro-batch-tokens 1024" PY=python3 bench/sweep_device_run.sh
-# Flags of a config may hold warmup=F (warm-up = F × the planned steps, as --warmup-steps).
+# Flags of a config may hold warmup=F (warm-up = F × the planned steps, as --warmup-steps) and steps=N
+# (the step count, instead of the one the budget gives: replays an earlier run's plan).
 # Carry (made here): .carry/deps/*.deb (libsqlite3-0/-dev, libsnappy1v5/-dev: the device lacks them) and
 # .carry/swissprot/ (scripts/fetch-swissprot.sh, then bench/pretrain_device_run.sh --make-carry
 # runs/swissprot: 42 MB of xz).
@@ -208,10 +209,17 @@ def plan(c):
     B = c["budget_s"]
     usable = B - b["startup_s"] - (0.5 + 0.02 * B) - VALS * VAL_S
     n = int(usable // step_s)
+    # steps=N pins the step count (to replay an earlier run's plan: its learning rate at every step
+    # depends on the planned length); the budget still labels the row and predicts its wall time
+    pinned = [int(x[6:]) for x in c["flags"] if x.startswith("steps=")]
+    if pinned:
+        n = pinned[-1]
     if n < 20:
         return None
     flags = []
     for x in c["flags"]:
+        if x.startswith("steps="):
+            continue
         if x.startswith("warmup="):
             flags += ["--warmup-steps", str(int(round(float(x[7:]) * n)))]
         else:
