@@ -5,7 +5,7 @@
 # sample data (loss curves), as long as the time budget lasts. Expected: build ~1 min, tests ~2 min,
 # benches ~3 min, training ~3 min (cut short, and said so, if the budget runs out).
 # Usage (repository root on the device): DEPS=.carry/deps bench/fp8_device_run.sh
-# A second call can run the parts the first had no time for: PARTS=train (or any of tests,bench,train).
+# A second call can run the parts the first had no time for: PARTS=train (or any of tests,bench,train,profile).
 # $OUT gets at most 6 files: run.log (summary), tests.log, bench.log, bench.json (all bench JSONs),
 # losses.tsv (step, bf16-mixed, fp8-mixed train loss) and train.log.
 set -uo pipefail
@@ -50,7 +50,7 @@ $E prepare --fasta data/swissprot-sample/train.fasta.gz --clusters data/swisspro
 $E prepare --fasta data/swissprot-sample/valid.fasta.gz --output /tmp/corpus_valid --force > /dev/null 2>&1
 bench() {  # preset precision tokens extra...
   local p=$1 prec=$2 tok=$3; shift 3
-  local tag=${p}_${prec}_${tok} lim=$(( $(left) - 10 ))
+  local tag=${p}_${prec}_${tok}${BTAG:-} lim=$(( $(left) - 10 ))
   [ $lim -gt 150 ] && lim=150
   if [ $lim -lt 40 ]; then echo "[$tag $*] skipped: $(left)s left" >> "$R"; return 1; fi
   timeout $lim $E bench --backend cuda --precision "$prec" --preset "$p" --micro-batch-tokens "$tok" --data /tmp/corpus \
@@ -62,6 +62,9 @@ bench() {  # preset precision tokens extra...
   return $rc
 }
 part bench && for prec in bf16-mixed fp8-mixed; do bench 650M $prec 16384; done
+# Where fp8-mixed's time goes (PARTS=profile, not in the default): `esm2 bench --profile` of 3B in both
+# precisions, same flags; the per-op tables land in bench.log (keys 3B_<precision>_16384_profile).
+part profile && for prec in bf16-mixed fp8-mixed; do BTAG=_profile bench 3B $prec 16384 --recompute selective --profile; done
 # 3B as in bench/results/cuda/3B (selective recompute, 16384 tokens: ~77 of 80 GB in bf16). If fp8-mixed does
 # not fit there, both precisions are measured again at 8192 so the comparison stays like for like.
 if ! part bench; then
