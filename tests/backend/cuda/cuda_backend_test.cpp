@@ -122,6 +122,19 @@ struct Side {
   }
 };
 
+// The attention shape of packed sequences `cu` on side d, with ESM-2's rotary frequencies
+// (1/10000^(2i/D)); `ids` (with pad_id) marks <pad> keys, or null for none.
+AttentionShape attention_shape(Side& d, const std::vector<int32_t>& cu, const std::vector<int32_t>* ids,
+                               int32_t pad_id, int H, int D, int64_t max_seqlen) {
+  std::vector<float> inv_freq(D / 2);
+  for (int i = 0; i < D / 2; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, 2.0f * i / D);
+  AttentionShape as;
+  as.T = cu.back(), as.S = static_cast<int>(cu.size()) - 1, as.H = H, as.D = D, as.max_seqlen = max_seqlen;
+  as.cu_seqlens = d.i32(cu), as.inv_freq = d.f32(inv_freq);
+  if (ids) as.ids = d.i32(*ids), as.pad_id = pad_id;
+  return as;
+}
+
 class CudaOps : public ::testing::TestWithParam<DType> {
  protected:
   void SetUp() override {
@@ -419,22 +432,17 @@ TEST_P(CudaOps, AttentionForwardBackwardAllHeadDims) {
     const int H = 2;
     const int64_t C = H * D;
     std::vector<int32_t> cu = {0, 1, 6, 76, 226, 289};
-    const int S = static_cast<int>(cu.size()) - 1;
     const int64_t T = cu.back();
     std::vector<int32_t> ids(T);
     std::mt19937 g(22 + D);
     for (auto& id : ids) id = 4 + static_cast<int32_t>(g() % 20);
     ids[70] = ids[71] = kPad;  // pad keys inside the third sequence
-    std::vector<float> inv_freq(D / 2);
-    for (int i = 0; i < D / 2; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, 2.0f * i / D);
     auto qkv = act_in(T * 3 * C, 23 + D, -2, 2), dout = act_in(T * C, 24 + D);
     std::vector<float> out[2], lse[2], dqkv[2];
     Side* sides[2] = {&cpu, &gpu};
     for (int s = 0; s < 2; ++s) {
       Side& d = *sides[s];
-      AttentionShape as;
-      as.T = T, as.S = S, as.H = H, as.D = D, as.max_seqlen = 150;
-      as.cu_seqlens = d.i32(cu), as.ids = d.i32(ids), as.pad_id = kPad, as.inv_freq = d.f32(inv_freq);
+      const AttentionShape as = attention_shape(d, cu, &ids, kPad, H, D, 150);
       void* qp = d.act(qkv);
       void* op = d.act_zero(T * C);
       float* lp = d.f32(std::vector<float>(H * T));
@@ -460,7 +468,6 @@ TEST_P(CudaOps, AttentionForwardBackwardAllHeadDims) {
 // 14,000 above lse (head dims 16–64, rotary included); the real keys are 0 (score 0), so lse = log(#real
 // keys). The default route runs cuDNN at head dims 32 and 64 in bf16, so the mma kernels run forced too.
 TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
-  // The default route (cuDNN at head dims 32 and 64 in bf16) and, forced, the mma kernels at every head dim.
   Side mma;
   setenv("ESM2_ATTENTION", "mma", 1);
   mma.be = gpu_backend(GetParam());
@@ -469,12 +476,9 @@ TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
     const int H = 2;
     const int64_t C = H * D;
     std::vector<int32_t> cu = {0, 40, 110};
-    const int S = 2;
     const int64_t T = cu.back();
     std::vector<int32_t> ids(T, 7);
     for (int t : {10, 11, 75}) ids[t] = kPad;
-    std::vector<float> inv_freq(D / 2);
-    for (int i = 0; i < D / 2; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, 2.0f * i / D);
     std::vector<float> qkv(T * 3 * C, 0.0f);
     std::mt19937 g(31 + D);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -489,9 +493,7 @@ TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
     Side* sides[3] = {&cpu, &gpu, &mma};
     for (int s = 0; s < 3; ++s) {
       Side& d = *sides[s];
-      AttentionShape as;
-      as.T = T, as.S = S, as.H = H, as.D = D, as.max_seqlen = 70;
-      as.cu_seqlens = d.i32(cu), as.ids = d.i32(ids), as.pad_id = kPad, as.inv_freq = d.f32(inv_freq);
+      const AttentionShape as = attention_shape(d, cu, &ids, kPad, H, D, 70);
       void* qp = d.act(qkv);
       void* op = d.act_zero(T * C);
       float* lp = d.f32(std::vector<float>(H * T));
@@ -542,10 +544,10 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
     const int H = 3;
     const int64_t C = H * D;
     const std::vector<int32_t> cu = {0, 1, 3, 66, 196, 453, 456, 519};
-    const int S = static_cast<int>(cu.size()) - 1;
     const int64_t T = cu.back();
-    std::vector<float> inv_freq(D / 2);
-    for (int i = 0; i < D / 2; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, 2.0f * i / D);
+    // Every 5th token (never a sequence's first, so each keeps a key) is <pad>.
+    std::vector<int32_t> ids(T, 5);
+    for (int64_t t = 0; t < T; ++t) ids[t] = t % 5 == 4 && std::find(cu.begin(), cu.end(), t) == cu.end() ? 1 : 5;
     auto qkv = randv(T * 3 * C, 70 + D, -2, 2), dout = randv(T * C, 71 + D);
     for (auto& x : qkv) x = bf16_round(x);
     for (auto& x : dout) x = bf16_round(x);
@@ -555,15 +557,7 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
     const int64_t fast0 = cuda_backend_cudnn_attention_calls(*fast.be);
     for (int k = 0; k < 4; ++k) {
       Side& d = *sides[k];
-      AttentionShape as;
-      as.T = T, as.S = S, as.H = H, as.D = D, as.max_seqlen = 257;
-      as.cu_seqlens = d.i32(cu), as.inv_freq = d.f32(inv_freq);
-      if (with_pads) {
-        // Every 5th token (never a sequence's first, so each keeps a key) is <pad>.
-        std::vector<int32_t> ids(T, 5);
-        for (int64_t t = 0; t < T; ++t) ids[t] = t % 5 == 4 && std::find(cu.begin(), cu.end(), t) == cu.end() ? 1 : 5;
-        as.ids = d.i32(ids), as.pad_id = 1;
-      }
+      const AttentionShape as = attention_shape(d, cu, with_pads ? &ids : nullptr, 1, H, D, 257);
       void* qp = d.act(qkv);
       void* op = d.act(std::vector<float>(T * C, 77.0f));  // "=" outputs: the sentinels must go
       float* lp = d.f32(std::vector<float>(H * T, 77.0f));
