@@ -3,6 +3,7 @@
 #include "backend/cuda/gemm_lt.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -59,7 +60,18 @@ struct Desc {
 
 }  // namespace
 
-LtRunner::LtRunner() {
+// ESM2_GEMM_PICK=1 turns the timed algorithm pick on (docs/cuda.md "GEMM algorithm pick"). Off by default:
+// its candidates are checked bitwise against h0 only at the token count the class was timed at, and a
+// resumed run times its classes at other token counts, so with the pick on a resumed run is not bitwise
+// the uninterrupted one (measured: bench/results/fp8/resume-probe-2026-12-07).
+static bool gemm_pick_from_env() {
+  const char* v = std::getenv("ESM2_GEMM_PICK");
+  if (!v || !*v || std::string(v) == "0") return false;
+  ESM2_CHECK(std::string(v) == "1", "ESM2_GEMM_PICK={}: must be 0 or 1", v);
+  return true;
+}
+
+LtRunner::LtRunner() : pick_(gemm_pick_from_env()) {
   ESM2_CUBLAS_CHECK(cublasLtCreate(&handle_));
   workspace_bytes_ = kWorkspaceBytes;
   ESM2_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
@@ -304,7 +316,7 @@ cublasLtMatmulAlgo_t LtRunner::choose(const LtGemm& g, const std::vector<int64_t
   // A transposed A is a weight-gradient product: its K is the step's token count, which changes from step
   // to step, so every step would meet a new shape class and time the candidates again (measured on an
   // H100: the 650M dW GEMMs fell from ~620 to ~210 TFLOP/s). Those keep h0.
-  if (found < 2 || g.trans_a) return h0;
+  if (!pick_ || found < 2 || g.trans_a) return h0;
   std::vector<int64_t> cls = key;
   cls[2] = pow2_ceil(g.M);  // key[2] is M
   auto it = tuned_.find(cls);

@@ -101,6 +101,7 @@ class LtRunner {
              cublasLtMatrixLayout_t c, const cublasLtMatmulHeuristicResult_t* res, int found, cudaStream_t s);
 
   cublasLtHandle_t handle_ = nullptr;
+  bool pick_ = false;  // ESM2_GEMM_PICK=1: time the candidates of a shape class (not bitwise across resume)
   std::map<std::vector<int64_t>, Tuned> tuned_;  // by shape class (key with M rounded up to a power of two)
   void* workspace_ = nullptr;
 
