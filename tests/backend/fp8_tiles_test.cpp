@@ -32,16 +32,19 @@ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-// x[rows, cols] quantised and transposed into qt[cols, ldq] by a simulated grid of wide blocks.
+// x[rows, cols] quantised and transposed into qt[cols, ldq] by a simulated grid of wide blocks; with `q`,
+// also row-wise into q[rows, cols] by the same blocks (the "both" kernel, wide_store_rows).
 template <class T>
 void run_wide(std::vector<uint8_t>& qt, int64_t ldq, const std::vector<T>& x, int64_t rows, int64_t cols, float scale,
-              bool e5m2) {
+              bool e5m2, std::vector<uint8_t>* q = nullptr) {
   using namespace esm2::cuda::fp8;
   static float tile[kWide][kWide + 1];
   for (int64_t r0 = 0; r0 < ldq; r0 += kWide)
     for (int64_t c0 = 0; c0 < cols; c0 += kWide) {
       for (int t = 0; t < kWideThreads; ++t) wide_load(tile, x.data(), rows, cols, scale, r0, c0, t);
       for (int t = 0; t < kWideThreads; ++t) wide_store(qt.data(), ldq, tile, cols, e5m2, r0, c0, t);
+      if (q)
+        for (int t = 0; t < kWideThreads; ++t) wide_store_rows(q->data(), tile, rows, cols, e5m2, r0, c0, t);
     }
 }
 
@@ -64,7 +67,10 @@ void check_wide(int64_t rows, int64_t cols, uint32_t seed) {
     ASSERT_EQ(scale, fp8_scale_for_amax(amax, f));
     constexpr size_t kGuard = 64;
     std::vector<uint8_t> qt(static_cast<size_t>(cols * ldq) + kGuard, 0xA5);
-    run_wide(qt, ldq, x, rows, cols, scale, e5m2);
+    // The row-wise copy (cols a multiple of 4 only, as the kernel requires): every code, nothing past it.
+    const bool both = cols % 4 == 0;
+    std::vector<uint8_t> q(both ? static_cast<size_t>(rows * cols) + kGuard : 0, 0xA5);
+    run_wide(qt, ldq, x, rows, cols, scale, e5m2, both ? &q : nullptr);
     int bad = 0;
     for (int64_t c = 0; c < cols; ++c)
       for (int64_t r = 0; r < ldq; ++r) {
@@ -75,6 +81,15 @@ void check_wide(int64_t rows, int64_t cols, uint32_t seed) {
                         << int(got) << ", oracle " << int(want);
       }
     for (size_t i = static_cast<size_t>(cols * ldq); i < qt.size(); ++i) ASSERT_EQ(qt[i], 0xA5) << "written past qt";
+    if (both) {
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const uint8_t want = f32_to_fp8(xf[i] * scale, f);
+        if (q[i] != want && bad++ < 10)
+          ADD_FAILURE() << rows << "x" << cols << (e5m2 ? " E5M2" : " E4M3") << ": q[" << i / cols << "," << i % cols
+                        << "] = " << int(q[i]) << ", oracle " << int(want);
+      }
+      for (size_t i = static_cast<size_t>(rows * cols); i < q.size(); ++i) ASSERT_EQ(q[i], 0xA5) << "written past q";
+    }
     EXPECT_EQ(bad, 0);
   }
 }
@@ -100,6 +115,7 @@ TEST(Fp8Tiles, Cvt2PacksTheFirstValueLow) {
   EXPECT_EQ(cuda::fp8::cvt1(1e9f, true), f32_to_fp8(1e9f, Fp8Format::E5M2));  // saturates
 }
 
+// Also the row-wise copy the same blocks write for the output gradient (quantised once for dgrad and wgrad).
 TEST(Fp8Tiles, WideTransposeMatchesOracleAndPadsWithZeros) {
   // Token counts below, at and across tile and padding boundaries; widths with partial tiles.
   check_wide<__nv_bfloat16>(200, 96, 1);
@@ -108,6 +124,8 @@ TEST(Fp8Tiles, WideTransposeMatchesOracleAndPadsWithZeros) {
   check_wide<__nv_bfloat16>(1, 2, 4);
   check_wide<float>(192, 128, 5);  // weights: fp32 masters, rows already a multiple of 16
   check_wide<float>(129, 66, 6);
+  check_wide<__nv_bfloat16>(37, 132, 7);  // row-wise too: a partial tile in both directions
+  check_wide<__nv_bfloat16>(100, 20, 8);
 }
 
 #else

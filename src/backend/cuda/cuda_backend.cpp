@@ -22,6 +22,7 @@
 #include <string>
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/adamw.cuh"
@@ -173,9 +174,9 @@ class CudaBackend final : public Backend {
     size_t columns = std::max(cuda::layernorm_backward_scratch_floats(T, C),
                               cuda::embedding_backward_scratch_floats(T, C, static_cast<int>(w.vocab)));
     for (int64_t n : {3 * C, C, w.ffn, w.vocab}) columns = std::max(columns, cuda::bias_backward_scratch_floats(T, n));
-    size_t fp8 = 0;  // the two FP8 operand slots (fp8_gemm): T (padded) × the widest linear, a byte each
+    size_t fp8 = 0;  // the three FP8 operand slots (fp8_gemm): T (padded) × the widest linear, a byte each
     // (+ 32 rows: the Fp8B slot also holds the 16-row bf16 tail of fp8_gemm_split_rows)
-    if (fp8_) fp8 = (2 * static_cast<size_t>(pad16(T)) + 32) * static_cast<size_t>(std::max(3 * C, w.ffn)) / sizeof(float);
+    if (fp8_) fp8 = (3 * static_cast<size_t>(pad16(T)) + 32) * static_cast<size_t>(std::max(3 * C, w.ffn)) / sizeof(float);
     return (attention + columns + fp8) * sizeof(float) * 3 / 2 + cuda::LtRunner::kWorkspaceBytes;
   }
 
@@ -193,10 +194,12 @@ class CudaBackend final : public Backend {
 
   // ---- dense ----
   void gemm(const GemmArgs& g) override {
+    // The quantised dy a wgrad left for its dgrad is good for the very next GEMM only.
+    const Fp8Dy dy = std::exchange(fp8_dy_, Fp8Dy{});
     // An empty product (no rows, columns or tokens) has nothing to run in FP8; the bf16 path below handles
     // it (for K = 0: C = beta·C + bias) without counting it as a fallback or warning about it.
     if (fp8_ && g.role != GemmRole::Other && g.M > 0 && g.N > 0 && g.K > 0) {
-      if (fp8_gemm(g)) {
+      if (fp8_gemm(g, dy)) {
         ++fp8_counts_.fp8;
         return;
       }
@@ -406,7 +409,15 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  enum class Slot { Columns, Attention, Convert, Reduce, Word, Fp8A, Fp8B, kCount };
+  enum class Slot { Columns, Attention, Convert, Reduce, Word, Fp8A, Fp8B, Fp8Dy, kCount };
+  // The output gradient dy[rows, cols] of the last FP8 wgrad, quantised row-wise (E5M2) at q in Fp8Dy, its
+  // scale words at fp8_scale_words(): the dgrad that linear_backward runs next on the same dy uses it
+  // instead of a second amax and quantisation. Any GEMM consumes it (gemm()), so it never outlives the pair.
+  struct Fp8Dy {
+    const void* x = nullptr;
+    int64_t rows = 0, cols = 0;
+    const uint8_t* q = nullptr;
+  };
   enum class Upload { AdamW, SumSquares, kCount };
   struct Uploaded {
     void* dev = nullptr;
@@ -586,13 +597,14 @@ class CudaBackend final : public Backend {
   // E5M2 for the output gradient dy (TransformerEngine's HYBRID format). Returns false, before anything
   // reaches cuBLASLt, when the call's shape or layout is not one the FP8 kernels take (the bf16 GEMM then
   // computes it); a false from cuBLASLt itself leaves only scratch written.
-  bool fp8_gemm(const GemmArgs& g) {
+  bool fp8_gemm(const GemmArgs& g, const Fp8Dy& dy) {
     lt_->clear_fp8_refusal();
     const bool packed = (g.lda == 0 || g.lda == (g.trans_a ? g.M : g.K)) &&
                         (g.ldb == 0 || g.ldb == (g.trans_b ? g.K : g.N)) && (g.ldc == 0 || g.ldc == g.N);
     if (!packed || g.alpha != 1.0f || g.M == 0 || g.N == 0 || g.K == 0) return false;
     constexpr Fp8Format E4 = Fp8Format::E4M3, E5 = Fp8Format::E5M2;
     float* sc = fp8_scale_words();
+    Fp8Dy next_dy;  // what this product leaves for the next one (a wgrad: its quantised dy)
     cuda::LtFp8Gemm f;
     f.M = g.M, f.N = g.N, f.K = g.K, f.beta = g.beta;
     f.D = g.C, f.d_dtype = g.c_dtype, f.ldd = g.N;
@@ -616,7 +628,14 @@ class CudaBackend final : public Backend {
             g.K % 16 != 0 || g.N % 16 != 0)
           return false;
         const Fp8Weight& w = fp8_weight(static_cast<const float*>(g.B), g.K, g.N);
-        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E5, false), f.a_fmt = E5, f.lda = g.K, f.a_scale = sc + cuda::kFp8InvScaleWord;
+        // dy as the wgrad just before quantised it (row-wise copy in Fp8Dy, its scale words still at sc), or now.
+        if (dy.x == g.A && dy.rows == g.M && dy.cols == g.K) {
+          f.A = dy.q;
+          ++fp8_counts_.dy_reused;
+        } else {
+          f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.M, g.K, E5, false);
+        }
+        f.a_fmt = E5, f.lda = g.K, f.a_scale = sc + cuda::kFp8InvScaleWord;
         f.B = w.colwise(), f.b_fmt = E4, f.ldb = g.K, f.b_scale = w.scales() + cuda::kFp8InvScaleWord;
         break;
       }
@@ -627,14 +646,23 @@ class CudaBackend final : public Backend {
             g.M % 16 != 0 || g.N % 16 != 0)
           return false;
         f.K = pad16(g.K);
-        f.A = fp8_activation(Slot::Fp8A, sc, g.A, g.K, g.M, E5, true), f.a_fmt = E5, f.lda = f.K, f.a_scale = sc + cuda::kFp8InvScaleWord;
+        // dy[K,M] once for both of its products (linear_backward runs the dgrad on the same dy right after):
+        // transposed into Fp8A for this one, row-wise into Fp8Dy for the dgrad.
+        uint8_t* dy_rows = fp8_slot(Slot::Fp8Dy, g.M * pad16(g.K));
+        uint8_t* dy_t = fp8_slot(Slot::Fp8A, g.M * f.K);
+        cuda::launch_fp8_amax(sc, g.A, act_, static_cast<size_t>(g.K * g.M), stream_);
+        cuda::launch_fp8_quantize_both(dy_rows, dy_t, f.K, sc, g.A, act_, g.K, g.M, E5, stream_);
+        f.A = dy_t, f.a_fmt = E5, f.lda = f.K, f.a_scale = sc + cuda::kFp8InvScaleWord;
         f.B = fp8_activation(Slot::Fp8B, sc + cuda::kFp8ScaleWords, g.B, g.K, g.N, E4, true), f.b_fmt = E4, f.ldb = f.K;
         f.b_scale = sc + cuda::kFp8ScaleWords + cuda::kFp8InvScaleWord;
         invalidate(g.C, static_cast<size_t>(g.M * g.N) * 4);
+        next_dy = Fp8Dy{g.A, g.K, g.M, dy_rows};
         break;
       }
       case GemmRole::Other: return false;
     }
+    // Kept whether or not cuBLASLt takes this product: the copy and its scale words are written either way.
+    fp8_dy_ = next_dy;
     if (lt_->run_fp8(f, stream_)) return true;
     // Forward and dgrad have the token count as M (cuBLASLt's n), which the layouts above leave free. Not every
     // reading of cuBLASLt's FP8 rules agrees that n may be any number: XLA pads every FP8 GEMM dimension to a
@@ -728,6 +756,7 @@ class CudaBackend final : public Backend {
   Fp8GemmCounts fp8_counts_;
   bool fp8_warned_ = false;
   bool fp8_split_noted_ = false;
+  Fp8Dy fp8_dy_;  // see Fp8Dy
   float* fp8_scales_ = nullptr;  // fp8_scale_words()
   cudaStream_t stream_ = nullptr;
   void* host_word_ = nullptr;  // pinned, for scalar read-backs

@@ -28,10 +28,11 @@ int cuda_backend_device(Backend& b);
 int64_t cuda_backend_cudnn_attention_calls(Backend& b);
 // GEMMs a fp8-mixed CUDA backend has run in FP8, and Linear GEMMs it had to run in bf16 instead (a shape
 // or layout cuBLASLt's FP8 kernels do not take); tests use them to know which path ran.
+// dy_reused: dgrads that took the output gradient the wgrad before them had quantised.
 // split_rows: FP8 products run as a 16-row-aligned part plus a padded tail because cuBLASLt refused their
 // row count (counted in fp8 too).
 struct Fp8GemmCounts {
-  int64_t fp8 = 0, bf16_fallback = 0, split_rows = 0;
+  int64_t fp8 = 0, bf16_fallback = 0, split_rows = 0, dy_reused = 0;
 };
 Fp8GemmCounts cuda_backend_fp8_gemm_counts(Backend& b);
 

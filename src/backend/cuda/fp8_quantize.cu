@@ -101,6 +101,23 @@ __global__ void __launch_bounds__(kWideThreads) quantize_transpose_wide_kernel(u
   fp8::wide_store(qt, ldq, tile, cols, e5m2, r0, c0, static_cast<int>(threadIdx.x));
 }
 
+// Both layouts from one read of x: the transposed copy as above and the row-wise one from the same tile.
+template <class T>
+__global__ void __launch_bounds__(kWideThreads) quantize_both_wide_kernel(uint8_t* __restrict__ q, uint8_t* __restrict__ qt,
+                                                                 int64_t ldq, float* __restrict__ scales,
+                                                                 const T* __restrict__ x, int64_t rows, int64_t cols,
+                                                                 bool e5m2) {
+  __shared__ float tile[kWide][kWide + 1];
+  const float scale = scale_for(scales[0], fp8_max_of(e5m2));
+  publish_inverse(scales, scale);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kWide, c0 = static_cast<int64_t>(blockIdx.y) * kWide;
+  const int t = static_cast<int>(threadIdx.x);
+  fp8::wide_load(tile, x, rows, cols, scale, r0, c0, t);
+  __syncthreads();
+  fp8::wide_store(qt, ldq, tile, cols, e5m2, r0, c0, t);
+  fp8::wide_store_rows(q, tile, rows, cols, e5m2, r0, c0, t);
+}
+
 constexpr int kTile = 32;
 
 // The simple kernel: one 32×32 tile per block of 32×8 threads, a byte per thread and store.
@@ -167,6 +184,26 @@ void launch_fp8_quantize_transpose(uint8_t* qt, int64_t ldq, float* scales, cons
     }
     ESM2_CUDA_CHECK_LAUNCH();
   });
+}
+
+void launch_fp8_quantize_both(uint8_t* q, uint8_t* qt, int64_t ldq, float* scales, const void* x, DType xt,
+                              int64_t rows, int64_t cols, Fp8Format f, cudaStream_t s) {
+  const bool e5m2 = f == Fp8Format::E5M2;
+  bool wide = false;
+  dispatch_act(xt, [&](auto t) {
+    using T = decltype(t);
+    wide = cols % 4 == 0 && ldq % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0 &&
+           reinterpret_cast<uintptr_t>(qt) % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
+    if (!wide) return;
+    const dim3 grid(static_cast<unsigned>((ldq + kWide - 1) / kWide), static_cast<unsigned>((cols + kWide - 1) / kWide));
+    quantize_both_wide_kernel<T><<<grid, kWideThreads, 0, s>>>(q, qt, ldq, scales, static_cast<const T*>(x), rows, cols,
+                                                               e5m2);
+    ESM2_CUDA_CHECK_LAUNCH();
+  });
+  if (wide) return;
+  // Any other layout: the two quantisers one after the other (the same codes, x read twice).
+  launch_fp8_quantize_transpose(qt, ldq, scales, x, xt, rows, cols, f, s);
+  launch_fp8_quantize(q, scales, x, xt, static_cast<size_t>(rows * cols), f, s);
 }
 
 }  // namespace esm2::cuda

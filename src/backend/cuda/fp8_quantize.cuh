@@ -37,4 +37,10 @@ void launch_fp8_quantize(uint8_t* q, float* scales, const void* x, DType xt, siz
 void launch_fp8_quantize_transpose(uint8_t* qt, int64_t ldq, float* scales, const void* x, DType xt, int64_t rows,
                                    int64_t cols, Fp8Format f, cudaStream_t s);
 
+// Both of the above from one read of x (the output gradient dy, which dgrad needs row-wise and wgrad
+// transposed): q[rows, cols] row-wise and qt[cols, ldq] transposed and zero-padded, the same codes as the
+// two calls give; scales[kFp8InvScaleWord] (=) = 1 / scale.
+void launch_fp8_quantize_both(uint8_t* q, uint8_t* qt, int64_t ldq, float* scales, const void* x, DType xt,
+                              int64_t rows, int64_t cols, Fp8Format f, cudaStream_t s);
+
 }  // namespace esm2::cuda

@@ -95,6 +95,22 @@ ESM2_FP8_HD void wide_store(uint8_t* qt, int64_t ldq, const float (*tile)[kWide 
   }
 }
 
+// Phase 2' (after phase 1, beside wide_store; the "both" quantiser): the same tile row-wise,
+// q[r0 + j, c0 + 4g .. c0 + 4g + 3] (=) = fp8(tile[j][4g .. 4g+3]) for r0 + j < rows, one 32-bit word per
+// (j, g). Preconditions besides wide_load's: `cols` a multiple of 4, q aligned to a word.
+ESM2_FP8_HD void wide_store_rows(uint8_t* q, const float (*tile)[kWide + 1], int64_t rows, int64_t cols, bool e5m2,
+                                 int64_t r0, int64_t c0, int t) {
+  const int g = t % 16;
+  for (int j = t / 16; j < kWide; j += kWideThreads / 16) {
+    const int64_t r = r0 + j, c = c0 + 4 * g;
+    if (r < rows && c < cols) {  // cols is a multiple of 4: the word lies wholly inside the row
+      const unsigned lo = cvt2(tile[j][4 * g], tile[j][4 * g + 1], e5m2);
+      const unsigned hi = cvt2(tile[j][4 * g + 2], tile[j][4 * g + 3], e5m2);
+      *reinterpret_cast<unsigned*>(q + r * cols + c) = lo | (hi << 16);
+    }
+  }
+}
+
 #undef ESM2_FP8_HD
 
 }  // namespace esm2::cuda::fp8

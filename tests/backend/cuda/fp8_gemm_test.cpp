@@ -54,12 +54,12 @@ std::unique_ptr<Backend> fp8_backend(std::string* why) {
 
 // Products the backend ran in FP8 and Linear products it had to run in bf16.
 struct Counts {
-  int64_t fp8 = 0, bf16_fallback = 0;
+  int64_t fp8 = 0, bf16_fallback = 0, dy_reused = 0;
 };
 #ifdef ESM2_HAVE_CUDA
 Counts counts(Backend& b) {
   const Fp8GemmCounts c = cuda_backend_fp8_gemm_counts(b);
-  return {c.fp8, c.bf16_fallback};
+  return {c.fp8, c.bf16_fallback, c.dy_reused};
 }
 #else
 Counts counts(Backend&) { return {}; }
@@ -173,6 +173,14 @@ TEST_F(Fp8Gemm, QuantisersMatchOracleBitForBit) {
       cuda::launch_fp8_amax(sc, dx, dt, static_cast<size_t>(n), stream);
       cuda::launch_fp8_quantize(q, sc, dx, dt, static_cast<size_t>(n), f, stream);
       cuda::launch_fp8_quantize_transpose(qt, ldq, sc, dx, dt, c.rows, c.cols, f, stream);
+      // Both layouts from one pass (the output gradient's quantiser): the same bytes as the two kernels.
+      auto* q2 = static_cast<uint8_t*>(be->alloc(static_cast<size_t>(n)));
+      auto* qt2 = static_cast<uint8_t*>(be->alloc(static_cast<size_t>(c.cols * ldq)));
+      owned.push_back(q2), owned.push_back(qt2);
+      cuda::launch_fp8_quantize_both(q2, qt2, ldq, sc, dx, dt, c.rows, c.cols, f, stream);
+      std::vector<uint8_t> hq2(static_cast<size_t>(n)), hqt2(static_cast<size_t>(c.cols * ldq));
+      be->copy_to_host(hq2.data(), q2, hq2.size());
+      be->copy_to_host(hqt2.data(), qt2, hqt2.size());
       std::vector<uint8_t> hq(static_cast<size_t>(n)), hqt(static_cast<size_t>(c.cols * ldq));
       float hsc[cuda::kFp8ScaleWords] = {};
       be->copy_to_host(hq.data(), q, hq.size());
@@ -193,6 +201,8 @@ TEST_F(Fp8Gemm, QuantisersMatchOracleBitForBit) {
                           << ", transposed " << got_t << ", oracle " << want;
         }
       EXPECT_EQ(bad, 0);
+      EXPECT_TRUE(hq2 == hq) << c.rows << "x" << c.cols << ": launch_fp8_quantize_both's row-wise codes";
+      EXPECT_TRUE(hqt2 == hqt) << c.rows << "x" << c.cols << ": launch_fp8_quantize_both's transposed codes";
     }
   }
 #endif
@@ -269,6 +279,54 @@ TEST_F(Fp8Gemm, DgradMatchesOracle) {
   EXPECT_LT(e_oracle, kOracleTol);
   EXPECT_LT(e_exact, kFp8Max);
   EXPECT_GT(e_exact, kFp8Min * e_oracle);
+  EXPECT_EQ(counts(*be).bf16_fallback, 0);
+}
+
+// linear_backward's order: the wgrad quantises dy once for itself and the dgrad that follows on the same dy.
+// The dgrad must come out bitwise as when it quantises dy itself, and a copy left for one dy must never
+// serve another (a dgrad on a different dy, or after another GEMM in between).
+TEST_F(Fp8Gemm, DgradReusesTheWgradsQuantisedDyOnlyForTheSameDy) {
+  const auto dy1 = normal(kT * kOut, 11, 1e-3f, true), dy2 = normal(kT * kOut, 12, 5.0f, true);
+  const auto x = normal(kT * kIn, 13, 2.0f, true);
+  const auto w = normal(kOut * kIn, 14, 0.05f, false);
+  void* d_dy1 = act(dy1);
+  void* d_dy2 = act(dy2);
+  void* d_x = act(x);
+  float* d_w = f32(w);
+  float* d_dw = f32(std::vector<float>(kOut * kIn));
+  void* d_dx = act(std::vector<float>(kT * kIn));
+  auto wgrad = [&](void* dy) {
+    GemmArgs g;
+    g.role = GemmRole::LinearWgrad, g.trans_a = true, g.M = kOut, g.N = kIn, g.K = kT, g.beta = 1.0f;
+    g.A = dy, g.a_dtype = DType::BF16, g.B = d_x, g.b_dtype = DType::BF16, g.C = d_dw, g.c_dtype = DType::F32;
+    be->gemm(g);
+  };
+  auto dgrad = [&](void* dy) {
+    GemmArgs g;
+    g.role = GemmRole::LinearDgrad, g.M = kT, g.N = kIn, g.K = kOut;
+    g.A = dy, g.a_dtype = DType::BF16, g.B = d_w, g.b_dtype = DType::F32, g.C = d_dx, g.c_dtype = DType::BF16;
+    be->gemm(g);
+    return get_act(d_dx, kT * kIn);
+  };
+  void* d_y = act(std::vector<float>(kT * kOut));
+  auto forward = [&] {  // an FP8 product in between: it overwrites the scale words dy's copy relies on
+    GemmArgs g;
+    g.role = GemmRole::LinearForward, g.trans_b = true, g.M = kT, g.N = kOut, g.K = kIn;
+    g.A = d_x, g.a_dtype = DType::BF16, g.B = d_w, g.b_dtype = DType::F32, g.C = d_y, g.c_dtype = DType::BF16;
+    be->gemm(g);
+  };
+  const auto alone1 = dgrad(d_dy1), alone2 = dgrad(d_dy2);
+  ASSERT_NE(alone1, alone2);
+  EXPECT_EQ(counts(*be).dy_reused, 0);
+  wgrad(d_dy1);
+  EXPECT_EQ(dgrad(d_dy1), alone1) << "dgrad after the wgrad on the same dy";
+  EXPECT_EQ(counts(*be).dy_reused, 1);
+  wgrad(d_dy1);
+  EXPECT_EQ(dgrad(d_dy2), alone2) << "dgrad on another dy after a wgrad";
+  wgrad(d_dy1);
+  forward();
+  EXPECT_EQ(dgrad(d_dy1), alone1) << "dgrad on the same dy with another FP8 GEMM in between";
+  EXPECT_EQ(counts(*be).dy_reused, 1);
   EXPECT_EQ(counts(*be).bf16_fallback, 0);
 }
 
@@ -415,6 +473,8 @@ TEST(Fp8Model, TracksBf16AndIsDeterministic) {
   // 2 runs × 4 steps × 3 layers × 4 linears × 3 products, all in FP8.
   EXPECT_EQ(counts(*fp8).fp8, 2 * 4 * 3 * 4 * 3);
   EXPECT_EQ(counts(*fp8).bf16_fallback, 0);
+  // Every dgrad took the dy its wgrad had quantised (linear_backward runs them back to back).
+  EXPECT_EQ(counts(*fp8).dy_reused, 2 * 4 * 3 * 4);
 }
 
 TEST(Fp8Model, GradientsMatchBf16) {
