@@ -255,8 +255,14 @@ class CudnnAttentionImpl final : public CudnnAttention {
   }
   size_t backward_scratch_bytes(const AttentionShape& a, bool deterministic) override {
     const Key k = key(a, deterministic ? 1 : 2);
-    return carve(nullptr, a, k, plan_for(k).workspace).used;
+    return carve(nullptr, a, k, plan_for(group_key(k)).workspace).used;
   }
+  void set_backward_group(int64_t sequences) override {
+    ESM2_CHECK(sequences == 0 || (sequences >= 4 && (sequences & (sequences - 1)) == 0),
+               "cuDNN attention: a backward group of {} sequences (must be 0 or a power of two >= 4)", sequences);
+    group_ = sequences;
+  }
+  int64_t backward_group() const override { return group_; }
 
   void forward(void* out, float* lse, const void* qkv, const AttentionShape& a, void* scratch) override {
     if (a.T == 0 || a.S == 0) return;
@@ -281,7 +287,8 @@ class CudnnAttentionImpl final : public CudnnAttention {
                 const AttentionShape& a, bool deterministic, void* scratch) override {
     if (a.T == 0 || a.S == 0) return;
     const Key k = key(a, deterministic ? 1 : 2);
-    Graph& g = plan_for(k);
+    const Key gk = group_key(k);
+    Graph& g = plan_for(gk);
     const int64_t C = static_cast<int64_t>(a.H) * a.D;
     const Layout m = carve(static_cast<char*>(scratch), a, k, g.workspace);
     launch_kv_compaction(m.seqlen_q, m.seqlen_kv, m.off_c, m.off_3c, m.off_kv, m.kv_start, m.kv_pos, a,
@@ -299,7 +306,25 @@ class CudnnAttentionImpl final : public CudnnAttention {
         {kOff3C, m.off_3c},  {kOffKV, m.off_kv},   {kDQ, dqkv},
         {kDK, dkv},          {kDV, dkv + C},       {kSoftmaxSum, m.softmax_sum}};
     if (!deterministic) bind.emplace_back(kDQAccum, m.dq_accum);
-    execute(g, bind, m.ws);
+    // One execution per group of gk.B sequences: the group's slices of the per-sequence inputs (lengths,
+    // ragged offsets, which stay offsets from the same base pointers, and the [B,H,s] statistics); the
+    // sequences past a.S have length 0, and groups made only of them are skipped.
+    const size_t rows_per_seq = static_cast<size_t>(a.H) * k.sp;
+    for (int64_t b0 = 0; b0 < k.B && b0 < a.S; b0 += gk.B) {
+      for (auto& [uid, ptr] : bind) {
+        switch (uid) {
+          case kSeqQ: ptr = m.seqlen_q + b0; break;
+          case kSeqKV: ptr = m.seqlen_kv + b0; break;
+          case kOffC: ptr = m.off_c + b0; break;
+          case kOff3C: ptr = m.off_3c + b0; break;
+          case kOffKV: ptr = m.off_kv + b0; break;
+          case kStats: ptr = m.stats + static_cast<size_t>(b0) * rows_per_seq; break;
+          case kSoftmaxSum: ptr = m.softmax_sum + static_cast<size_t>(b0) * rows_per_seq; break;
+          default: break;
+        }
+      }
+      execute(g, bind, m.ws);
+    }
     launch_expand_unrotate_dqkv(dqkv, m.dkv, m.kv_pos, a, stream_);
   }
 
@@ -321,6 +346,13 @@ class CudnnAttentionImpl final : public CudnnAttention {
   };
 
   static float attn_scale(int D) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))); }
+  // The plan of one execution: the whole batch, or (deterministic backward with a group set) a group of
+  // group_ sequences. Groups of at least 4 keep every sliced int32 and fp32 input 16-byte aligned.
+  Key group_key(const Key& k) const {
+    Key g = k;
+    if (k.pass == 1 && group_ > 0 && k.B > group_) g.B = group_;
+    return g;
+  }
   static Key key(const AttentionShape& a, int pass) {
     return {pass, a.D, a.H, pow2_at_least(a.S, 1), pow2_at_least(a.max_seqlen, 128)};
   }
@@ -502,6 +534,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
 
   cudnnHandle_t handle_;
   cudaStream_t stream_;
+  int64_t group_ = 0;  // set_backward_group
   std::map<Key, std::unique_ptr<Graph>> plans_;
   std::map<Key, std::string> failed_;
 };

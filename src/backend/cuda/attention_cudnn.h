@@ -44,6 +44,13 @@ class CudnnAttention {
   virtual void forward(void* out, float* lse, const void* qkv, const AttentionShape& a, void* scratch) = 0;
   virtual void backward(void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse,
                         const AttentionShape& a, bool deterministic, void* scratch) = 0;
+  // The deterministic backward's plan workspace grows with the padded sequence count (~90–120 MB per
+  // sequence of up to 1,024 tokens measured on an H100): with `sequences` (a power of two ≥ 4; 0 = off) it
+  // runs over groups of that many sequences, one plan execution each, so its workspace is that of one
+  // group. Each sequence's attention is independent of the others, so the groups compute the same
+  // gradients. Takes effect for the sizes and calls that follow.
+  virtual void set_backward_group(int64_t sequences) = 0;
+  virtual int64_t backward_group() const = 0;
 };
 
 }  // namespace esm2::cuda

@@ -773,6 +773,17 @@ class CudaBackend final : public Backend {
     if (std::string(v) == "cudnn") return AttnRoute::Cudnn;
     fail("ESM2_ATTENTION={}: must be auto, mma or cudnn", v);
   }
+  // ESM2_CUDNN_BACKWARD_GROUP=N (a power of two >= 4): run cuDNN's deterministic backward over groups of N
+  // sequences from the start (what a run does by itself when the whole batch's workspace does not fit).
+  static int64_t backward_group_from_env() {
+    const char* v = std::getenv("ESM2_CUDNN_BACKWARD_GROUP");
+    if (!v || !*v) return 0;
+    char* end = nullptr;
+    const long long n = std::strtoll(v, &end, 10);
+    ESM2_CHECK(*end == '\0' && n >= 4 && (n & (n - 1)) == 0,
+               "ESM2_CUDNN_BACKWARD_GROUP={}: must be a power of two >= 4 (sequences per cuDNN backward call)", v);
+    return n;
+  }
   static bool nondeterministic_from_env() {
     const char* v = std::getenv("ESM2_ATTENTION_NONDETERMINISTIC");
     if (!v || !*v || std::string(v) == "0") return false;
@@ -782,6 +793,7 @@ class CudaBackend final : public Backend {
   [[maybe_unused]] AttnRoute attn_route_ = attention_route_from_env();
   int64_t cudnn_calls_ = 0;
   [[maybe_unused]] bool attn_nondeterministic_ = nondeterministic_from_env();
+  [[maybe_unused]] int64_t cudnn_group_env_ = backward_group_from_env();
 #ifdef ESM2_HAVE_CUDNN
   // Which route `auto` takes per head dim, from one H100 run (bench/results/cuda/issue15-callB): cuDNN
   // made 650M (D 64) 10% and 150M (D 32) 9% faster per training step, 8M (D 16) 16% slower; 40 and 128
@@ -799,6 +811,7 @@ class CudaBackend final : public Backend {
       std::string why;
       cudnn_ = cuda::CudnnAttention::create(stream_, &why);
       if (!cudnn_) std::fprintf(stderr, "esm2: cuDNN attention unavailable (%s); using the mma kernels\n", why.c_str());
+      if (cudnn_) cudnn_->set_backward_group(cudnn_group_env_);
     }
     return cudnn_.get();
   }
@@ -837,14 +850,28 @@ class CudaBackend final : public Backend {
     if (s.floats * 4 >= need) return s.ptr;
     // Growing (first call, or a batch with more or longer sequences): exactly what is needed, kept only if
     // 1 GiB stays free beyond the bf16 weight copies still to come (the first attention call precedes most).
-    try {
-      scratch(Slot::Attention, (need + 3) / 4, /*exact=*/true);
-      size_t free_b = 0, total_b = 0;
-      ESM2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-      if (free_b >= (size_t{1} << 30) + pending_mirror_bytes()) return s.ptr;
-      release_scratch(Slot::Attention);
-    } catch (const OutOfDeviceMemory&) {
-      // cudaMalloc's failure is not sticky, and the slot is empty (released before the allocation)
+    if (cudnn_grow(need)) return s.ptr;
+    // The deterministic backward's workspace is per sequence: try it over smaller and smaller groups of
+    // sequences (same gradients) before giving up on cuDNN. The slot must hold the forward's scratch too.
+    if (cudnn_deterministic(a)) {
+      int64_t group = c->backward_group();  // halve the current group, or the whole batch's bucket
+      if (group == 0) {
+        group = 1;
+        while (group < a.S) group *= 2;
+      }
+      for (group /= 2; group >= 4; group /= 2) {
+        c->set_backward_group(group);
+        size_t grouped = 0;
+        if (!cudnn_plan_ok([&] { grouped = std::max(c->forward_scratch_bytes(a), c->backward_scratch_bytes(a, true)); }))
+          break;
+        if (s.floats * 4 >= grouped || cudnn_grow(grouped)) {
+          std::fprintf(stderr,
+                       "esm2: note: cuDNN attention's backward runs over groups of %lld sequences, so that its "
+                       "scratch fits (%.0f MiB instead of %.0f)\n",
+                       static_cast<long long>(group), grouped / 1048576.0, need / 1048576.0);
+          return s.ptr;
+        }
+      }
     }
     cudnn_off_ = true;
     std::fprintf(stderr,
@@ -852,6 +879,20 @@ class CudaBackend final : public Backend {
                  "mma kernels from here on\n",
                  need / 1048576.0);
     return nullptr;
+  }
+  // The attention slot at exactly `need` bytes if that leaves 1 GiB free beyond the bf16 weight copies
+  // still to come; else the slot is left empty and false.
+  bool cudnn_grow(size_t need) {
+    try {
+      scratch(Slot::Attention, (need + 3) / 4, /*exact=*/true);
+      size_t free_b = 0, total_b = 0;
+      ESM2_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+      if (free_b >= (size_t{1} << 30) + pending_mirror_bytes()) return true;
+      release_scratch(Slot::Attention);
+    } catch (const OutOfDeviceMemory&) {
+      // cudaMalloc's failure is not sticky, and the slot is empty (released before the allocation)
+    }
+    return false;
   }
   // An upper bound on the bf16 weight copies still to be made (operand() makes them on first use): half of
   // the allocation that holds the weights mirrored so far (the parameters), less the copies that exist.

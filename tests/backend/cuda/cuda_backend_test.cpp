@@ -529,8 +529,10 @@ TEST_P(CudaOps, AttentionBackwardIgnoresPadKeyFarAboveLse) {
 
 // cuDNN's fused attention (ESM2_ATTENTION=cudnn) against the CPU backend and the mma kernels, forward,
 // lse and dq/dk/dv, on packed sequences of odd lengths (1, 2, 3, 63, 65, 130, 257) with no pad keys (the
-// cuDNN route's precondition); its deterministic backward gives the same bits twice, and
-// ESM2_ATTENTION_NONDETERMINISTIC's atomic backward stays within the same tolerance.
+// cuDNN route's precondition); its deterministic backward gives the same bits twice,
+// ESM2_ATTENTION_NONDETERMINISTIC's atomic backward stays within the same tolerance, and the
+// deterministic backward run over groups of 4 sequences (ESM2_CUDNN_BACKWARD_GROUP=4: two plan executions
+// for these 7 sequences) gives the whole batch's gradients.
 TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
   REQUIRE_GPU();
 #ifndef ESM2_HAVE_CUDNN
@@ -544,11 +546,14 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
     unsetenv("ESM2_ATTENTION_NONDETERMINISTIC");
     return be;
   };
-  Side cpu, mma, dnn, fast;
+  Side cpu, mma, dnn, fast, grp;
   cpu.be = make_cpu_backend(2);
   mma.be = with_env("mma", "0");
   dnn.be = with_env("cudnn", "0");
   fast.be = with_env("cudnn", "1");
+  setenv("ESM2_CUDNN_BACKWARD_GROUP", "4", 1);
+  grp.be = with_env("cudnn", "0");
+  unsetenv("ESM2_CUDNN_BACKWARD_GROUP");
   for (int variant = 0; variant < 7; ++variant) {
     // Head dims 16…128 without a key mask, then 64 and 40 with <pad> ids inside sequences (their keys
     // are masked: cuDNN's route compacts the kept keys).
@@ -564,11 +569,12 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
     auto qkv = randv(T * 3 * C, 70 + D, -2, 2), dout = randv(T * C, 71 + D);
     for (auto& x : qkv) x = bf16_round(x);
     for (auto& x : dout) x = bf16_round(x);
-    Side* sides[4] = {&cpu, &mma, &dnn, &fast};
-    std::vector<float> out[4], lse[4], dqkv[4], again;
+    Side* sides[5] = {&cpu, &mma, &dnn, &fast, &grp};
+    std::vector<float> out[5], lse[5], dqkv[5], again;
     const int64_t dnn0 = cuda_backend_cudnn_attention_calls(*dnn.be);
     const int64_t fast0 = cuda_backend_cudnn_attention_calls(*fast.be);
-    for (int k = 0; k < 4; ++k) {
+    const int64_t grp0 = cuda_backend_cudnn_attention_calls(*grp.be);
+    for (int k = 0; k < 5; ++k) {
       Side& d = *sides[k];
       const AttentionShape as = attention_shape(d, cu, with_pads ? &ids : nullptr, 1, H, D, 257);
       void* qp = d.act(qkv);
@@ -589,7 +595,7 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
         again = d.get_act(dq, T * 3 * C);
       }
     }
-    for (int k = 1; k < 4; ++k) {
+    for (int k = 1; k < 5; ++k) {
       EXPECT_LT(rel_l2(out[k], out[0]), 1e-2) << "D " << D << (with_pads ? " with pad keys" : "") << " side " << k;
       EXPECT_LT(rel_l2(lse[k], lse[0]), 1e-3) << "D " << D << (with_pads ? " with pad keys" : "") << " side " << k;
       EXPECT_LT(rel_l2(dqkv[k], dqkv[0]), 2e-2) << "D " << D << (with_pads ? " with pad keys" : "") << " side " << k;
@@ -599,6 +605,8 @@ TEST(CudaCudnnAttention, MatchesCpuAndMmaKernels) {
     EXPECT_EQ(cuda_backend_cudnn_attention_calls(*mma.be), 0);
     EXPECT_EQ(cuda_backend_cudnn_attention_calls(*dnn.be) - dnn0, 3) << "the cuDNN route did not run, D " << D;
     EXPECT_EQ(cuda_backend_cudnn_attention_calls(*fast.be) - fast0, 2) << "the cuDNN route did not run, D " << D;
+    EXPECT_EQ(cuda_backend_cudnn_attention_calls(*grp.be) - grp0, 2) << "the cuDNN route did not run, D " << D;
+    EXPECT_LT(rel_l2(dqkv[4], dqkv[2]), 1e-3) << "grouped vs whole-batch deterministic backward, D " << D;
     ASSERT_EQ(again.size(), dqkv[2].size());
     EXPECT_EQ(0, std::memcmp(again.data(), dqkv[2].data(), again.size() * 4)) << "D " << D;
     // A head dim that is not a multiple of 16 keeps the deterministic backward even when atomics are
