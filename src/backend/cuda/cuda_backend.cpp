@@ -854,11 +854,11 @@ class CudaBackend final : public Backend {
     // The deterministic backward's workspace is per sequence: try it over smaller and smaller groups of
     // sequences (same gradients) before giving up on cuDNN. The slot must hold the forward's scratch too.
     if (cudnn_deterministic(a)) {
-      int64_t group = c->backward_group();  // halve the current group, or the whole batch's bucket
-      if (group == 0) {
-        group = 1;
-        while (group < a.S) group *= 2;
-      }
+      // Halve the batch's sequence bucket, or the group in use if that is smaller (a group at least as
+      // large as this batch is the whole batch: the size that did not fit).
+      int64_t group = 1;
+      while (group < a.S) group *= 2;
+      if (c->backward_group() > 0) group = std::min(group, c->backward_group());
       for (group /= 2; group >= 4; group /= 2) {
         c->set_backward_group(group);
         size_t grouped = 0;
