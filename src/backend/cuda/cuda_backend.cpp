@@ -773,15 +773,18 @@ class CudaBackend final : public Backend {
     if (std::string(v) == "cudnn") return AttnRoute::Cudnn;
     fail("ESM2_ATTENTION={}: must be auto, mma or cudnn", v);
   }
-  // ESM2_CUDNN_BACKWARD_GROUP=N (a power of two >= 4): run cuDNN's deterministic backward over groups of N
-  // sequences from the start (what a run does by itself when the whole batch's workspace does not fit).
+  // ESM2_CUDNN_BACKWARD_GROUP: `auto` (-1) runs cuDNN's deterministic backward over groups of sequences when
+  // the whole batch's workspace does not fit, instead of going to the mma kernels; N (a power of two >= 4)
+  // does so from the start. Unset (0): neither. Opt-in until the grouped backward has run on a GPU.
   static int64_t backward_group_from_env() {
     const char* v = std::getenv("ESM2_CUDNN_BACKWARD_GROUP");
     if (!v || !*v) return 0;
+    if (std::string(v) == "auto") return -1;
     char* end = nullptr;
     const long long n = std::strtoll(v, &end, 10);
     ESM2_CHECK(*end == '\0' && n >= 4 && (n & (n - 1)) == 0,
-               "ESM2_CUDNN_BACKWARD_GROUP={}: must be a power of two >= 4 (sequences per cuDNN backward call)", v);
+               "ESM2_CUDNN_BACKWARD_GROUP={}: must be auto or a power of two >= 4 (sequences per cuDNN backward call)",
+               v);
     return n;
   }
   static bool nondeterministic_from_env() {
@@ -811,7 +814,7 @@ class CudaBackend final : public Backend {
       std::string why;
       cudnn_ = cuda::CudnnAttention::create(stream_, &why);
       if (!cudnn_) std::fprintf(stderr, "esm2: cuDNN attention unavailable (%s); using the mma kernels\n", why.c_str());
-      if (cudnn_) cudnn_->set_backward_group(cudnn_group_env_);
+      if (cudnn_ && cudnn_group_env_ > 0) cudnn_->set_backward_group(cudnn_group_env_);
     }
     return cudnn_.get();
   }
@@ -853,7 +856,7 @@ class CudaBackend final : public Backend {
     if (cudnn_grow(need)) return s.ptr;
     // The deterministic backward's workspace is per sequence: try it over smaller and smaller groups of
     // sequences (same gradients) before giving up on cuDNN. The slot must hold the forward's scratch too.
-    if (cudnn_deterministic(a)) {
+    if (cudnn_group_env_ != 0 && cudnn_deterministic(a)) {
       // Halve the batch's sequence bucket, or the group in use if that is smaller (a group at least as
       // large as this batch is the whole batch: the size that did not fit).
       int64_t group = 1;
