@@ -86,27 +86,14 @@ __global__ void quantize_kernel(uint8_t* __restrict__ q, float* __restrict__ sca
 
 // ---- transposed quantisation ----
 // The wide kernel (fp8_tiles.cuh: 64×64 tiles, pairs in, 4-code words out) for the GEMM operands, whose
-// layouts always meet its preconditions; the simple kernel below takes everything else.
+// layouts always meet its preconditions; the simple kernel below takes everything else. With q it also
+// writes the row-wise codes from the same tile (the output gradient, which dgrad needs row-wise).
 template <class T>
 __global__ void __launch_bounds__(kWideThreads) quantize_transpose_wide_kernel(uint8_t* __restrict__ qt, int64_t ldq,
+                                                                      uint8_t* __restrict__ q,
                                                                       float* __restrict__ scales,
                                                                       const T* __restrict__ x, int64_t rows,
                                                                       int64_t cols, bool e5m2) {
-  __shared__ float tile[kWide][kWide + 1];
-  const float scale = scale_for(scales[0], fp8_max_of(e5m2));
-  publish_inverse(scales, scale);
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kWide, c0 = static_cast<int64_t>(blockIdx.y) * kWide;
-  fp8::wide_load(tile, x, rows, cols, scale, r0, c0, static_cast<int>(threadIdx.x));
-  __syncthreads();
-  fp8::wide_store(qt, ldq, tile, cols, e5m2, r0, c0, static_cast<int>(threadIdx.x));
-}
-
-// Both layouts from one read of x: the transposed copy as above and the row-wise one from the same tile.
-template <class T>
-__global__ void __launch_bounds__(kWideThreads) quantize_both_wide_kernel(uint8_t* __restrict__ q, uint8_t* __restrict__ qt,
-                                                                 int64_t ldq, float* __restrict__ scales,
-                                                                 const T* __restrict__ x, int64_t rows, int64_t cols,
-                                                                 bool e5m2) {
   __shared__ float tile[kWide][kWide + 1];
   const float scale = scale_for(scales[0], fp8_max_of(e5m2));
   publish_inverse(scales, scale);
@@ -115,7 +102,7 @@ __global__ void __launch_bounds__(kWideThreads) quantize_both_wide_kernel(uint8_
   fp8::wide_load(tile, x, rows, cols, scale, r0, c0, t);
   __syncthreads();
   fp8::wide_store(qt, ldq, tile, cols, e5m2, r0, c0, t);
-  fp8::wide_store_rows(q, tile, rows, cols, e5m2, r0, c0, t);
+  if (q) fp8::wide_store_rows(q, tile, rows, cols, e5m2, r0, c0, t);
 }
 
 constexpr int kTile = 32;
@@ -165,42 +152,43 @@ void launch_fp8_quantize(uint8_t* q, float* scales, const void* x, DType xt, siz
   });
 }
 
+namespace {
+
+// The wide kernel when x, qt (and q, if given) meet its preconditions; false (nothing launched) otherwise.
+bool launch_wide(uint8_t* qt, int64_t ldq, uint8_t* q, float* scales, const void* x, DType xt, int64_t rows,
+                 int64_t cols, bool e5m2, cudaStream_t s) {
+  bool wide = false;
+  dispatch_act(xt, [&](auto t) {
+    using T = decltype(t);
+    wide = cols % (q ? 4 : 2) == 0 && ldq % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0 &&
+           reinterpret_cast<uintptr_t>(qt) % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
+    if (!wide) return;
+    const dim3 grid(static_cast<unsigned>((ldq + kWide - 1) / kWide), static_cast<unsigned>((cols + kWide - 1) / kWide));
+    quantize_transpose_wide_kernel<T><<<grid, kWideThreads, 0, s>>>(qt, ldq, q, scales, static_cast<const T*>(x), rows,
+                                                                    cols, e5m2);
+    ESM2_CUDA_CHECK_LAUNCH();
+  });
+  return wide;
+}
+
+}  // namespace
+
 void launch_fp8_quantize_transpose(uint8_t* qt, int64_t ldq, float* scales, const void* x, DType xt, int64_t rows,
                                    int64_t cols, Fp8Format f, cudaStream_t s) {
   const bool e5m2 = f == Fp8Format::E5M2;
+  if (launch_wide(qt, ldq, nullptr, scales, x, xt, rows, cols, e5m2, s)) return;
   dispatch_act(xt, [&](auto t) {
     using T = decltype(t);
-    const bool wide = cols % 2 == 0 && ldq % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0 &&
-                      reinterpret_cast<uintptr_t>(qt) % 4 == 0;
-    if (wide) {
-      const dim3 grid(static_cast<unsigned>((ldq + kWide - 1) / kWide), static_cast<unsigned>((cols + kWide - 1) / kWide));
-      quantize_transpose_wide_kernel<T><<<grid, kWideThreads, 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows, cols,
-                                                             e5m2);
-    } else {
-      const dim3 grid(static_cast<unsigned>((ldq + kTile - 1) / kTile),
-                      static_cast<unsigned>((cols + kTile - 1) / kTile));
-      quantize_transpose_kernel<T><<<grid, dim3(kTile, 8), 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows,
-                                                                   cols, e5m2);
-    }
+    const dim3 grid(static_cast<unsigned>((ldq + kTile - 1) / kTile), static_cast<unsigned>((cols + kTile - 1) / kTile));
+    quantize_transpose_kernel<T><<<grid, dim3(kTile, 8), 0, s>>>(qt, ldq, scales, static_cast<const T*>(x), rows, cols,
+                                                                 e5m2);
     ESM2_CUDA_CHECK_LAUNCH();
   });
 }
 
 void launch_fp8_quantize_both(uint8_t* q, uint8_t* qt, int64_t ldq, float* scales, const void* x, DType xt,
                               int64_t rows, int64_t cols, Fp8Format f, cudaStream_t s) {
-  const bool e5m2 = f == Fp8Format::E5M2;
-  bool wide = false;
-  dispatch_act(xt, [&](auto t) {
-    using T = decltype(t);
-    wide = cols % 4 == 0 && ldq % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0 &&
-           reinterpret_cast<uintptr_t>(qt) % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 4 == 0;
-    if (!wide) return;
-    const dim3 grid(static_cast<unsigned>((ldq + kWide - 1) / kWide), static_cast<unsigned>((cols + kWide - 1) / kWide));
-    quantize_both_wide_kernel<T><<<grid, kWideThreads, 0, s>>>(q, qt, ldq, scales, static_cast<const T*>(x), rows, cols,
-                                                               e5m2);
-    ESM2_CUDA_CHECK_LAUNCH();
-  });
-  if (wide) return;
+  if (launch_wide(qt, ldq, q, scales, x, xt, rows, cols, f == Fp8Format::E5M2, s)) return;
   // Any other layout: the two quantisers one after the other (the same codes, x read twice).
   launch_fp8_quantize_transpose(qt, ldq, scales, x, xt, rows, cols, f, s);
   launch_fp8_quantize(q, scales, x, xt, static_cast<size_t>(rows * cols), f, s);
