@@ -44,6 +44,14 @@ part tests && { CUBLASLT_LOG_MASK=5 CUBLASLT_LOG_FILE=/tmp/lt_%i.log timeout 60 
   { echo "===== cuBLASLt log (CUBLASLT_LOG_MASK=5) of Fp8Gemm.ForwardMatchesOracle*"; cat /tmp/lt_*.log 2>/dev/null | head -80; } >> "$OUT/tests.log"
   grep -m5 -i "error\|hint\|not supported" /tmp/lt_*.log >> "$R" 2>/dev/null; }
 
+# cuDNN's grouped deterministic backward (ESM2_CUDNN_BACKWARD_GROUP, opt-in until this ran): its two tests under
+# compute-sanitizer, which reports any access outside the workspace a group was given (PARTS=sanitize).
+part sanitize && { S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  TMPDIR=/tmp timeout 150 "$S" --tool memcheck --error-exitcode 3 /tmp/b/cuda_backend_test \
+    --gtest_filter='CudaCudnnAttention.*' > /tmp/sanitize.log 2>&1
+  echo "compute-sanitizer memcheck CudaCudnnAttention.* exit $? at ${SECONDS}s: $(grep -E '^\[  (PASSED|FAILED) |ERROR SUMMARY' /tmp/sanitize.log | tr '\n' ' ')" >> "$R"
+  { echo "===== compute-sanitizer"; tail -60 /tmp/sanitize.log; } >> "$OUT/tests.log"; }
+
 # ---- benches: same flags, only --precision differs ----
 $E prepare --fasta data/swissprot-sample/train.fasta.gz --clusters data/swissprot-sample/train_clusters.tsv \
   --output /tmp/corpus --force > /dev/null 2>&1
@@ -77,6 +85,10 @@ elif [ "$(left)" -gt 200 ]; then
 else
   echo "3B benches skipped: $(left)s left" >> "$R"
 fi
+# 3B again with cuDNN's backward over groups of sequences (PARTS=group): attention leaves the mma kernels.
+part group && for prec in bf16-mixed fp8-mixed; do
+  ESM2_CUDNN_BACKWARD_GROUP=auto BTAG=_group bench 3B $prec 16384 --recompute selective
+done
 part bench && python3 - "$OUT/bench.json" /tmp/j_*.json <<'PY' 2>> "$R"
 import json, sys
 out = {f.split('/j_')[1][:-5]: json.load(open(f)) for f in sys.argv[2:]}
@@ -87,9 +99,11 @@ for k, v in sorted(out.items()):
 PY
 part bench && python3 -c "
 import json; d = json.load(open('$OUT/bench.json'))
-for p, t in (('650M', '16384'), ('3B', '16384'), ('3B', '8192')):
+for p, t in (('650M', '16384'), ('3B', '16384'), ('3B', '8192'), ('3B', '16384_group')):
     a, b = d.get(f'{p}_bf16-mixed_{t}'), d.get(f'{p}_fp8-mixed_{t}')
     if a and b: print(f'speed-up fp8/bf16 {p} @{t}: {b[\"real_tokens_per_s\"] / a[\"real_tokens_per_s\"]:.3f}x')
+a, b = d.get('3B_bf16-mixed_16384'), d.get('3B_fp8-mixed_16384_group')
+if a and b: print(f'speed-up fp8+cuDNN groups / bf16 (mma attention) 3B: {b[\"real_tokens_per_s\"] / a[\"real_tokens_per_s\"]:.3f}x')
 " >> "$R" 2>&1
 
 # ---- 650M, 300 steps, both precisions (same seed, data and flags) ----
