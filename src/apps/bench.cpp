@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "backend/backend_factory.h"
 #include "backend/timing_backend.h"
+#include "core/atomic_dir.h"
 #include "core/error.h"
 #include "data/corpus.h"
 #include "data/train_data.h"
@@ -74,13 +75,15 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   app.add_option("--preset", a->preset, "Model preset")->capture_default_str();
   app.add_option("--micro-batch-tokens", a->micro_batch_tokens, "Packed token budget per step")
       ->check(esm2::apps::at_least(1))->capture_default_str();
-  app.add_option("--max-seq-length", a->max_seq_length, "Longest sequence (tokens)")->capture_default_str();
-  app.add_option("--steps", a->steps, "Timed steps")->capture_default_str();
-  app.add_option("--warmup", a->warmup, "Untimed warm-up steps")->capture_default_str();
+  app.add_option("--max-seq-length", a->max_seq_length, "Longest sequence (tokens)")
+      ->check(esm2::apps::at_least(3))->capture_default_str();
+  app.add_option("--steps", a->steps, "Timed steps")->check(esm2::apps::at_least(1))->capture_default_str();
+  app.add_option("--warmup", a->warmup, "Untimed warm-up steps")->check(esm2::apps::at_least(0))->capture_default_str();
   esm2::apps::add_enum_option(app, "--backend", a->backend, esm2::kBackendKindNames, "auto, cpu or cuda");
   esm2::apps::add_enum_option(app, "--precision", a->precision, esm2::kPrecisionNames, "auto, 32, bf16-mixed, fp8-mixed (Hopper GPU)");
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(esm2::apps::at_least(0))->capture_default_str();
-  app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)");
+  app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)")
+      ->check(esm2::apps::positive());
   esm2::apps::add_enum_option(app, "--recompute", a->recompute, esm2::kRecomputeNames,
                               "Activations recomputed in the backward: none, selective or full");
   esm2::apps::add_enum_option(app, "--random-mask-strategy", a->mask_strategy, esm2::kMaskStrategyNames,
@@ -202,11 +205,7 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
       out["profile"] = prof;
       out["profile_seconds_per_step"] = total / profiled;
     }
-    if (!a->json_out.empty()) {
-      std::ofstream f(a->json_out);
-      ESM2_CHECK(f.good(), "{}: cannot write", a->json_out);
-      f << out.dump(2) << "\n";
-    }
+    if (!a->json_out.empty()) esm2::write_file_atomically(a->json_out, out.dump(2) + "\n");
     return 0;
   };
   // A device allocation failure becomes one line saying which micro-batch fits (memory_plan.h).

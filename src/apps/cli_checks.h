@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <initializer_list>
+#include <iterator>
+#include <utility>
 #include <string>
 
 #include "core/error.h"
@@ -27,6 +30,24 @@ inline CLI::Validator at_least(double lo) {
       "");
 }
 
+// A finite number > 0 (a rate, a peak, a size that cannot be zero).
+inline CLI::Validator positive() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || end != s.c_str() + s.size()) return fmt::format("'{}' is not a number", s);
+        if (!std::isfinite(v) || v <= 0) return fmt::format("{} must be a finite number > 0", s);
+        return {};
+      },
+      "");
+}
+
+// A value that is not the empty string: `--clusters "$UNSET"` must not silently mean "no clusters".
+inline CLI::Validator nonempty() {
+  return CLI::Validator([](std::string& s) -> std::string { return s.empty() ? "an empty value" : ""; }, "");
+}
+
 // A whole number >= 0 written without a sign: an unsigned option would otherwise take "-1" as 2^64-1.
 inline CLI::Validator unsigned_integer() {
   return CLI::Validator(
@@ -41,6 +62,19 @@ inline CLI::Validator unsigned_integer() {
 // --force: the one overwrite rule of every command that writes a file or directory.
 inline void add_force_flag(CLI::App& app, bool& force) {
   app.add_flag("--force", force, "Replace outputs that already exist (without it an existing output is an error)");
+}
+
+// Two outputs of one command given the same path would leave only the one written last: refused before any work.
+inline void check_distinct_outputs(std::initializer_list<std::pair<const char*, const std::filesystem::path*>> outs) {
+  for (auto i = outs.begin(); i != outs.end(); ++i)
+    for (auto j = std::next(i); j != outs.end(); ++j) {
+      if (i->second->empty() || j->second->empty()) continue;
+      std::error_code ec;
+      const auto a = std::filesystem::weakly_canonical(std::filesystem::absolute(*i->second, ec), ec);
+      const auto b = std::filesystem::weakly_canonical(std::filesystem::absolute(*j->second, ec), ec);
+      ESM2_CHECK(a != b, "{} and {} name the same file {}: give each output its own path", i->first, j->first,
+                 i->second->string());
+    }
 }
 
 // Checked before any work, so that a refused output costs nothing and writes nothing.

@@ -104,10 +104,13 @@ esm2::apps::RunFn setup_embed(CLI::App& app) {
   app.add_flag("--skip-invalid", a->skip_invalid, "Drop records with invalid letters or no residues (counted) instead of failing");
   return [a]() -> int {
     esm2::apps::check_output_free(a->output, a->common.force, "--output");
+    ESM2_CHECK(a->format != EmbedFormat::Safetensors || !fs::is_directory(a->output),
+               "--output {}: is a directory (--format safetensors writes one file)", a->output.string());
     int64_t skipped = 0;
     const auto recs = esm2::read_protein_fasta(a->fasta, a->skip_invalid, &skipped);
     ESM2_CHECK(!recs.empty(), "{}: no valid sequences to embed", a->fasta.string());
     auto m = a->common.load();
+    esm2::warn_if_beyond_training(m.model->config(), recs);
     esm2::EmbedOptions opt;
     opt.layer = a->layer;
     opt.per_residue = a->per_residue;

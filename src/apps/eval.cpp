@@ -1,7 +1,12 @@
 // `esm2 eval`: validation loss / perplexity of a checkpoint on corpora or FASTA files with exactly
 // the trainer's validation masks (validation_batches, fixed seed), and optionally the exact
 // pseudo-perplexity (every residue masked in turn) of the same sequence windows.
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string_view>
 
 #include <cmath>
 #include <cstdio>
@@ -14,6 +19,7 @@
 #include "data/corpus.h"
 #include "data/sampler.h"
 #include "data/train_data.h"
+#include "io/csv.h"
 
 namespace fs = std::filesystem;
 
@@ -32,7 +38,9 @@ struct EvalArgs {
 };
 
 // A FASTA file evaluated like a validation corpus: written as a temporary corpus (one cluster per
-// record) so that cropping, masking and packing are validation_batches' own, not a copy of them.
+// record) so that cropping, masking and packing are validation_batches' own, not a copy of them. The
+// directory is removed as soon as the corpus is open (its files stay mapped), so that a run killed while
+// evaluating leaves nothing behind; one killed while writing it is cleaned up by the next eval.
 struct TempCorpus {
   fs::path dir;
   ~TempCorpus() {
@@ -40,6 +48,21 @@ struct TempCorpus {
     if (!dir.empty()) fs::remove_all(dir, ec);
   }
 };
+
+constexpr std::string_view kTempPrefix = "esm2-eval-";
+
+// Temp corpora "esm2-eval-<pid>-<n>" whose process is gone.
+void remove_stale_temp_corpora() {
+  std::error_code ec;
+  const fs::path tmp = fs::temp_directory_path(ec);
+  if (ec) return;
+  for (const auto& e : fs::directory_iterator(tmp, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind(kTempPrefix, 0) != 0) continue;
+    const long pid = std::strtol(n.c_str() + kTempPrefix.size(), nullptr, 10);
+    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
+  }
+}
 
 esm2::Corpus corpus_from_fasta(const fs::path& fasta, bool skip_invalid, int max_seq_length, TempCorpus& tmp,
                                int64_t& skipped) {
@@ -52,10 +75,13 @@ esm2::Corpus corpus_from_fasta(const fs::path& fasta, bool skip_invalid, int max
     table.add(r.id, tok);
   }
   static int counter = 0;
-  tmp.dir = fs::temp_directory_path() / fmt::format("esm2-eval-{}-{}", ::getpid(), counter++);
+  tmp.dir = fs::temp_directory_path() / fmt::format("{}{}-{}", kTempPrefix, ::getpid(), counter++);
   esm2::write_corpus(tmp.dir, table, esm2::ClusterTable::singletons(table.size()),
                      {{"sources", {fasta.string()}}, {"command", "esm2 eval"}}, max_seq_length);
-  return esm2::Corpus::open(tmp.dir);
+  esm2::Corpus c = esm2::Corpus::open(tmp.dir);
+  std::error_code ec;
+  fs::remove_all(tmp.dir, ec);
+  return c;
 }
 
 nlohmann::json evaluate(esm2::Esm2Model& model, const esm2::Corpus& corpus, const std::string& name,
@@ -97,7 +123,7 @@ nlohmann::json evaluate(esm2::Esm2Model& model, const esm2::Corpus& corpus, cons
       const esm2::PseudoPerplexity p = esm2::pseudo_perplexity(model, res, a.common.micro_batch_tokens);
       nll += p.nll_sum;
       residues += p.residues;
-      per_seq_csv += fmt::format("{},{},{},{},{:.9g},{:.9g}\n", name, corpus.id(seq), s.start + 1, p.residues,
+      per_seq_csv += fmt::format("{},{},{},{},{:.9g},{:.9g}\n", esm2::csv_field(name), esm2::csv_field(corpus.id(seq)), s.start + 1, p.residues,
                                  p.nll_sum, p.pppl());
     }
   r["pseudo_perplexity"] = std::exp(nll / static_cast<double>(residues));
@@ -137,6 +163,8 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
     ESM2_CHECK(a->per_sequence.empty() || a->pppl, "eval: --per-sequence needs --pseudo-perplexity");
     esm2::apps::check_output_free(a->json_out, a->common.force, "--json");
     esm2::apps::check_output_free(a->per_sequence, a->common.force, "--per-sequence");
+    esm2::apps::check_distinct_outputs({{"--json", &a->json_out}, {"--per-sequence", &a->per_sequence}});
+    remove_stale_temp_corpora();
     // Inputs are opened before the model is loaded so that a bad path fails fast.
     std::vector<std::pair<std::string, esm2::Corpus>> inputs;
     std::vector<std::unique_ptr<TempCorpus>> temps;
@@ -152,8 +180,10 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
                           {"micro_batch_tokens", a->common.micro_batch_tokens}, {"files", nlohmann::json::array()}};
     std::string csv = "file,id,start,residues,nll_sum,pppl\n";
     for (const auto& [name, corpus] : inputs) out["files"].push_back(evaluate(*m.model, corpus, name, *a, csv));
-    if (!a->json_out.empty()) esm2::write_file_atomically(a->json_out, out.dump(2) + "\n");
-    if (!a->per_sequence.empty()) esm2::write_file_atomically(a->per_sequence, csv);
+    esm2::StagedFiles files;
+    if (!a->json_out.empty()) files.add(a->json_out, out.dump(2) + "\n");
+    if (!a->per_sequence.empty()) files.add(a->per_sequence, csv);
+    files.commit();
     return 0;
   };
 }

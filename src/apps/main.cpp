@@ -3,6 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <new>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -54,6 +57,20 @@ std::string parse_error_message(const CLI::App& app, const CLI::ParseError& e) {
   return where + what;
 }
 
+constexpr const char* kConfigHelp =
+    "--config FILE: options from a file (JSON object or `key = value` lines, keys are the long flag names);\n"
+    "flags after --config override the file.";
+
+// What a command printed must have reached stdout: a full disk or a closed pipe behind `> file` is an
+// error, not a silent empty result.
+int finish_stdout(int rc) {
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    std::fprintf(stderr, "esm2: error: writing to standard output failed: %s\n", std::strerror(errno));
+    return 1;
+  }
+  return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -80,6 +97,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.formatter(std::make_shared<HelpFormatter>());
   app.set_version_flag("--version", std::string(ESM2_VERSION));
+  // A later occurrence of a flag overrides an earlier one: what --config splices in where it stands, and
+  // an override appended to a long command line (repeatable options keep every value). Subcommands take
+  // their option defaults from here.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   auto& commands = command_registry();
   std::sort(commands.begin(), commands.end(), [](auto& a, auto& b) { return a.name < b.name; });
   std::map<std::string, RunFn> runners;
@@ -87,6 +108,7 @@ int main(int argc, char** argv) {
   for (auto& c : commands) {
     CLI::App* sub = app.add_subcommand(c.name, c.description);
     runners[c.name] = c.setup(*sub);
+    sub->footer(kConfigHelp);
     subs.emplace_back(sub, c.name);
   }
   app.footer("Every subcommand also takes --config FILE (JSON object or `key = value` lines, keys are the long\n"
@@ -107,9 +129,12 @@ int main(int argc, char** argv) {
   }
   try {
     for (auto& [sub, name] : subs)
-      if (sub->parsed()) return runners[name]();
+      if (sub->parsed()) return finish_stdout(runners[name]());
   } catch (const esm2::Error& e) {
     std::fprintf(stderr, "esm2: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "esm2: error: out of memory (host): the input or the batch is too large for this machine\n");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "esm2: error: %s\n", e.what());

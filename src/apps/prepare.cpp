@@ -3,6 +3,7 @@
 #include <fstream>
 #include <string>
 
+#include "apps/cli_checks.h"
 #include "apps/command.h"
 #include "data/prepare.h"
 
@@ -26,18 +27,22 @@ std::string quote(const std::string& s) {
 
 esm2::apps::RunFn setup_prepare(CLI::App& app) {
   auto opt = std::make_shared<esm2::PrepareOptions>();
-  app.add_option("--fasta", opt->fasta, "FASTA or FASTA.gz file(s) of sequences (repeatable)");
+  using esm2::apps::nonempty;
+  app.add_option("--fasta", opt->fasta, "FASTA or FASTA.gz file(s) of sequences (repeatable)")->check(nonempty());
   app.add_option("--clusters", opt->clusters, "cluster membership: an mmseqs-style table `ur50<TAB>ur90` or UniProt's "
-                 "uniref50.xml[.gz] (recognised by content; default: every sequence its own cluster)");
-  app.add_option("--sqlite", opt->sqlite, "the reference's SQLite database protein(id, sequence), instead of --fasta");
-  app.add_option("--parquet", opt->parquet, "the reference's cluster parquet (with --sqlite)");
-  app.add_option("--output", opt->output, "corpus directory to write")->required();
+                 "uniref50.xml[.gz] (recognised by content; default: every sequence its own cluster)")
+      ->check(nonempty());
+  app.add_option("--sqlite", opt->sqlite, "the reference's SQLite database protein(id, sequence), instead of --fasta")
+      ->check(nonempty());
+  app.add_option("--parquet", opt->parquet, "the reference's cluster parquet (with --sqlite)")->check(nonempty());
+  app.add_option("--output", opt->output, "corpus directory to write")->required()->check(nonempty());
   app.add_option("--max-seq-length", opt->max_seq_length, "max tokens per sequence incl. <cls>/<eos>, for the "
                  "'longer than' statistic")->capture_default_str();
   app.add_flag("--force", opt->force, "replace an existing output directory");
   app.add_option("--memory", opt->memory_mib, "MiB for the external sort of FASTA inputs: peak RSS stays below this "
-                 "plus ~100 MiB whatever the input size (the SQLite/Parquet inputs are read in memory)")
-      ->capture_default_str();
+                 "plus ~100 MiB of buffers and the program's own pages (~80 MiB more in a CUDA build) whatever the input size "
+                 "(the SQLite/Parquet inputs are read in memory)")
+      ->check(esm2::apps::unsigned_integer())->capture_default_str();
   return [opt] {
     std::string cmd = "esm2 prepare";
     for (const auto& f : opt->fasta) cmd += " --fasta " + quote(f.string());

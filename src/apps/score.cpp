@@ -2,7 +2,6 @@
 // a deep-mutational-scan CSV, and optionally the full single-mutant matrix of the wild type.
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 
 #include "apps/command.h"
 #include "apps/infer_options.h"
@@ -10,6 +9,7 @@
 #include "core/error.h"
 #include "data/sequence_table.h"
 #include "data/tokenizer.h"
+#include "io/csv.h"
 
 namespace fs = std::filesystem;
 
@@ -21,41 +21,16 @@ struct ScoreArgs {
   fs::path fasta, dms, matrix, output;
 };
 
-// Fields of one CSV line (RFC 4180 quoting: "a,b" and "" inside quotes).
-std::vector<std::string> csv_fields(std::string_view line) {
-  std::vector<std::string> out(1);
-  bool quoted = false;
-  for (size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') out.back() += '"', ++i;
-      else if (c == '"') quoted = false;
-      else out.back() += c;
-    } else if (c == '"') quoted = true;
-    else if (c == ',') out.emplace_back();
-    else out.back() += c;
-  }
-  return out;
-}
-
 std::vector<int32_t> wild_type(const ScoreArgs& a) {
-  ESM2_CHECK(a.sequence.empty() != a.fasta.empty(), "score: give exactly one of --sequence and --fasta");
+  ESM2_CHECK(a.sequence.empty() || a.fasta.empty(), "score: give one of --sequence and --fasta, not both");
+  ESM2_CHECK(a.id.empty() || !a.fasta.empty(), "score: --id names a record of --fasta");
+  if (!a.fasta.empty()) return esm2::read_protein_record(a.fasta, a.id).residues;
+  ESM2_CHECK(!a.sequence.empty(), "score: give the wild type with --sequence LETTERS or --fasta FILE");
   std::vector<int32_t> wt;
-  if (!a.sequence.empty()) {
-    const int64_t bad = esm2::tokenize_protein(a.sequence, wt);
-    ESM2_CHECK(bad < 0, "score: --sequence: invalid residue {} at position {}",
-               esm2::printable_byte(a.sequence[static_cast<size_t>(bad)]), bad + 1);
-    ESM2_CHECK(!wt.empty(), "score: --sequence is empty");
-    return wt;
-  }
-  const auto recs = esm2::read_protein_fasta(a.fasta);
-  if (a.id.empty()) {
-    ESM2_CHECK(recs.size() == 1, "{}: {} records; name the wild type with --id", a.fasta.string(), recs.size());
-    return recs[0].residues;
-  }
-  for (const auto& r : recs)
-    if (r.id == a.id) return r.residues;
-  esm2::fail("{}: no record with id '{}'", a.fasta.string(), a.id);
+  const int64_t bad = esm2::tokenize_protein(a.sequence, wt);
+  ESM2_CHECK(bad < 0, "score: --sequence: invalid residue {} at position {}",
+             esm2::printable_byte(a.sequence[static_cast<size_t>(bad)]), bad + 1);
+  return wt;
 }
 
 esm2::apps::RunFn setup_score(CLI::App& app) {
@@ -78,48 +53,62 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
                "score: nothing to do: give --mutations, --dms or --matrix");
     esm2::apps::check_output_free(a->output, a->common.force, "--output");
     esm2::apps::check_output_free(a->matrix, a->common.force, "--matrix");
+    esm2::apps::check_distinct_outputs({{"--output", &a->output}, {"--matrix", &a->matrix}});
     const std::vector<int32_t> wt = wild_type(*a);
     // Parse every variant before loading the model: a typo fails at once.
-    std::vector<std::string> names, rows;
-    std::string header;
+    std::vector<std::string> names, header;
+    std::vector<std::vector<std::string>> rows;
+    std::vector<int64_t> row_lines;  // where each --dms row starts, for errors
     if (!a->mutations.empty()) {
-      for (const auto& f : csv_fields(a->mutations)) names.push_back(f);
+      names = esm2::csv_split(a->mutations, "score: --mutations");
     } else if (!a->dms.empty()) {
-      std::ifstream in(a->dms);
-      ESM2_CHECK(in.good(), "{}: cannot open", a->dms.string());
-      ESM2_CHECK(static_cast<bool>(std::getline(in, header)), "{}: empty file", a->dms.string());
-      if (!header.empty() && header.back() == '\r') header.pop_back();
-      const auto cols = csv_fields(header);
-      const auto col = std::find(cols.begin(), cols.end(), a->mutation_column);
-      ESM2_CHECK(col != cols.end(), "{}: no column '{}' in the header", a->dms.string(), a->mutation_column);
-      const size_t k = static_cast<size_t>(col - cols.begin());
-      std::string line;
-      int64_t line_no = 1;
-      while (std::getline(in, line)) {
-        ++line_no;
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.empty()) continue;
-        const auto f = csv_fields(line);
-        ESM2_CHECK(f.size() > k, "{}: line {}: no field {}", a->dms.string(), line_no, a->mutation_column);
+      esm2::CsvReader in(a->dms);
+      ESM2_CHECK(in.next(header), "{}: empty file (a header line naming the columns is expected)", a->dms.string());
+      const auto col = std::find(header.begin(), header.end(), a->mutation_column);
+      ESM2_CHECK(col != header.end(), "{}: no column '{}' in the header (--mutation-column names it)", a->dms.string(),
+                 a->mutation_column);
+      const size_t k = static_cast<size_t>(col - header.begin());
+      std::vector<std::string> f;
+      while (in.next(f)) {
+        ESM2_CHECK(f.size() == header.size(), "{}: line {}: {} fields where the header has {}", a->dms.string(),
+                   in.line(), f.size(), header.size());
         names.push_back(f[k]);
-        rows.push_back(line);
+        rows.push_back(f);
+        row_lines.push_back(in.line());
       }
     }
     std::vector<esm2::Variant> variants;
-    for (const auto& n : names) variants.push_back(esm2::parse_variant(n, wt));
+    for (size_t i = 0; i < names.size(); ++i) {
+      try {
+        variants.push_back(esm2::parse_variant(names[i], wt));
+      } catch (const esm2::Error& e) {
+        if (a->dms.empty()) throw;
+        esm2::fail("{}: line {} (column {}): {}", a->dms.string(), row_lines[i], a->mutation_column, e.what());
+      }
+    }
 
     auto m = a->common.load();
+    const esm2::ProteinRecord wt_record{a->fasta.empty() ? std::string("--sequence") : a->id.empty() ? a->fasta.string() : a->id, wt};
+    esm2::warn_if_beyond_training(m.model->config(), std::span(&wt_record, 1));
     const int64_t budget = a->common.micro_batch_tokens;
+    esm2::StagedFiles files;
     // Scores are printed with 5 decimals: a variant's masked copy is packed with others, and fp32
     // sums in GEMMs of another shape move its score by ~1e-7 (up to ~1e-6 for large log-probs), so
     // digits past the fifth would depend on what else is in the batch.
-    if (!variants.empty()) {
-      const auto scores = esm2::masked_marginal_scores(*m.model, wt, variants, budget);
-      std::string csv = a->dms.empty() ? "variant,score\n" : header + ",esm2_score\n";
-      for (size_t i = 0; i < scores.size(); ++i)
-        csv += a->dms.empty() ? fmt::format("{},{:.5f}\n", names[i], scores[i]) : fmt::format("{},{:.5f}\n", rows[i], scores[i]);
-      if (a->output.empty()) std::fputs(csv.c_str(), stdout);
-      else esm2::write_file_atomically(a->output, csv);
+    std::string scores_csv;
+    if (!a->mutations.empty() || !a->dms.empty()) {
+      const auto scores = variants.empty() ? std::vector<double>{}
+                                           : esm2::masked_marginal_scores(*m.model, wt, variants, budget);
+      if (a->dms.empty()) {
+        scores_csv = "variant,score\n";
+        for (size_t i = 0; i < scores.size(); ++i) scores_csv += fmt::format("{},{:.5f}\n", esm2::csv_field(names[i]), scores[i]);
+      } else {
+        header.push_back("esm2_score");
+        scores_csv = esm2::csv_record(header) + "\n";
+        for (size_t i = 0; i < scores.size(); ++i)
+          scores_csv += fmt::format("{},{:.5f}\n", esm2::csv_record(rows[i]), scores[i]);
+      }
+      if (!a->output.empty()) files.add(a->output, scores_csv);
     }
     if (!a->matrix.empty()) {
       const auto mat = esm2::single_mutant_matrix(*m.model, wt, budget);
@@ -131,12 +120,15 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
         for (int k = 0; k < esm2::kNumStandardAminoAcids; ++k) csv += fmt::format(",{:.5f}", mat[i * esm2::kNumStandardAminoAcids + k]);
         csv += "\n";
       }
-      esm2::write_file_atomically(a->matrix, csv);
+      files.add(a->matrix, csv);
     }
-    if (!a->output.empty() || !a->matrix.empty())
-      std::printf("%zu-residue wild type: %zu variants scored%s\n", wt.size(), variants.size(),
-                  a->matrix.empty() ? "" : fmt::format("; single-mutant matrix ({} x 20) -> {}", wt.size(),
-                                                       a->matrix.string()).c_str());
+    files.commit();
+    if (a->output.empty()) std::fputs(scores_csv.c_str(), stdout);
+    // The summary goes where it does not mix with a CSV printed on stdout.
+    const std::string summary =
+        fmt::format("{}-residue wild type: {} variants scored{}\n", wt.size(), variants.size(),
+                    a->matrix.empty() ? "" : fmt::format("; single-mutant matrix ({} x 20) -> {}", wt.size(), a->matrix.string()));
+    if (!a->output.empty() || !a->matrix.empty()) std::fputs(summary.c_str(), scores_csv.empty() || !a->output.empty() ? stdout : stderr);
     return 0;
   };
 }

@@ -215,9 +215,6 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   TrainConfig& c = a->cfg;
   esm2::DataConfig& d = c.data;
-  // A later occurrence of a flag overrides an earlier one (and the config file), as users expect
-  // when they append an override to a long command line.
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
   // Data
   app.add_option("--train-data", c.train_corpus, "Training corpus directory (made by `esm2 prepare`)")

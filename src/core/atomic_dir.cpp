@@ -1,6 +1,7 @@
 #include "core/atomic_dir.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,7 +15,9 @@ namespace fs = std::filesystem;
 
 namespace esm2 {
 
-AtomicDir::AtomicDir(fs::path final_path) : final_(std::move(final_path)) {
+AtomicDir::AtomicDir(fs::path final_path, bool replace) : final_(std::move(final_path)), replace_(replace) {
+  // "out/" names the directory out: without this its temp would be created inside it.
+  if (!final_.has_filename() && final_.has_parent_path()) final_ = final_.parent_path();
   tmp_ = final_;
   tmp_ += fmt::format(".tmp-{}", ::getpid());
   std::error_code ec;
@@ -40,6 +43,18 @@ void AtomicDir::commit() {
   fsync_path(tmp_);
   std::error_code ec;
   fs::path old;
+  if (!replace_) {
+    // Atomic against a writer that appeared meanwhile: the kernel refuses to rename onto an existing name.
+    if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE) != 0) {
+      const int err = errno;
+      ESM2_CHECK(err != EEXIST, "{}: appeared while this command ran (written by another process?); pass --force to "
+                 "replace it", final_.string());
+      fail("{}: cannot rename into place: {}", final_.string(), std::strerror(err));
+    }
+    committed_ = true;
+    if (final_.has_parent_path()) fsync_path(final_.parent_path());
+    return;
+  }
   if (fs::exists(final_)) {
     old = final_;
     old += fmt::format(".old-{}", ::getpid());
@@ -57,9 +72,12 @@ void AtomicDir::commit() {
   if (!old.empty()) fs::remove_all(old, ec);
 }
 
-void write_file(const fs::path& path, std::string_view bytes) {
+namespace {
+
+// Writes bytes to `path`; errors name `shown` (the output the user asked for, not its temp name).
+void write_bytes(const fs::path& path, const fs::path& shown, std::string_view bytes) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  ESM2_CHECK(fd >= 0, "{}: cannot create: {}", path.string(), std::strerror(errno));
+  ESM2_CHECK(fd >= 0, "{}: cannot create: {}", shown.string(), std::strerror(errno));
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
@@ -67,13 +85,17 @@ void write_file(const fs::path& path, std::string_view bytes) {
     if (n <= 0) {
       int err = errno;
       ::close(fd);
-      fail("{}: write failed after {} of {} bytes: {}", path.string(), done, bytes.size(),
+      fail("{}: write failed after {} of {} bytes: {}", shown.string(), done, bytes.size(),
            n < 0 ? std::strerror(err) : "no progress");
     }
     done += static_cast<size_t>(n);
   }
-  ESM2_CHECK(::close(fd) == 0, "{}: close failed: {}", path.string(), std::strerror(errno));
+  ESM2_CHECK(::close(fd) == 0, "{}: close failed: {}", shown.string(), std::strerror(errno));
 }
+
+}  // namespace
+
+void write_file(const fs::path& path, std::string_view bytes) { write_bytes(path, path, bytes); }
 
 void fsync_path(const fs::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -84,12 +106,72 @@ void fsync_path(const fs::path& path) {
   ESM2_CHECK(rc == 0, "{}: fsync failed: {}", path.string(), std::strerror(err));
 }
 
+namespace {
+
+// Where a single output file is written before it is renamed into place; the destination is checked first,
+// so that a directory in its way is one clear error instead of a rename's.
+fs::path temp_for(const fs::path& path) {
+  std::error_code ec;
+  ESM2_CHECK(!fs::is_directory(path, ec), "{}: is a directory (an output file cannot replace it)", path.string());
+  if (path.has_parent_path()) {
+    fs::create_directories(path.parent_path(), ec);
+    ESM2_CHECK(!ec, "{}: cannot create directory: {}", path.parent_path().string(), ec.message());
+  }
+  return path.string() + ".tmp-" + std::to_string(::getpid());
+}
+
+void write_temp(const fs::path& tmp, const fs::path& path, std::string_view bytes) {
+  try {
+    write_bytes(tmp, path, bytes);
+    fsync_path(tmp);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+}
+
+void rename_temp(const fs::path& tmp, const fs::path& path) {
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    const std::string why = ec.message();
+    fs::remove(tmp, ec);
+    fail("{}: cannot rename {} into place: {}", path.string(), tmp.filename().string(), why);
+  }
+}
+
+void fsync_parent(const fs::path& path) {
+  fsync_path(path.has_parent_path() ? path.parent_path() : fs::path("."));
+}
+
+}  // namespace
+
 void write_file_atomically(const fs::path& path, std::string_view bytes) {
-  if (path.has_parent_path()) fs::create_directories(path.parent_path());
-  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  write_file(tmp, bytes);
-  fsync_path(tmp);
-  fs::rename(tmp, path);
+  const fs::path tmp = temp_for(path);
+  write_temp(tmp, path, bytes);
+  rename_temp(tmp, path);
+  fsync_parent(path);
+}
+
+StagedFiles::~StagedFiles() {
+  std::error_code ec;
+  for (const auto& f : files_)
+    if (!f.committed) fs::remove(f.tmp, ec);
+}
+
+void StagedFiles::add(const fs::path& path, std::string_view bytes) {
+  Staged f{path, temp_for(path)};
+  write_temp(f.tmp, path, bytes);
+  files_.push_back(std::move(f));
+}
+
+void StagedFiles::commit() {
+  for (auto& f : files_) {
+    rename_temp(f.tmp, f.path);
+    f.committed = true;
+  }
+  for (const auto& f : files_) fsync_parent(f.path);
 }
 
 std::string read_file(const fs::path& path) {

@@ -115,10 +115,10 @@ nlohmann::json corpus_manifest(uint64_t num_sequences, uint64_t num_clusters, ui
 }
 
 nlohmann::json write_corpus(const fs::path& dir, const SequenceTable& sequences, const ClusterTable& clusters,
-                            const nlohmann::json& provenance, int max_seq_length) {
+                            const nlohmann::json& provenance, int max_seq_length, bool replace) {
   ESM2_CHECK(sequences.size() > 0, "{}: no sequences to write", dir.string());
   ESM2_CHECK(clusters.offsets.back() == clusters.members.size(), "{}: inconsistent cluster table", dir.string());
-  AtomicDir out(dir);
+  AtomicDir out(dir, replace);
   nlohmann::json files = nlohmann::json::object();
   auto put = [&](const char* name, std::string_view bytes) {
     write_file(out.path() / name, bytes);

@@ -100,8 +100,10 @@ nlohmann::json corpus_manifest(uint64_t num_sequences, uint64_t num_clusters, ui
 
 // Writes a corpus directory through AtomicDir (an existing `dir` is replaced only after the new one
 // is complete). `provenance` is merged into the manifest (sources, command). max_seq_length only
-// feeds the "longer than" statistic. Returns the manifest written.
+// feeds the "longer than" statistic. replace = false: a `dir` that appears while this runs is an error
+// (AtomicDir). Returns the manifest written.
 nlohmann::json write_corpus(const std::filesystem::path& dir, const SequenceTable& sequences,
-                            const ClusterTable& clusters, const nlohmann::json& provenance, int max_seq_length);
+                            const ClusterTable& clusters, const nlohmann::json& provenance, int max_seq_length,
+                            bool replace = true);
 
 }  // namespace esm2

@@ -224,7 +224,7 @@ ClusterFiles membership_clusters(std::unique_ptr<ExternalSorter<SeqKey>> ids, co
 }
 
 nlohmann::json prepare_fasta_streaming(const PrepareOptions& opt, nlohmann::json provenance) {
-  AtomicDir out(opt.output);
+  AtomicDir out(opt.output, opt.force);
   const fs::path sort_dir = out.path() / "sort.tmp";
   fs::create_directory(sort_dir);
   // Four sorters are alive at the most (ids, members, key_cluster, key_seq at the join).
@@ -242,6 +242,7 @@ nlohmann::json prepare_fasta_streaming(const PrepareOptions& opt, nlohmann::json
   for (const auto& f : opt.fasta) {
     in.paths.push_back(f);
     in.first.push_back(n);
+    const uint64_t before = n;
     FileDigest d = parse_fasta(f, [&](std::string_view id, uint64_t line, std::span<const uint8_t> tokens) {
       ESM2_CHECK(n < UINT32_MAX, "{}: record '{}' (line {}): too many sequences (the corpus indexes them with 32 bits)",
                  f.string(), id, line);
@@ -255,9 +256,10 @@ nlohmann::json prepare_fasta_streaming(const PrepareOptions& opt, nlohmann::json
       id_keys->push({hash_id(id), static_cast<uint32_t>(n)});
       ++n;
     });
+    // An empty input among several is as likely a mistake (a failed download, a wrong name) as a lone one.
+    ESM2_CHECK(n > before, "{}: no FASTA records (an empty file)", f.string());
     sources.push_back(source_entry("fasta", f, d));
   }
-  ESM2_CHECK(n > 0, "prepare: the inputs hold no sequences");
   for (auto* w : {&residues, &offsets, &ids, &id_offsets}) w->close();
   id_keys->finish();
 
@@ -314,16 +316,39 @@ nlohmann::json prepare_in_memory(const PrepareOptions& opt, nlohmann::json prove
   } else if (opt.parquet.empty()) {
     clusters = ClusterTable::singletons(sequences.size());
   }
-  ESM2_CHECK(sequences.size() > 0, "prepare: the inputs hold no sequences");
+  ESM2_CHECK(sequences.size() > 0, "{}: no sequences{}", opt.sqlite.string(),
+             opt.parquet.empty() ? " (table protein is empty)" : fmt::format(" named by {}", opt.parquet.string()));
   provenance["sources"] = sources;
   provenance["unreferenced_database_rows"] = unreferenced;
-  return write_corpus(opt.output, sequences, clusters, provenance, opt.max_seq_length);
+  return write_corpus(opt.output, sequences, clusters, provenance, opt.max_seq_length, opt.force);
 }
 
 bool pid_is_gone(const std::string& digits) {
   if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) return false;
   pid_t pid = static_cast<pid_t>(std::stol(digits));
   return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+// Every input must be a regular file, and not the output or inside it: --clusters and the FASTA files of
+// an error are read more than once (a pipe would give a wrong error or hang), and --force would replace
+// an input before it was read.
+void check_inputs(const PrepareOptions& opt) {
+  std::vector<std::pair<const char*, fs::path>> inputs;
+  for (const auto& f : opt.fasta) inputs.emplace_back("--fasta", f);
+  for (auto [flag, p] : {std::pair{"--sqlite", &opt.sqlite}, {"--clusters", &opt.clusters}, {"--parquet", &opt.parquet}})
+    if (!p->empty()) inputs.emplace_back(flag, *p);
+  std::error_code ec;
+  fs::path out = fs::weakly_canonical(fs::absolute(opt.output, ec), ec);
+  if (!out.has_filename()) out = out.parent_path();
+  for (const auto& [flag, p] : inputs) {
+    ESM2_CHECK(fs::exists(p, ec), "{} {}: no such file", flag, p.string());
+    ESM2_CHECK(fs::is_regular_file(p, ec), "{} {}: not a regular file ({}); prepare reads its inputs more than once: "
+               "write it to a file first", flag, p.string(), fs::is_directory(p, ec) ? "a directory" : "a pipe or device");
+    const fs::path in = fs::weakly_canonical(fs::absolute(p, ec), ec);
+    const auto rel = in.lexically_relative(out);
+    ESM2_CHECK(rel.empty() || *rel.begin() == "..", "{} {}: is the output {} or inside it (--output would replace it)",
+               flag, p.string(), opt.output.string());
+  }
 }
 
 }  // namespace
@@ -358,6 +383,8 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
   ESM2_CHECK(opt.max_seq_length >= 3, "prepare: --max-seq-length {} is below 3 (<cls>, a residue, <eos>)",
              opt.max_seq_length);
   ESM2_CHECK(opt.memory_mib >= 1, "prepare: --memory {} MiB is below 1", opt.memory_mib);
+  ESM2_CHECK(opt.memory_mib <= (size_t{1} << 24), "prepare: --memory {} MiB is above 16 TiB", opt.memory_mib);
+  check_inputs(opt);
   remove_stale_prepare_dirs(opt.output);
   // Refuse before reading anything: minutes of parsing must not end in "exists".
   ESM2_CHECK(opt.force || !fs::exists(opt.output), "{}: output exists (pass --force to replace it)",

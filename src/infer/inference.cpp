@@ -45,7 +45,12 @@ int64_t tokenize_protein(std::string_view letters, std::vector<int32_t>& out) {
   return -1;
 }
 
-std::vector<ProteinRecord> read_protein_fasta(const fs::path& path, bool skip_invalid, int64_t* skipped) {
+namespace {
+
+// read_protein_fasta's loop. only: the id of the one record to read (the others are neither validated nor
+// kept), or null for all. hint: appended to an invalid record's error (what the command offers about it).
+std::vector<ProteinRecord> read_records(const fs::path& path, bool skip_invalid, int64_t* skipped,
+                                        const std::string* only, std::string_view hint) {
   ESM2_CHECK(fs::exists(path), "{}: FASTA file not found", path.string());
   const std::string file = path.string();
   std::vector<ProteinRecord> out;
@@ -58,10 +63,13 @@ std::vector<ProteinRecord> read_protein_fasta(const fs::path& path, bool skip_in
 
   auto finish = [&] {
     if (!in_record) return;
+    if (only && cur.id != *only) {
+      cur = {};
+      return;
+    }
     if (problem.empty() && cur.residues.empty()) problem = "empty sequence";
     if (!problem.empty()) {
-      ESM2_CHECK(skip_invalid, "{}: record '{}' (line {}): {} (use --skip-invalid to drop such records)", file, cur.id,
-                 header_line, problem);
+      ESM2_CHECK(skip_invalid, "{}: record '{}' (line {}): {}{}", file, cur.id, header_line, problem, hint);
       ++n_skipped;
     } else {
       ESM2_CHECK(seen.insert(cur.id).second, "{}: record '{}' (line {}): duplicate id", file, cur.id, header_line);
@@ -80,7 +88,7 @@ std::vector<ProteinRecord> read_protein_fasta(const fs::path& path, bool skip_in
         in_record = true;
       },
       [&](std::string_view line, uint64_t line_number) {
-        if (!problem.empty()) return;
+        if (!problem.empty() || (only && cur.id != *only)) return;
         const size_t before = cur.residues.size();
         const int64_t bad = tokenize_protein(line, cur.residues);
         if (bad >= 0)
@@ -92,6 +100,27 @@ std::vector<ProteinRecord> read_protein_fasta(const fs::path& path, bool skip_in
   finish();
   if (skipped) *skipped = n_skipped;
   return out;
+}
+
+}  // namespace
+
+std::vector<ProteinRecord> read_protein_fasta(const fs::path& path, bool skip_invalid, int64_t* skipped) {
+  return read_records(path, skip_invalid, skipped, nullptr, " (use --skip-invalid to drop such records)");
+}
+
+ProteinRecord read_protein_record(const fs::path& path, const std::string& id) {
+  if (!id.empty()) {
+    auto recs = read_records(path, false, nullptr, &id, "");
+    ESM2_CHECK(!recs.empty(), "{}: no record with id '{}'", path.string(), id);
+    return std::move(recs[0]);
+  }
+  int64_t invalid = 0;
+  auto recs = read_records(path, true, &invalid, nullptr, "");
+  const int64_t total = static_cast<int64_t>(recs.size()) + invalid;
+  ESM2_CHECK(total > 0, "{}: no FASTA records", path.string());
+  ESM2_CHECK(total == 1, "{}: {} records; name the one to use with --id", path.string(), total);
+  if (recs.empty()) read_records(path, false, nullptr, nullptr, "");  // throws the one record's problem
+  return std::move(recs[0]);
 }
 
 std::vector<int32_t> with_specials(std::span<const int32_t> residues) {
@@ -162,7 +191,12 @@ std::vector<std::vector<double>> masked_log_probs(Esm2Model& model, std::span<co
   const std::vector<int32_t> base = with_specials(wild_type);
   std::vector<float> logits;
   StreamPacker packer(budget, [&](const MicroBatch& mb, const std::vector<int64_t>& tags) {
-    model.forward_outputs(mb, &logits, nullptr);
+    try {
+      model.forward_outputs(mb, &logits, nullptr);
+    } catch (const std::bad_alloc&) {
+      fail("out of memory running the model on the {}-residue wild type ({} masked copies, {} tokens in the micro-batch)",
+           wild_type.size(), tags.size(), mb.input_ids.size());
+    }
     for (size_t s = 0; s < tags.size(); ++s) {
       const auto& set = sets[static_cast<size_t>(tags[s])];
       auto& dst = out[static_cast<size_t>(tags[s])];
@@ -184,6 +218,23 @@ std::vector<std::vector<double>> masked_log_probs(Esm2Model& model, std::span<co
 }
 
 }  // namespace
+
+void warn_if_beyond_training(const ModelConfig& cfg, std::span<const ProteinRecord> records) {
+  const size_t trained = static_cast<size_t>(std::max(cfg.max_position_embeddings - 2, 1));
+  size_t n = 0, longest = 0;
+  for (size_t i = 0; i < records.size(); ++i)
+    if (records[i].residues.size() > trained) {
+      if (n++ == 0 || records[i].residues.size() > records[longest].residues.size()) longest = i;
+    }
+  if (n == 0) return;
+  std::fprintf(stderr,
+               "esm2: warning: %zu sequence%s longer than the %zu residues the model's positions cover "
+               "(max_position_embeddings %d; longest: '%s', %zu residues): rotary positions run them, as "
+               "transformers does, but the model was not trained on such lengths, and memory grows with the square "
+               "of the length\n",
+               n, n == 1 ? " is" : "s are", trained, cfg.max_position_embeddings, records[longest].id.c_str(),
+               records[longest].residues.size());
+}
 
 PackedSequences pack_sequences(std::span<const std::vector<int32_t>> tokens,
                                std::span<const std::vector<int32_t>> labels, int64_t budget) {
@@ -221,8 +272,19 @@ Embeddings embed(Esm2Model& model, std::span<const ProteinRecord> records, const
   std::vector<float> repr, logits;
   const bool need_repr = opt.mean || opt.per_residue;
   StreamPacker packer(opt.micro_batch_tokens, [&](const MicroBatch& mb, const std::vector<int64_t>& tags) {
-    model.forward_outputs(mb, opt.logits ? &logits : nullptr, nullptr, need_repr ? layer : -1,
-                          need_repr ? &repr : nullptr);
+    try {
+      model.forward_outputs(mb, opt.logits ? &logits : nullptr, nullptr, need_repr ? layer : -1,
+                            need_repr ? &repr : nullptr);
+    } catch (const std::bad_alloc&) {
+      size_t longest = 0;
+      for (size_t s = 1; s < tags.size(); ++s)
+        if (records[static_cast<size_t>(tags[s])].residues.size() > records[static_cast<size_t>(tags[longest])].residues.size())
+          longest = s;
+      const ProteinRecord& r = records[static_cast<size_t>(tags[longest])];
+      fail("record '{}' ({} residues): out of memory running the model on its micro-batch ({} sequences, {} tokens); "
+           "attention memory grows with the square of a sequence's length",
+           r.id, r.residues.size(), tags.size(), mb.input_ids.size());
+    }
     for (size_t s = 0; s < tags.size(); ++s) {
       const size_t i = static_cast<size_t>(tags[s]);
       const size_t begin = static_cast<size_t>(mb.cu_seqlens[s]);

@@ -43,6 +43,13 @@ int64_t tokenize_protein(std::string_view letters, std::vector<int32_t>& out);
 // *skipped instead. Duplicate ids are an error (outputs are keyed by id).
 std::vector<ProteinRecord> read_protein_fasta(const std::filesystem::path& path, bool skip_invalid = false,
                                               int64_t* skipped = nullptr);
+// One record of a FASTA file, validated as above: the one with this id (the other records are not read
+// further, so a problem elsewhere in the file does not matter), or with an empty id the file's only record.
+ProteinRecord read_protein_record(const std::filesystem::path& path, const std::string& id);
+
+// A warning on stderr when records are longer than the model's max_position_embeddings covers (they still
+// run: ESM-2's rotary positions extrapolate, as in transformers).
+void warn_if_beyond_training(const ModelConfig& cfg, std::span<const ProteinRecord> records);
 
 // Packs token sequences (each already <cls> … <eos>, labels -100 unless given) into micro-batches of
 // at most `budget` tokens, in order; a sequence longer than the budget gets a micro-batch of its own.

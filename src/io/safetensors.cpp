@@ -468,8 +468,9 @@ void rename_into_place(const fs::path& tmp, const fs::path& path) {
   std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) {
+    const std::string why = ec.message();  // before remove() reuses ec
     fs::remove(tmp, ec);
-    fail("{}: cannot rename {} into place: {}", path.string(), tmp.filename().string(), ec.message());
+    fail("{}: cannot rename {} into place: {}", path.string(), tmp.filename().string(), why);
   }
   if (path.has_parent_path()) fsync_path(path.parent_path());
 }

@@ -1,6 +1,7 @@
 #include "train/report.h"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <ctime>
 #include <fstream>
 #include <map>
+#include <string_view>
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_dir.h"
@@ -78,8 +80,17 @@ std::string duration_text(double s) {
 std::string write_series(const fs::path& path, const std::vector<ReportPoint>& pts) {
   std::string s;
   for (const auto& p : pts) s += fmt::format("{} {:.9g}\n", p.step, p.value);
-  write_file(path, s);
+  write_file_atomically(path, s);
   return path.string();
+}
+
+bool png_complete(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in || in.tellg() < 16) return false;
+  char tail[8];
+  in.seekg(-8, std::ios::end);
+  in.read(tail, 8);
+  return in.good() && std::string_view(tail, 8) == std::string_view("IEND\xAE\x42\x60\x82", 8);
 }
 
 std::string html_escape(const std::string& s) {
@@ -218,7 +229,8 @@ std::string write_report(const fs::path& dir, const ReportData& d_in) {
     const std::time_t t0 = parse_utc(d.run_info.value("started_utc", std::string()));
     if (t0 >= 0) d.run_info["wall_time_s"] = std::difftime(std::time(nullptr), t0);
   }
-  if (d.run_info.is_object() && !d.run_info.empty()) write_file(data_dir / "run_info.json", d.run_info.dump(1) + "\n");
+  if (d.run_info.is_object() && !d.run_info.empty())
+    write_file_atomically(data_dir / "run_info.json", d.run_info.dump(1) + "\n");
   struct Plot {
     std::string png, ylabel;
     std::vector<std::pair<std::string, const std::vector<ReportPoint>*>> series;
@@ -233,6 +245,7 @@ std::string write_report(const fs::path& dir, const ReportData& d_in) {
   std::string script = "set terminal pngcairo size 900,500 font 'sans,10'\nset grid\nset key top right\n"
                        "set xlabel 'step'\n";
   int series_id = 0;
+  std::vector<std::pair<fs::path, fs::path>> pngs;  // final, temp
   for (const auto& p : plots) {
     std::string cmd;
     for (const auto& [label, pts] : p.series) {
@@ -242,11 +255,16 @@ std::string write_report(const fs::path& dir, const ReportData& d_in) {
                          pts->size() > 1 ? "lines lw 2" : "points pt 7", label);
     }
     if (cmd.empty()) continue;
-    script += fmt::format("set output '{}'\nset ylabel '{}'\n{}\n{}\n", (dir / p.png).string(), p.ylabel,
+    // gnuplot writes each PNG under a temp name; it goes into place only when complete (gnuplot does not
+    // report a failed write: a full disk leaves it empty or cut short with exit status 0).
+    const fs::path png = dir / p.png, tmp = png.string() + ".tmp-" + std::to_string(::getpid());
+    pngs.push_back({png, tmp});
+    script += fmt::format("set output '{}'\nset ylabel '{}'\n{}\n{}\n", tmp.string(), p.ylabel,
                           p.logy ? "set logscale y" : "unset logscale y", cmd);
   }
+  script += "unset output\n";  // closes the last PNG before gnuplot exits
   const fs::path script_path = data_dir / "plots.gp";
-  write_file(script_path, script);
+  write_file_atomically(script_path, script);
   std::string warning;
   const std::string cmd = fmt::format("gnuplot '{}' 2>&1", script_path.string());
   FILE* pipe = popen(cmd.c_str(), "r");
@@ -261,6 +279,18 @@ std::string write_report(const fs::path& dir, const ReportData& d_in) {
       warning = fmt::format("report: gnuplot failed, no PNG files (report.html has its own SVG curves; install "
                             "gnuplot-nox for the PNGs): {}",
                             out.substr(0, 200));
+  }
+  // A PNG is complete when it ends with its IEND chunk; an incomplete one (and the previous report's, now
+  // stale) is removed.
+  for (const auto& [png, tmp] : pngs) {
+    std::error_code ec;
+    if (warning.empty() && png_complete(tmp)) {
+      fs::rename(tmp, png, ec);
+      if (!ec) continue;
+    }
+    if (warning.empty()) warning = fmt::format("report: {} could not be written completely (disk full?); no PNG files", png.string());
+    fs::remove(tmp, ec);
+    fs::remove(png, ec);
   }
 
   std::string html = fmt::format(
@@ -286,7 +316,7 @@ std::string write_report(const fs::path& dir, const ReportData& d_in) {
   }
   if (!warning.empty()) html += fmt::format("<p><b>{}</b></p>", html_escape(warning));
   html += "</body></html>\n";
-  write_file(dir / "report.html", html);
+  write_file_atomically(dir / "report.html", html);
   return warning;
 }
 
@@ -332,6 +362,8 @@ ReportData report_data_from_metrics(const fs::path& path, const std::string& tit
       }
     } catch (const nlohmann::json::exception& e) {
       fail("{}:{}: malformed metrics record: {}", path.string(), n, e.what());
+    } catch (const Error& e) {
+      fail("{}:{}: {}", path.string(), n, e.what());
     }
   }
   // A run killed after its last checkpoint and resumed logs those steps again: the later record of a

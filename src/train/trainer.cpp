@@ -116,7 +116,7 @@ Validation make_validation(const Corpus& valid, const DataConfig& dc, double lim
     limit_batches = static_cast<int64_t>(limit);
   }
   v.batches = validation_batches(valid, dc, limit_batches, comm.rank(), comm.world_size());
-  v.global_batches = limit_batches;
+  v.global_batches = static_cast<int64_t>(v.batches.size());  // every rank gets one per global batch
   return v;
 }
 

@@ -294,7 +294,7 @@ TEST_F(Infer, ScoresEqualHandComputedMaskedMarginals) {
   EXPECT_NEAR(read_scores(dir / "f.csv").at("K2A"), got.at("K2A"), 1e-8);
   r = run_cli("score" + kCk + " --fasta " + (dir / "wt.fasta").string() + " --mutations K2A");
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find("2 records; name the wild type with --id"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("2 records; name the one to use with --id"), std::string::npos) << r.output;
 }
 
 TEST(InferErrors, BadInputsNameTheRecordOrMutation) {
