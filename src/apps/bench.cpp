@@ -81,7 +81,7 @@ esm2::apps::RunFn setup_bench(CLI::App& app) {
   app.add_option("--warmup", a->warmup, "Untimed warm-up steps")->check(esm2::apps::at_least(0))->capture_default_str();
   esm2::apps::add_enum_option(app, "--backend", a->backend, esm2::kBackendKindNames, "auto, cpu or cuda");
   esm2::apps::add_enum_option(app, "--precision", a->precision, esm2::kPrecisionNames, "auto, 32, bf16-mixed, fp8-mixed (Hopper GPU)");
-  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(esm2::apps::at_least(0))->capture_default_str();
+  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(esm2::apps::in_range(0, esm2::apps::kMaxThreads))->capture_default_str();
   app.add_option("--peak-tflops", a->peak_tflops, "Peak dense TFLOP/s of the device for MFU (GPU default 989, H100 bf16)")
       ->check(esm2::apps::positive());
   esm2::apps::add_enum_option(app, "--recompute", a->recompute, esm2::kRecomputeNames,

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -17,18 +18,21 @@
 
 namespace esm2::apps {
 
-// A finite number >= lo (integers and floating point alike; "inf", "nan" and "-5" fail with the value named).
-inline CLI::Validator at_least(double lo) {
+// A finite number in [lo, hi] (integers and floating point alike; "inf", "nan" and "-5" fail with the value
+// named). Above 9e18 is refused too: an integer option would otherwise take it clamped or wrapped.
+inline CLI::Validator in_range(double lo, double hi) {
   return CLI::Validator(
-      [lo](std::string& s) -> std::string {
+      [lo, hi](std::string& s) -> std::string {
         char* end = nullptr;
         const double v = std::strtod(s.c_str(), &end);
         if (s.empty() || end != s.c_str() + s.size()) return fmt::format("'{}' is not a number", s);
         if (!std::isfinite(v) || v < lo) return fmt::format("{} must be a finite number >= {}", s, lo);
+        if (v > hi) return fmt::format("{} is too large (at most {})", s, hi);
         return {};
       },
       "");
 }
+inline CLI::Validator at_least(double lo) { return in_range(lo, 9e18); }
 
 // A finite number > 0 (a rate, a peak, a size that cannot be zero).
 inline CLI::Validator positive() {
@@ -54,6 +58,23 @@ inline CLI::Validator unsigned_integer() {
       [](std::string& s) -> std::string {
         if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
           return fmt::format("{} must be a whole number >= 0", s);
+        errno = 0;
+        std::strtoull(s.c_str(), nullptr, 10);
+        if (errno == ERANGE) return fmt::format("{} is too large (at most 18446744073709551615)", s);
+        return {};
+      },
+      "");
+}
+
+// --threads: far more than any machine has cores (OpenMP dies creating 100,000 threads).
+inline constexpr double kMaxThreads = 4096;
+
+// A run's name is one directory below --result-dir: not empty, ".", "..", or a path (--force replaces it).
+inline CLI::Validator run_name() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        if (s.empty() || s == "." || s == ".." || s.find('/') != std::string::npos)
+          return fmt::format("'{}' must be a plain name (one directory inside --result-dir: no '/', not '.' or '..')", s);
         return {};
       },
       "");

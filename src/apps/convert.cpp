@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "apps/command.h"
+#include "core/atomic_dir.h"
 #include "core/error.h"
 #include "io/hf_checkpoint.h"
 #include "io/safetensors.h"
@@ -106,11 +107,10 @@ esm2::apps::RunFn setup_convert(CLI::App& app) {
     ESM2_CHECK(fs::is_directory(a->input), "{}: input directory not found", a->input.string());
     ESM2_CHECK(fs::exists(a->input / "config.json"), "{}: no config.json (not a Hugging Face model directory)",
                a->input.string());
-    std::error_code ec;
+    // Replacing the input (or a directory holding it) while it is the source would be a silent data-loss trap.
+    ESM2_CHECK(!esm2::is_same_or_inside(a->input, a->output), "convert: --output {} is the input directory or holds it",
+               a->output.string());
     if (fs::exists(a->output)) {
-      // Replacing the input while it is the source would be a silent data-loss trap.
-      ESM2_CHECK(!fs::equivalent(a->input, a->output, ec), "convert: --output {} is the input directory",
-                 a->output.string());
       ESM2_CHECK(a->force, "{}: output already exists (use --force to replace it)", a->output.string());
     }
     // Everything is read into memory before the output is created, so a bad input leaves nothing.

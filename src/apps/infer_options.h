@@ -29,7 +29,7 @@ struct InferOptions {
     add_enum_option(app, "--backend", backend, kBackendKindNames,
                     "auto (CUDA if built and a GPU is present, else CPU), cpu or cuda");
     add_enum_option(app, "--precision", precision, kPrecisionNames, "auto, 32 or bf16-mixed (CUDA only)");
-    app.add_option("--threads", threads, "CPU threads (0: all cores)")->check(at_least(0))->capture_default_str();
+    app.add_option("--threads", threads, "CPU threads (0: all cores)")->check(esm2::apps::in_range(0, esm2::apps::kMaxThreads))->capture_default_str();
     add_force_flag(app, force);
   }
   InferenceModel load() const { return load_inference_model(checkpoint, backend, precision, threads); }

@@ -113,15 +113,38 @@ int main(int argc, char** argv) {
   }
   app.footer("Every subcommand also takes --config FILE (JSON object or `key = value` lines, keys are the long\n"
              "flag names); flags after --config override the file.");
+  std::map<std::string, std::string> config_origins;  // flag → the config file (and key) that set it
   try {
     // CLI11 takes the arguments in reverse order when given a vector.
-    std::vector<std::string> args = esm2::expand_config_args({argv + 1, argv + argc});
+    // Config keys are checked against the options of the command being run (the first argument that
+    // names one), so that a file's `true` can never swallow the next flag as an option's value.
+    const std::vector<std::string> raw(argv + 1, argv + argc);
+    CLI::App* cmd = nullptr;
+    for (const auto& a : raw) {
+      for (auto& [sub, name] : subs)
+        if (a == name) cmd = sub;
+      if (cmd || a.rfind("-", 0) != 0) break;
+    }
+    const esm2::OptionKindFn kind = [cmd](const std::string& flag) {
+      const CLI::Option* o = cmd ? cmd->get_option_no_throw(flag) : nullptr;
+      if (!o) return esm2::OptionKind::Unknown;
+      return o->get_expected_max() == 0 ? esm2::OptionKind::Flag : esm2::OptionKind::Value;
+    };
+    std::vector<std::string> args = esm2::expand_config_args(raw, cmd ? kind : esm2::OptionKindFn{}, &config_origins);
     std::reverse(args.begin(), args.end());
     app.parse(args);
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0 through CLI11; every parse error follows the one error contract.
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
-    std::fprintf(stderr, "esm2: error: %s\n", parse_error_message(app, e).c_str());
+    std::string msg = parse_error_message(app, e);
+    // A value a config file set: the message names the file and key too.
+    for (const auto& [flag, where] : config_origins)
+      if (msg.find(flag + " ") != std::string::npos || msg.find(flag + ":") != std::string::npos ||
+          (msg.size() >= flag.size() && msg.compare(msg.size() - flag.size(), flag.size(), flag) == 0)) {
+        msg += " (set by " + where + ")";
+        break;
+      }
+    std::fprintf(stderr, "esm2: error: %s\n", msg.c_str());
     return 1;
   } catch (const esm2::Error& e) {
     std::fprintf(stderr, "esm2: error: %s\n", e.what());

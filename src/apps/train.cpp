@@ -243,10 +243,10 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--preset", a->preset, "Model shape: demo, 8M, esm2_t6_8M, 35M, 150M, 650M, 3B, 15B (a checkpoint to start from decides the shape; "
                  "an explicit conflicting preset or shape flag is an error)")
       ->group("Model")->capture_default_str();
-  app.add_option("--num-layers", a->num_layers, "Override the preset's number of layers (with a checkpoint to start from: its config.json decides the shape)")->group("Model");
-  app.add_option("--hidden-size", a->hidden_size, "Override the preset's hidden size")->group("Model");
-  app.add_option("--num-attention-heads", a->num_attention_heads, "Override the preset's attention heads")->group("Model");
-  app.add_option("--ffn-hidden-size", a->ffn_hidden_size, "Override the preset's FFN size")->group("Model");
+  app.add_option("--num-layers", a->num_layers, "Override the preset's number of layers (with a checkpoint to start from: its config.json decides the shape)")->group("Model")->check(at_least(1));
+  app.add_option("--hidden-size", a->hidden_size, "Override the preset's hidden size")->group("Model")->check(at_least(1));
+  app.add_option("--num-attention-heads", a->num_attention_heads, "Override the preset's attention heads")->group("Model")->check(at_least(1));
+  app.add_option("--ffn-hidden-size", a->ffn_hidden_size, "Override the preset's FFN size")->group("Model")->check(at_least(1));
   add_enum_option(app, "--gelu", a->gelu_tanh, kGeluNames, "GELU form: erf (HF/fair-esm, default) or tanh (Megatron)")
       ->group("Model");
   app.add_option("--init-from-hf", c.init_from, "Start from the weights of a Hugging Face ESM-2 checkpoint directory (fresh optimizer)")
@@ -260,11 +260,11 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                   "whose row a sweep measured, else esm2-paper)")
       ->group("Optimization");
   app.add_option("--num-steps", c.num_steps, "Optimizer steps (default 1000; with --time-budget: a cap on the planned steps)")
-      ->group("Optimization");
+      ->group("Optimization")->check(at_least(1));
   app.add_option("--time-budget", c.time_budget_s,
                  "Wall seconds for the whole run (start-up, validation, checkpoints): times a few steps and a "
                  "validation, sets the schedule's length to what fits and records it (a resumed run keeps it)")
-      ->group("Optimization")->check(at_least(0));
+      ->group("Optimization")->check(esm2::apps::positive());
   app.add_option("--lr", a->lr, "Peak learning rate (default: the recipe's)")->group("Optimization")->check(at_least(0));
   app.add_option("--min-lr", a->min_lr, "Final learning rate (default lr/10)")->group("Optimization")->check(at_least(0));
   app.add_option("--warmup-steps", a->warmup_steps,
@@ -272,7 +272,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                  "schedule: esm2-paper a tenth, at most the reference's 2000)")
       ->group("Optimization")->check(at_least(0));
   app.add_option("--scheduler-num-steps", a->scheduler_num_steps, "Steps over which the lr decays (default --num-steps)")
-      ->group("Optimization");
+      ->group("Optimization")->check(at_least(1));
   add_enum_option(app, "--lr-schedule", c.schedule.kind, esm2::kScheduleKindNames,
                   "warmup_anneal_decay_hold (reference), cosine, warmup_stable_decay or constant (default: the recipe's)")
       ->group("Optimization")->default_str("");
@@ -288,7 +288,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   app.add_option("--clip-grad", c.optim.clip_grad, "Global gradient-norm clipping threshold, 0 disables (default: the recipe's)")
       ->group("Optimization")->check(at_least(0));
   app.add_option("--early-stop-on-step", c.early_stop_on_step, "Stop (with a checkpoint) at this step; the schedule still spans --num-steps")
-      ->group("Optimization");
+      ->group("Optimization")->check(at_least(1));
   app.add_option("--max-time", c.max_time_s, "Stop after this many seconds of training (validation and checkpoint first); 0: no limit")
       ->group("Optimization")->check(at_least(0));
   add_enum_option(app, "--on-nonfinite", c.on_nonfinite, esm2::kOnNonfiniteNames,
@@ -298,14 +298,14 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
 
   // Validation, logging, checkpoints
   app.add_option("--val-check-interval", c.val_check_interval, "Validate (and checkpoint) every N steps")
-      ->group("Checkpoints and logs")->capture_default_str();
+      ->group("Checkpoints and logs")->check(at_least(1))->capture_default_str();
   app.add_option("--limit-val-batches", c.limit_val_batches, "Validation batches: a whole number of batches, or a fraction in (0,1) of the set")
       ->group("Checkpoints and logs")->check(at_least(0))->capture_default_str();
   app.add_option("--log-every-n-steps", c.log_every_n_steps, "Progress line / metrics every N steps")
-      ->group("Checkpoints and logs")->capture_default_str();
+      ->group("Checkpoints and logs")->check(at_least(1))->capture_default_str();
   app.add_option("--result-dir", c.result_dir, "Directory for runs")->group("Checkpoints and logs")->capture_default_str();
   app.add_option("--experiment-name", c.experiment_name, "Run name: results go to <result-dir>/<experiment-name>")
-      ->group("Checkpoints and logs")->capture_default_str();
+      ->group("Checkpoints and logs")->check(esm2::apps::run_name())->capture_default_str();
   app.add_flag("--resume-if-exists", c.resume_if_exists, "Resume from the run's latest checkpoint if there is one")
       ->group("Checkpoints and logs");
   app.add_flag("--force", c.force,
@@ -337,7 +337,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Execution");
   add_enum_option(app, "--precision", c.precision, esm2::kPrecisionNames, "auto, 32/fp32 (CPU and GPU), bf16-mixed (GPU), fp8-mixed (Hopper GPU)")
       ->group("Execution");
-  app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->check(at_least(0))->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads (0: all cores)")->group("Execution")->check(esm2::apps::in_range(0, esm2::apps::kMaxThreads))->capture_default_str();
   add_enum_option(app, "--recompute", c.recompute, esm2::kRecomputeNames,
                   "Activations recomputed in the backward: none, selective (LayerNorms + attention residual; "
                   "~3% FLOPs, 25% less activation memory) or full (the layer up to the FFN; ~22% FLOPs)")
@@ -359,25 +359,25 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
       ->group("Execution");
   app.add_option("--ddp-bucket-size", c.ddp_bucket_size,
                  "Parameters per ZeRO-1 gradient bucket (rounded up to a multiple of the DP size)")
-      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
+      ->group("Execution")->check(at_least(1))->capture_default_str();
   app.add_option("--gpus,--num-gpus", a->gpus,
                  "Train on N GPUs of this node: starts N worker processes joined by NCCL (no MPI needed); "
                  "global batch = micro-batch × N × accumulation. Under mpirun/srun (which start the ranks) it is "
                  "checked against the ranks started per node instead")
-      ->group("Execution")->check(CLI::PositiveNumber);
+      ->group("Execution")->check(at_least(1));
   app.add_option("--num-nodes", a->num_nodes,
                  "Nodes of the job (the reference's flag): more than 1 needs mpirun/srun, and --num-gpus × --num-nodes "
                  "must equal the ranks they started")
-      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
+      ->group("Execution")->check(at_least(1))->capture_default_str();
   app.add_option("--collective-timeout", c.collective_timeout_s,
                  "Seconds a collective may take before every rank is aborted (\"rank R: timed out in <what>\")")
       ->group("Execution")->check(at_least(1e-3))->capture_default_str();
   app.add_option("--tensor-model-parallel-size", c.tensor_parallel,
                  "Tensor-parallel ranks per model replica (heads and FFN columns split; docs/dist.md)")
-      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
+      ->group("Execution")->check(at_least(1))->capture_default_str();
   app.add_option("--pipeline-model-parallel-size", c.pipeline_parallel,
                  "Pipeline stages per model replica (layers split, uneven counts allowed; 1F1B schedule)")
-      ->group("Execution")->check(CLI::PositiveNumber)->capture_default_str();
+      ->group("Execution")->check(at_least(1))->capture_default_str();
 
   return [a, app_ptr = &app]() -> int {
     // --time-budget counts the start-up too: the backend (CUDA context) and the corpora come next.

@@ -174,6 +174,15 @@ void StagedFiles::commit() {
   for (const auto& f : files_) fsync_parent(f.path);
 }
 
+bool is_same_or_inside(const fs::path& path, const fs::path& dir) {
+  std::error_code ec;
+  fs::path d = fs::weakly_canonical(fs::absolute(dir, ec), ec);
+  if (!d.has_filename()) d = d.parent_path();
+  const fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  const fs::path rel = p.lexically_relative(d);
+  return !rel.empty() && *rel.begin() != "..";
+}
+
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   ESM2_CHECK(in.good(), "{}: cannot open: {}", path.string(), std::strerror(errno));

@@ -55,6 +55,9 @@ class StagedFiles {
   };
   std::vector<Staged> files_;
 };
+// Whether `path` is `dir` or lies inside it (after resolving ".", ".." and symlinks of what exists): an
+// output directory replaced with --force must not hold an input.
+bool is_same_or_inside(const std::filesystem::path& path, const std::filesystem::path& dir);
 // Reads a whole file; throws "<path>: cannot open: <reason>" on failure.
 std::string read_file(const std::filesystem::path& path);
 

@@ -1,6 +1,8 @@
 #include "core/config_file.h"
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/atomic_dir.h"
 #include "core/error.h"
@@ -25,36 +27,70 @@ std::string flag_name(std::string key, const std::string& where) {
   return "--" + key;
 }
 
-void append_value(std::vector<std::string>& out, const std::string& flag, const nlohmann::json& v,
-                  const std::string& where) {
-  if (v.is_boolean()) {
-    if (v.get<bool>()) out.push_back(flag);
-  } else if (v.is_string()) {
-    out.push_back(flag);
-    out.push_back(v.get<std::string>());
-  } else if (v.is_number()) {
-    out.push_back(flag);
-    out.push_back(v.dump());
-  } else if (v.is_array()) {
-    for (const auto& e : v) append_value(out, flag, e, where);
-  } else {
-    fail("{}: option {} has an unsupported value {}", where, flag, v.dump());
-  }
-}
-
-std::vector<std::string> read_config(const std::string& path) {
-  const std::string text = read_file(path);
+struct Reader {
+  const OptionKindFn& kind;
+  std::map<std::string, std::string>* origins;
   std::vector<std::string> out;
-  const std::string t = trim(text);
-  if (!t.empty() && t.front() == '{') {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: not valid JSON: {}", path, e.what());
+
+  // One key = value of the file; `where` names the file and the key (or line). bare: the value was a
+  // boolean (JSON true/false, or the words true/false on a line).
+  void add(const std::string& flag, const std::string& where, bool bare, bool on, const std::string& value) {
+    const OptionKind k = kind ? kind(flag) : (bare ? OptionKind::Flag : OptionKind::Value);
+    ESM2_CHECK(k != OptionKind::Unknown, "{}: {} is not an option of this command (--help lists them)", where, flag);
+    if (!bare && k == OptionKind::Flag && (value == "true" || value == "false")) bare = true, on = value == "true";
+    ESM2_CHECK(!(bare && k == OptionKind::Value), "{}: {} takes a value, not {}", where, flag, on ? "true" : "false");
+    ESM2_CHECK(bare || k != OptionKind::Flag, "{}: {} is an on/off flag: give true or false, not '{}'", where, flag,
+               value);
+    if (origins) (*origins)[flag] = where;
+    if (bare) {
+      if (on) out.push_back(flag);
+      return;
     }
-    for (const auto& [k, v] : j.items()) append_value(out, flag_name(k, path), v, path + ": key " + k);
-    return out;
+    out.push_back(flag);
+    out.push_back(value);
+  }
+
+  void add_json(const std::string& flag, const nlohmann::json& v, const std::string& where) {
+    if (v.is_boolean()) add(flag, where, true, v.get<bool>(), "");
+    else if (v.is_string()) add(flag, where, false, false, v.get<std::string>());
+    else if (v.is_number()) add(flag, where, false, false, v.dump());
+    else if (v.is_array())
+      for (const auto& e : v) add_json(flag, e, where);
+    else fail("{}: option {} has an unsupported value {}", where, flag, v.dump());
+  }
+};
+
+std::vector<std::string> read_config(const std::string& path, const OptionKindFn& kind,
+                                     std::map<std::string, std::string>* origins) {
+  ESM2_CHECK(!std::filesystem::is_directory(path), "{}: is a directory, not a config file", path);
+  const std::string text = read_file(path);
+  Reader r{kind, origins, {}};
+  const std::string t = trim(text);
+  if (!t.empty() && (t.front() == '{' || t.front() == '[')) {
+    nlohmann::json j;
+    std::vector<std::set<std::string>> keys;  // per open object: the keys seen, for duplicates
+    std::string duplicate;
+    const nlohmann::json::parser_callback_t cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& v) {
+      if (ev == nlohmann::json::parse_event_t::object_start) keys.emplace_back();
+      else if (ev == nlohmann::json::parse_event_t::object_end) keys.pop_back();
+      else if (ev == nlohmann::json::parse_event_t::key && !keys.back().insert(v.get<std::string>()).second &&
+               duplicate.empty())
+        duplicate = v.get<std::string>();
+      return true;
+    };
+    try {
+      j = nlohmann::json::parse(text, cb);
+    } catch (const nlohmann::json::exception& e) {
+      // A line-style file whose first line is a [section] header is not JSON.
+      if (t.front() == '{') fail("{}: not valid JSON: {}", path, e.what());
+      j = nullptr;
+    }
+    if (!j.is_null() || t.front() == '{') {
+      ESM2_CHECK(j.is_object(), "{}: a JSON {}; a config file is a JSON object or `key = value` lines", path, j.type_name());
+      ESM2_CHECK(duplicate.empty(), "{}: key {} is given twice", path, duplicate);
+      for (const auto& [k, v] : j.items()) r.add_json(flag_name(k, path), v, path + ": key " + k);
+      return r.out;
+    }
   }
   size_t line_no = 0, pos = 0;
   while (pos <= text.size()) {
@@ -70,27 +106,23 @@ std::vector<std::string> read_config(const std::string& path) {
     const std::string flag = flag_name(trim(line.substr(0, eq)), where);
     std::string value = trim(line.substr(eq + 1));
     if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front()) {
-      out.push_back(flag);
-      out.push_back(value.substr(1, value.size() - 2));
+      r.add(flag, where, false, false, value.substr(1, value.size() - 2));
       continue;
     }
     const auto hash = value.find(" #");
     if (hash != std::string::npos) value = trim(value.substr(0, hash));
     ESM2_CHECK(!value.empty(), "{}: option {} has no value", where, flag);
-    if (value == "true") {
-      out.push_back(flag);
-    } else if (value != "false") {
-      out.push_back(flag);
-      out.push_back(value);
-    }
+    if (value == "true" || value == "false") r.add(flag, where, true, value == "true", value);
+    else r.add(flag, where, false, false, value);
     if (pos > text.size()) break;
   }
-  return out;
+  return r.out;
 }
 
 }  // namespace
 
-std::vector<std::string> expand_config_args(const std::vector<std::string>& args) {
+std::vector<std::string> expand_config_args(const std::vector<std::string>& args, const OptionKindFn& kind,
+                                            std::map<std::string, std::string>* origins) {
   std::vector<std::string> out;
   for (size_t i = 0; i < args.size(); ++i) {
     std::string path;
@@ -103,7 +135,7 @@ std::vector<std::string> expand_config_args(const std::vector<std::string>& args
       out.push_back(args[i]);
       continue;
     }
-    for (auto& a : read_config(path)) out.push_back(std::move(a));
+    for (auto& a : read_config(path, kind, origins)) out.push_back(std::move(a));
   }
   return out;
 }

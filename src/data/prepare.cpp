@@ -338,15 +338,11 @@ void check_inputs(const PrepareOptions& opt) {
   for (auto [flag, p] : {std::pair{"--sqlite", &opt.sqlite}, {"--clusters", &opt.clusters}, {"--parquet", &opt.parquet}})
     if (!p->empty()) inputs.emplace_back(flag, *p);
   std::error_code ec;
-  fs::path out = fs::weakly_canonical(fs::absolute(opt.output, ec), ec);
-  if (!out.has_filename()) out = out.parent_path();
   for (const auto& [flag, p] : inputs) {
     ESM2_CHECK(fs::exists(p, ec), "{} {}: no such file", flag, p.string());
     ESM2_CHECK(fs::is_regular_file(p, ec), "{} {}: not a regular file ({}); prepare reads its inputs more than once: "
                "write it to a file first", flag, p.string(), fs::is_directory(p, ec) ? "a directory" : "a pipe or device");
-    const fs::path in = fs::weakly_canonical(fs::absolute(p, ec), ec);
-    const auto rel = in.lexically_relative(out);
-    ESM2_CHECK(rel.empty() || *rel.begin() == "..", "{} {}: is the output {} or inside it (--output would replace it)",
+    ESM2_CHECK(!is_same_or_inside(p, opt.output), "{} {}: is the output {} or inside it (--output would replace it)",
                flag, p.string(), opt.output.string());
   }
 }

@@ -139,7 +139,8 @@ void DataConfig::validate() const {
   ESM2_CHECK(micro_batch_tokens < (int64_t{1} << 31), "--micro-batch-tokens {} overflows int32 cu_seqlens",
              micro_batch_tokens);
   ESM2_CHECK(accumulate_grad_batches >= 1, "--accumulate-grad-batches {} is below 1", accumulate_grad_batches);
-  ESM2_CHECK(mask_prob >= 0 && mask_prob <= 1, "--mask-prob {} is outside [0, 1]", mask_prob);
+  ESM2_CHECK(mask_prob > 0 && mask_prob <= 1, "--mask-prob {} is outside (0, 1] (0 selects no position to learn from)",
+             mask_prob);
   ESM2_CHECK(mask_token_prob >= 0 && random_token_prob >= 0 && mask_token_prob + random_token_prob <= 1.0f + 1e-6f,
              "--mask-token-prob {} + --random-token-prob {} must be non-negative and at most 1", mask_token_prob,
              random_token_prob);

@@ -136,6 +136,8 @@ ModelConfig parse_hf_config(std::string_view json_text, const std::string& sourc
   c.vocab_size = r.get_int("vocab_size");
   if (c.vocab_size != kVocabSize) r.bad("vocab_size", fmt::format("{} is not the ESM-2 vocabulary size 33", c.vocab_size));
   c.max_position_embeddings = r.get_int("max_position_embeddings", 1026);
+  if (c.max_position_embeddings < 3)
+    r.bad("max_position_embeddings", fmt::format("{} is below 3 (<cls>, a residue, <eos>)", c.max_position_embeddings));
   c.layer_norm_eps = r.get_float("layer_norm_eps", 1e-12f);  // EsmConfig's default
   float theta = 10000.0f;
   if (r.has("rope_parameters")) {  // transformers 5.x may nest it

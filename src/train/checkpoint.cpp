@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 #include "core/atomic_dir.h"
@@ -57,9 +58,17 @@ TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string&
     s.skipped_steps = j.at("skipped_steps").get<int64_t>();
     s.consumed_tokens = j.at("consumed_tokens").get<int64_t>();
     s.history = j.at("history");
-    for (const auto& c : j.at("checkpoints"))
+    ESM2_CHECK(s.step >= 0 && s.skipped_steps >= 0 && s.skipped_steps <= s.step && s.consumed_tokens >= 0,
+               "{}: malformed trainer state: step {}, skipped_steps {}, consumed_tokens {}", where, s.step,
+               s.skipped_steps, s.consumed_tokens);
+    for (const auto& c : j.at("checkpoints")) {
       s.checkpoints.push_back({c.at("name").get<std::string>(), c.at("step").get<int64_t>(),
                                c.at("metric").is_null() ? std::nan("") : c.at("metric").get<double>()});
+      // Pruning removes these directories: only names of this run's own checkpoints, never a path.
+      ESM2_CHECK(is_checkpoint_name(s.checkpoints.back().name) && s.checkpoints.back().step >= 0,
+                 "{}: malformed trainer state: checkpoint name '{}' is not a step-<N> directory", where,
+                 s.checkpoints.back().name);
+    }
     if (j.contains("time_budget")) {
       s.budget = BudgetPlan::from_json(j.at("time_budget"));
       ESM2_CHECK(s.budget->num_steps >= 1 && s.budget->warmup_steps >= 0 && s.budget->warmup_steps < s.budget->num_steps,
@@ -159,6 +168,11 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
 
 bool is_training_checkpoint(const fs::path& dir) { return fs::exists(dir / kStateFile); }
 
+bool is_checkpoint_name(std::string_view n) {
+  if (n.size() < 6 || n.substr(0, 5) != "step-") return false;
+  return n.substr(5).find_first_not_of("0123456789") == std::string_view::npos;
+}
+
 namespace {
 
 // "<name>.<kind>-<pid>" → {name, pid}; pid 0 when `n` is not such an entry.
@@ -209,24 +223,46 @@ int recover_checkpoint_root(const fs::path& ckpt_root) {
   return repaired;
 }
 
+// Checkpoints are written whole (AtomicDir) before `latest` names them, so a named step directory without
+// its trainer state was damaged after the fact (a deleted file): resuming elsewhere, or starting over and
+// overwriting the run, would hide that; it is an error. A pointer to a directory that is gone falls back
+// to the highest complete one, with a warning.
 std::optional<fs::path> find_latest_checkpoint(const fs::path& ckpt_root) {
   if (!fs::is_directory(ckpt_root)) return std::nullopt;
   recover_checkpoint_root(ckpt_root);
   std::error_code ec;
+  std::string pointed;
   if (fs::exists(ckpt_root / "latest")) {
     std::string name = read_file(ckpt_root / "latest");
     while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
-    const fs::path p = ckpt_root / name;
-    if (!name.empty() && name.find('/') == std::string::npos && is_training_checkpoint(p)) return p;
+    if (is_checkpoint_name(name)) {
+      const fs::path p = ckpt_root / name;
+      if (is_training_checkpoint(p)) return p;
+      ESM2_CHECK(!fs::exists(p, ec), "{}: named by {} but not a complete training checkpoint ({} is missing): restore "
+                 "it, or start the run over with --force", p.string(), (ckpt_root / "latest").string(), kStateFile);
+      pointed = name;
+    }
   }
   // Fallback: highest complete step directory (temp dirs "*.tmp-<pid>" are never complete).
   std::optional<fs::path> best;
+  std::vector<std::string> incomplete;
   for (const auto& e : fs::directory_iterator(ckpt_root, ec)) {
     const std::string n = e.path().filename().string();
-    if (n.rfind("step-", 0) != 0 || n.find(".tmp-") != std::string::npos || n.find(".old-") != std::string::npos) continue;
-    if (!is_training_checkpoint(e.path())) continue;
+    if (!is_checkpoint_name(n)) continue;
+    if (!is_training_checkpoint(e.path())) {
+      incomplete.push_back(n);
+      continue;
+    }
     if (!best || n > best->filename().string()) best = e.path();
   }
+  ESM2_CHECK(best || (pointed.empty() && incomplete.empty()),
+             "{}: holds no complete training checkpoint ({}): restore it, or start the run over with --force",
+             ckpt_root.string(),
+             pointed.empty() ? fmt::format("{} lacks {}", incomplete.front(), kStateFile)
+                             : fmt::format("latest names {}, which is gone", pointed));
+  if (best && !pointed.empty())
+    std::fprintf(stderr, "esm2: warning: %s names %s, which is gone; resuming from %s\n",
+                 (ckpt_root / "latest").c_str(), pointed.c_str(), best->filename().c_str());
   return best;
 }
 
@@ -264,7 +300,8 @@ void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, Tr
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", state_path, e.what());
   }
-  ESM2_CHECK(st.value("format", "") == "esm2cpp-trainer-state", "{}: not an esm2.cpp trainer state", state_path);
+  ESM2_CHECK(st.is_object() && st.value("format", "") == "esm2cpp-trainer-state", "{}: not an esm2.cpp trainer state",
+             state_path);
   ESM2_CHECK(st.value("version", -1) == kTrainerStateVersion, "{}: trainer state version {} is not supported (this build reads {})",
              state_path, st.value("version", -1), kTrainerStateVersion);
   *state = TrainerState::from_json(st, state_path);
@@ -282,7 +319,16 @@ void load_checkpoint(const fs::path& dir, Esm2Model& model, Optimizer* optim, Tr
   };
   optim->load_moments(local_reader_from_full(model, tensor_reader("exp_avg.")),
                       local_reader_from_full(model, tensor_reader("exp_avg_sq.")));
-  optim->set_steps_taken(st.value("optimizer_steps", state->step));
+  int64_t optimizer_steps = state->step;
+  try {
+    optimizer_steps = st.value("optimizer_steps", state->step);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed trainer state: optimizer_steps: {}", state_path, e.what());
+  }
+  ESM2_CHECK(optimizer_steps >= 0 && optimizer_steps <= state->step,
+             "{}: malformed trainer state: optimizer_steps {} is not within 0..step {}", state_path, optimizer_steps,
+             state->step);
+  optim->set_steps_taken(optimizer_steps);
 }
 
 void prune_checkpoints(const fs::path& ckpt_root, TrainerState& state, int top_k, bool keep_last) {
@@ -298,7 +344,7 @@ void prune_checkpoints(const fs::path& ckpt_root, TrainerState& state, int top_k
   for (const auto& c : state.checkpoints) {
     if (std::find(keep.begin(), keep.end(), c.name) != keep.end()) {
       kept.push_back(c);
-    } else {
+    } else if (is_checkpoint_name(c.name)) {
       std::error_code ec;
       fs::remove_all(ckpt_root / c.name, ec);
     }

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "data/train_data.h"
@@ -68,6 +69,8 @@ void save_checkpoint(const std::filesystem::path& ckpt_root, const std::string& 
 // The checkpoint `latest` points to; if the pointer is missing or names a missing directory, the
 // complete checkpoint with the highest step. nullopt when there is none. First repairs what a killed
 // writer left behind (recover_checkpoint_root), so a resumed run never sees a partial checkpoint.
+// "step-<digits>": the only names a run's checkpoint directories have (and the only ones pruning removes).
+bool is_checkpoint_name(std::string_view name);
 std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& ckpt_root);
 
 // Cleans up after a process killed while writing checkpoints (SIGKILL, power loss): AtomicDir temp

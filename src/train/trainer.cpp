@@ -91,10 +91,12 @@ void check_writable(const fs::path& dir) {
 // run (metrics or checkpoints) is continued only with --resume-if-exists and replaced only with --force;
 // without either, starting over would mix two runs' checkpoints and metrics in one directory.
 void claim_run_dir(const fs::path& dir, const TrainConfig& cfg) {
-  if (cfg.resume_if_exists || !(fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "checkpoints"))) return;
+  // An empty metrics.jsonl is what a run that failed before its first step leaves: no run to protect.
+  std::error_code ec;
+  const bool has_metrics = fs::exists(dir / "metrics.jsonl") && fs::file_size(dir / "metrics.jsonl", ec) > 0;
+  if (cfg.resume_if_exists || !(has_metrics || fs::exists(dir / "checkpoints"))) return;
   ESM2_CHECK(cfg.force, "{}: already holds a run; add --resume-if-exists to continue it or --force to replace it",
              dir.string());
-  std::error_code ec;
   fs::remove_all(dir, ec);
   ESM2_CHECK(!ec, "{}: cannot remove the previous run (--force): {}", dir.string(), ec.message());
 }
@@ -601,7 +603,19 @@ StepOutcome Trainer::train_step() {
   StepOutcome s;
   s.data_before = state_.data;
   s.batch = data_.next_step(state_.data, groups_.dp_rank, groups_.dp_size);
-  ESM2_CHECK(s.batch.global_num_labels > 0, "train: step {} has no labelled positions", state_.step);
+  if (s.batch.global_num_labels == 0) {
+    // The masking selected no position in the whole step (possible with a small --mask-prob and short
+    // sequences): there is no loss to learn from. The step is dropped like a skipped non-finite one, on
+    // every rank alike (the count is global), and the run goes on; its data position has advanced, so a
+    // resumed run drops the same step.
+    ++state_.skipped_steps;
+    if (root_) fmt::print("warning: step {} skipped: the masking selected no position (--mask-prob {}); {} skipped so far\n",
+                          state_.step, cfg_.data.mask_prob, state_.skipped_steps);
+    s.loss = std::nan("");
+    s.lr = learning_rate(schedule_, state_.step);
+    s.seconds = seconds_since(t0);
+    return s;
+  }
   double loss_acc = compute_gradients(s.batch);
   // Test-only fault, injected before the reduction so that it reaches what the optimizer reads
   // (ZeRO-1 reads its reduced shard, not the model's gradient buffer).

@@ -48,3 +48,36 @@ TEST(ConfigFile, ErrorsNameFileAndLine) {
   const auto bad = write_tmp("d.json", "{\"a\": ");
   EXPECT_THROW(expand_config_args({"--config", bad}), Error);
 }
+
+// With the command's options known, a key is checked against them and every option a file set is recorded,
+// so that a later parse error can name the file.
+TEST(ConfigFile, KeysAreCheckedAgainstTheCommandsOptions) {
+  const OptionKindFn kind = [](const std::string& f) {
+    if (f == "--force" || f == "--no-report") return OptionKind::Flag;
+    if (f == "--num-steps" || f == "--experiment-name") return OptionKind::Value;
+    return OptionKind::Unknown;
+  };
+  const auto ok = write_tmp("ok.json", R"({"num-steps": 3, "force": "true", "no-report": false})");
+  std::map<std::string, std::string> origins;
+  const auto out = expand_config_args({"train", "--config", ok}, kind, &origins);
+  EXPECT_EQ(out, (std::vector<std::string>{"train", "--force", "--num-steps", "3"}));
+  EXPECT_EQ(origins.at("--num-steps"), ok + ": key num-steps");
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"experiment-name": true})", "--experiment-name takes a value, not true"},
+      {R"({"force": "maybe"})", "--force is an on/off flag: give true or false, not 'maybe'"},
+      {R"({"nosuch": 1})", "--nosuch is not an option of this command"},
+      {R"({"num-steps": 1, "num-steps": 2})", "key num-steps is given twice"},
+      {"[1, 2]", "a JSON array"},
+      {"experiment-name = true\n", ":1: --experiment-name takes a value, not true"},
+  };
+  for (size_t i = 0; i < bad.size(); ++i) {
+    const auto p = write_tmp("bad" + std::to_string(i), bad[i].first);
+    try {
+      expand_config_args({"train", "--config", p}, kind);
+      ADD_FAILURE() << bad[i].first << ": accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(bad[i].second), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(expand_config_args({"train", "--config", fs::temp_directory_path().string()}, kind), Error);
+}

@@ -305,7 +305,7 @@ TEST(TrainData, ConfigurationErrors) {
   EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("exactly one"));
   c.micro_batch_size = 0;
   c.mask_prob = 1.5f;
-  EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("--mask-prob 1.5 is outside [0, 1]"));
+  EXPECT_THAT(error_of([&] { TrainData(corpus, c); }), HasSubstr("--mask-prob 1.5 is outside (0, 1]"));
   c.mask_prob = 0.15f;
   TrainData ok(corpus, c);
   DataPosition p;

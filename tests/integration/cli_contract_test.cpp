@@ -56,7 +56,7 @@ TEST_F(CliContract, BadTrainingValuesAreRejectedNamingTheFlagAndNothingIsWritten
       {" --threads -1", "--threads: -1 must be a finite number >= 0"},
       {" --max-time -5", "--max-time: -5 must be a finite number >= 0"},
       {" --seed -1", "--seed: -1 must be a whole number >= 0"},
-      {" --mask-prob 2", "--mask-prob 2 is outside [0, 1]"},
+      {" --mask-prob 2", "--mask-prob 2 is outside (0, 1]"},
       {" --mask-token-prob 0.9 --random-token-prob 0.2", "--mask-token-prob 0.9 + --random-token-prob 0.2"},
       {" --num-steps abc", "--num-steps"},
       {" --warmup-steps 2", "--warmup-steps 2 is not below the schedule's 2 steps"},
@@ -65,6 +65,15 @@ TEST_F(CliContract, BadTrainingValuesAreRejectedNamingTheFlagAndNothingIsWritten
       {" --precision fp8-mixed", "--precision fp8-mixed needs a Hopper-class (sm_90+) CUDA GPU"},
       {" --num-nodes 2", "--num-nodes 2: a multi-node job is started by srun or mpirun"},
       {" --bogus 1 --more", "train: unexpected arguments '--bogus' '1' '--more'"},
+      {" --mask-prob 0", "--mask-prob 0 is outside (0, 1]"},
+      {" --experiment-name ..", "--experiment-name: '..' must be a plain name"},
+      {" --experiment-name a/b", "--experiment-name: 'a/b' must be a plain name"},
+      {" --threads 100000", "--threads: 100000 is too large (at most 4096)"},
+      {" --num-layers 0", "--num-layers: 0 must be a finite number >= 1"},
+      {" --seed 99999999999999999999999", "--seed: 99999999999999999999999 is too large"},
+      {" --ddp-bucket-size 0", "--ddp-bucket-size: 0 must be a finite number >= 1"},
+      {" --time-budget 0", "--time-budget: 0 must be a finite number > 0"},
+      {" --val-check-interval 99999999999999999999", "--val-check-interval: 99999999999999999999 is too large"},
   };
   for (const auto& row : rows) {
     const auto r = run_cli(train() + row.args);
@@ -96,7 +105,7 @@ TEST_F(CliContract, ParseErrorsFollowTheContract) {
                         "eval", "eval: --micro-batch-tokens: 0 must be a finite number >= 1");
   expect_one_line_error(run_cli("eval --checkpoint " + hf_model().string() + " --data " + (*root_ / "corpus").string() +
                                 " --mask-prob 2"),
-                        "eval --mask-prob", "--mask-prob 2 is outside [0, 1]");
+                        "eval --mask-prob", "--mask-prob 2 is outside (0, 1]");
   expect_one_line_error(run_cli("embed --checkpoint " + hf_model().string() + " --fasta x.fa --output y --layer -1"),
                         "embed --layer", "embed: --layer: -1 must be a finite number >= 0");
   expect_one_line_error(run_cli("eval --checkpoint " + hf_model().string() + " --data " + (*root_ / "corpus").string() +
@@ -112,6 +121,46 @@ TEST_F(CliContract, ReportNamesHowTheRunWasMade) {
   for (const char* want : {"<h2>Run</h2>", "source revision", "500 sequences, 500 clusters, 207,145 residues",
                            "2 layers, hidden 32, 2 heads, FFN 64", "num-steps=2", "wall time"})
     EXPECT_NE(html.find(want), std::string::npos) << want;
+  fs::remove_all(*root_ / "results");
+}
+
+// A config file's key is checked against the command's options: `true` for an option that takes a value
+// used to swallow the next flag as that value; a bad value names the file.
+TEST_F(CliContract, ConfigFileKeysAreCheckedAndNamed) {
+  const fs::path dir = *root_ / "configs";
+  fs::create_directories(dir);
+  const std::vector<std::pair<std::string, std::string>> rows = {
+      {"{\"experiment-name\": true}", "key experiment-name: --experiment-name takes a value, not true"},
+      {"{\"no-report\": \"maybe\"}", "--no-report is an on/off flag: give true or false, not 'maybe'"},
+      {"{\"lr\": 0.001, \"lr\": 0.5}", "key lr is given twice"},
+      {"[1, 2]", "a JSON array; a config file is a JSON object"},
+      {"{\"bogus\": 1}", "--bogus is not an option of this command"},
+      {"num-steps = four\n", "--num-steps: 'four' is not a number (set by "},
+  };
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::string name = "c";
+    name += std::to_string(i);
+    const fs::path f = dir / name;
+    esm2::write_file(f, rows[i].first);
+    expect_one_line_error(run_cli(train() + " --config " + f.string() + " --no-tensorboard"), rows[i].first,
+                          rows[i].second);
+  }
+  expect_one_line_error(run_cli(train() + " --config " + dir.string()), "a directory", "is a directory, not a config file");
+  EXPECT_FALSE(fs::exists(*root_ / "results"));
+}
+
+// A step whose masking selects no position is dropped with a warning and the run goes on (it used to end
+// the run at that step on every resume); a run that failed before its first step does not block a rerun.
+TEST_F(CliContract, NoLabelStepsAreSkippedAndFailedStartsLeaveNoRun) {
+  const auto r = run_cli(train() + " --mask-prob 0.0005 --max-seq-length 12 --micro-batch-tokens 64 --num-steps 3 "
+                                   "--warmup-steps 1 --no-tensorboard --no-report --experiment-name nolabels");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("skipped: the masking selected no position"), std::string::npos) << r.output;
+  const std::string tb = train() + " --time-budget 0.01 --no-report --experiment-name tb";
+  EXPECT_EQ(run_cli(tb).exit_code, 1);
+  const auto again = run_cli(tb);
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_EQ(again.output.find("already holds a run"), std::string::npos) << again.output;
   fs::remove_all(*root_ / "results");
 }
 

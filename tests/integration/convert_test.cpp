@@ -208,6 +208,10 @@ TEST(Convert, BadInputsFailCleanly) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("is the input directory"), std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(root / "exists/model.safetensors"));
+  r = convert(root / "exists", root, " --force");  // a directory holding the input
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("is the input directory or holds it"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(root / "exists/model.safetensors"));
 }
 
 TEST(Convert, MissingContactHeadAndInvFreqAreFilledIn) {

@@ -64,3 +64,49 @@ TEST(CheckpointPrune, LatestPointerAndFallback) {
   EXPECT_EQ(find_latest_checkpoint(root)->filename(), "step-00000012");
   EXPECT_FALSE(find_latest_checkpoint(root / "missing").has_value());
 }
+
+// A step directory that `latest` names, or the only ones there are, without trainer state was damaged after
+// it was written (checkpoints are written whole): resuming elsewhere or starting over would hide it.
+TEST(CheckpointPrune, DamagedCheckpointsAreErrorsNotAFreshStart) {
+  const fs::path root = make_root("damaged", {"step-00000004", "step-00000008"});
+  write_file(root / "latest", "step-00000008\n");
+  fs::remove(root / "step-00000008/trainer_state/state.json");
+  try {
+    find_latest_checkpoint(root);
+    FAIL() << "resumed past a damaged latest checkpoint";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("step-00000008: named by"), std::string::npos) << e.what();
+  }
+  fs::remove(root / "latest");
+  EXPECT_EQ(find_latest_checkpoint(root)->filename(), "step-00000004");  // no pointer: the complete one
+  fs::remove(root / "step-00000004/trainer_state/state.json");
+  EXPECT_THROW(find_latest_checkpoint(root), Error);  // step directories, none complete
+  const fs::path empty = make_root("nothing-yet", {});
+  fs::create_directories(empty);
+  EXPECT_FALSE(find_latest_checkpoint(empty).has_value());  // killed before the first checkpoint: start over
+}
+
+// Pruning removes directories by the names in state.json: only this run's step-<N> names are accepted.
+TEST(CheckpointPrune, TrainerStateNamesOnlyStepDirectories) {
+  TrainerState st;
+  st.step = 4;
+  st.checkpoints = {{"step-00000004", 4, 1.0}};
+  nlohmann::json j = st.to_json();
+  EXPECT_NO_THROW(TrainerState::from_json(j, "state.json"));
+  for (const std::string bad : {"../../victim", "/abs/path", "step-1/../..", "latest", ""}) {
+    j["checkpoints"][0]["name"] = bad;
+    EXPECT_THROW(TrainerState::from_json(j, "state.json"), Error) << bad;
+  }
+  j = st.to_json();
+  j["step"] = -3;
+  EXPECT_THROW(TrainerState::from_json(j, "state.json"), Error);
+  const fs::path root = make_root("outside", {"step-00000001"});
+  const fs::path victim = root.parent_path() / "esm2-prune-victim";
+  fs::create_directories(victim);
+  TrainerState forged;
+  forged.checkpoints = {{"../esm2-prune-victim", 0, 9.0}, {"step-00000001", 1, 1.0}};
+  prune_checkpoints(root, forged, 0, true);
+  EXPECT_TRUE(fs::exists(victim)) << "pruning removed a directory outside the run";
+  EXPECT_TRUE(is_checkpoint_name("step-00000012"));
+  EXPECT_FALSE(is_checkpoint_name("step-00000012.tmp-42"));
+}
