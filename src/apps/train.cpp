@@ -350,13 +350,15 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                "ZeRO-1: reduce-scatter all gradient buckets after the backward instead of overlapping each "
                "with the rest of the backward (GPUs; MPI on CPUs is synchronous either way)")
       ->group("Execution");
-  add_enum_option(app, "--grad-reduce-dtype", c.grad_reduce_dtype, esm2::kGradReduceDtypeNames,
-                  "ZeRO-1 gradient reduce-scatter on the wire: fp32 (exact rank-ordered sums), or bf16 (half the "
-                  "traffic, for slow interconnects; each rank's gradient rounded once, summed in fp32)")
-      ->group("Execution");
+  CLI::Option* reduce_dtype =
+      add_enum_option(app, "--grad-reduce-dtype", c.grad_reduce_dtype, esm2::kGradReduceDtypeNames,
+                      "ZeRO-1 gradient reduce-scatter on the wire: fp32 (exact rank-ordered sums), or bf16 (half the "
+                      "traffic, for slow interconnects; each rank's gradient rounded once, summed in fp32)")
+          ->group("Execution");
   app.add_flag_callback("--grad-reduce-in-fp32", [&c] { c.grad_reduce_dtype = esm2::DType::F32; },
                         "The reference's spelling of --grad-reduce-dtype fp32")
-      ->group("Execution");
+      ->group("Execution")
+      ->excludes(reduce_dtype);
   app.add_option("--ddp-bucket-size", c.ddp_bucket_size,
                  "Parameters per ZeRO-1 gradient bucket (rounded up to a multiple of the DP size)")
       ->group("Execution")->check(at_least(1))->capture_default_str();

@@ -39,6 +39,8 @@ void validate_config(const TrainConfig& c, const Communicator& comm) {
   c.model.validate();
   c.data.validate();
   ESM2_CHECK(c.ddp_bucket_size >= 1, "train: --ddp-bucket-size must be >= 1 (got {})", c.ddp_bucket_size);
+  ESM2_CHECK(!(c.force && c.resume_if_exists),
+             "train: --force (replace the run) and --resume-if-exists (continue it) contradict each other: give one");
   ESM2_CHECK(!c.train_corpus.empty(), "train: --train-data (a corpus made by `esm2 prepare`) is required");
   ESM2_CHECK(c.num_steps >= 1, "train: --num-steps must be >= 1 (got {})", c.num_steps);
   ESM2_CHECK(c.val_check_interval >= 1, "train: --val-check-interval must be >= 1 (got {})", c.val_check_interval);
@@ -770,6 +772,11 @@ TrainResult Trainer::run() {
   print_banner();
   run_start_ = Clock::now();
   if (cfg_.time_budget_s > 0 && !state_.budget) plan_time_budget();
+  if (root_ && start_.resumed && state_.step >= last_step_)
+    fmt::print("esm2 train: the run is at step {}, where this call stops ({} {}): nothing to train\n", state_.step,
+               cfg_.early_stop_on_step > 0 && cfg_.early_stop_on_step < cfg_.num_steps ? "--early-stop-on-step"
+                                                                                        : "--num-steps",
+               last_step_);
   while (state_.step < last_step_) {
     const StepOutcome s = train_step();
     state_.step += 1;

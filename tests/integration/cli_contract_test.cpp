@@ -66,6 +66,8 @@ TEST_F(CliContract, BadTrainingValuesAreRejectedNamingTheFlagAndNothingIsWritten
       {" --num-nodes 2", "--num-nodes 2: a multi-node job is started by srun or mpirun"},
       {" --bogus 1 --more", "train: unexpected arguments '--bogus' '1' '--more'"},
       {" --mask-prob 0", "--mask-prob 0 is outside (0, 1]"},
+      {" --force --resume-if-exists", "--force (replace the run) and --resume-if-exists (continue it) contradict"},
+      {" --grad-reduce-in-fp32 --grad-reduce-dtype bf16", "excludes"},
       {" --experiment-name ..", "--experiment-name: '..' must be a plain name"},
       {" --experiment-name a/b", "--experiment-name: 'a/b' must be a plain name"},
       {" --threads 100000", "--threads: 100000 is too large (at most 4096)"},
