@@ -45,8 +45,16 @@ void AtomicDir::commit() {
   fs::path old;
   if (!replace_) {
     // Atomic against a writer that appeared meanwhile: the kernel refuses to rename onto an existing name.
-    if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE) != 0) {
-      const int err = errno;
+    int rc = ::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE);
+    int err = errno;
+    if (rc != 0 && (err == EINVAL || err == ENOSYS)) {
+      // A filesystem without the no-replace rename (some network filesystems): check, then rename. A
+      // non-empty directory in the way still makes rename() fail; only an empty one could be replaced.
+      err = fs::exists(final_, ec) ? EEXIST : 0;
+      rc = err ? -1 : ::rename(tmp_.c_str(), final_.c_str());
+      if (rc != 0 && !err) err = errno == ENOTEMPTY ? EEXIST : errno;
+    }
+    if (rc != 0) {
       ESM2_CHECK(err != EEXIST, "{}: appeared while this command ran (written by another process?); pass --force to "
                  "replace it", final_.string());
       fail("{}: cannot rename into place: {}", final_.string(), std::strerror(err));
