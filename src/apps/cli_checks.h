@@ -14,6 +14,7 @@
 #include <utility>
 #include <string>
 
+#include "core/atomic_dir.h"
 #include "core/error.h"
 
 namespace esm2::apps {
@@ -73,6 +74,7 @@ inline constexpr double kMaxThreads = 4096;
 inline CLI::Validator run_name() {
   return CLI::Validator(
       [](std::string& s) -> std::string {
+        if (s.size() > 1 && s.back() == '/') s.pop_back();  // a shell's completion of an existing run
         if (s.empty() || s == "." || s == ".." || s.find('/') != std::string::npos)
           return fmt::format("'{}' must be a plain name (one directory inside --result-dir: no '/', not '.' or '..')", s);
         return {};
@@ -95,6 +97,17 @@ inline void check_distinct_outputs(std::initializer_list<std::pair<const char*, 
       const auto b = std::filesystem::weakly_canonical(std::filesystem::absolute(*j->second, ec), ec);
       ESM2_CHECK(a != b, "{} and {} name the same file {}: give each output its own path", i->first, j->first,
                  i->second->string());
+    }
+}
+
+// An output (replaced with --force) must not be an input or a directory holding one: checked before any work.
+using NamedPaths = std::initializer_list<std::pair<const char*, const std::filesystem::path*>>;
+inline void check_outputs_spare_inputs(NamedPaths outputs, NamedPaths inputs) {
+  for (const auto& [oflag, out] : outputs)
+    for (const auto& [iflag, in] : inputs) {
+      if (out->empty() || in->empty()) continue;
+      ESM2_CHECK(!is_same_or_inside(*in, *out), "{} {}: is the input {} {} or holds it (it would be replaced)", oflag,
+                 out->string(), iflag, in->string());
     }
 }
 

@@ -104,6 +104,8 @@ esm2::apps::RunFn setup_embed(CLI::App& app) {
   app.add_flag("--skip-invalid", a->skip_invalid, "Drop records with invalid letters or no residues (counted) instead of failing");
   return [a]() -> int {
     esm2::apps::check_output_free(a->output, a->common.force, "--output");
+    esm2::apps::check_outputs_spare_inputs({{"--output", &a->output}},
+                                           {{"--fasta", &a->fasta}, {"--checkpoint", &a->common.checkpoint}});
     ESM2_CHECK(a->format != EmbedFormat::Safetensors || !fs::is_directory(a->output),
                "--output {}: is a directory (--format safetensors writes one file)", a->output.string());
     int64_t skipped = 0;

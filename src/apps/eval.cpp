@@ -51,15 +51,26 @@ struct TempCorpus {
 
 constexpr std::string_view kTempPrefix = "esm2-eval-";
 
-// Temp corpora "esm2-eval-<pid>-<n>" whose process is gone.
+// This host's name in temp names: a TMPDIR shared between machines must not see another host's pids.
+std::string host_name() {
+  char h[256] = {};
+  ::gethostname(h, sizeof h - 1);
+  std::string s = h;
+  for (char& c : s)
+    if (c == '/' || c == '-') c = '_';
+  return s.empty() ? "host" : s;
+}
+
+// Temp corpora "esm2-eval-<host>-<pid>-<n>" of this host whose process is gone.
 void remove_stale_temp_corpora() {
   std::error_code ec;
   const fs::path tmp = fs::temp_directory_path(ec);
   if (ec) return;
   for (const auto& e : fs::directory_iterator(tmp, ec)) {
     const std::string n = e.path().filename().string();
-    if (n.rfind(kTempPrefix, 0) != 0) continue;
-    const long pid = std::strtol(n.c_str() + kTempPrefix.size(), nullptr, 10);
+    const std::string mine = std::string(kTempPrefix) + host_name() + "-";
+    if (n.rfind(mine, 0) != 0) continue;
+    const long pid = std::strtol(n.c_str() + mine.size(), nullptr, 10);
     if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
   }
 }
@@ -75,7 +86,7 @@ esm2::Corpus corpus_from_fasta(const fs::path& fasta, bool skip_invalid, int max
     table.add(r.id, tok);
   }
   static int counter = 0;
-  tmp.dir = fs::temp_directory_path() / fmt::format("{}{}-{}", kTempPrefix, ::getpid(), counter++);
+  tmp.dir = fs::temp_directory_path() / fmt::format("{}{}-{}-{}", kTempPrefix, host_name(), ::getpid(), counter++);
   esm2::write_corpus(tmp.dir, table, esm2::ClusterTable::singletons(table.size()),
                      {{"sources", {fasta.string()}}, {"command", "esm2 eval"}}, max_seq_length);
   esm2::Corpus c = esm2::Corpus::open(tmp.dir);
@@ -164,6 +175,11 @@ esm2::apps::RunFn setup_eval(CLI::App& app) {
     esm2::apps::check_output_free(a->json_out, a->common.force, "--json");
     esm2::apps::check_output_free(a->per_sequence, a->common.force, "--per-sequence");
     esm2::apps::check_distinct_outputs({{"--json", &a->json_out}, {"--per-sequence", &a->per_sequence}});
+    for (const auto* list : {&a->data, &a->fasta})
+      for (const auto& in : *list)
+        esm2::apps::check_outputs_spare_inputs({{"--json", &a->json_out}, {"--per-sequence", &a->per_sequence}},
+                                               {{list == &a->data ? "--data" : "--fasta", &in},
+                                                {"--checkpoint", &a->common.checkpoint}});
     remove_stale_temp_corpora();
     // Inputs are opened before the model is loaded so that a bad path fails fast.
     std::vector<std::pair<std::string, esm2::Corpus>> inputs;

@@ -54,6 +54,9 @@ esm2::apps::RunFn setup_score(CLI::App& app) {
     esm2::apps::check_output_free(a->output, a->common.force, "--output");
     esm2::apps::check_output_free(a->matrix, a->common.force, "--matrix");
     esm2::apps::check_distinct_outputs({{"--output", &a->output}, {"--matrix", &a->matrix}});
+    esm2::apps::check_outputs_spare_inputs(
+        {{"--output", &a->output}, {"--matrix", &a->matrix}},
+        {{"--dms", &a->dms}, {"--fasta", &a->fasta}, {"--checkpoint", &a->common.checkpoint}});
     const std::vector<int32_t> wt = wild_type(*a);
     // Parse every variant before loading the model: a typo fails at once.
     std::vector<std::string> names, header;

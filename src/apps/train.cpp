@@ -299,8 +299,18 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
   // Validation, logging, checkpoints
   app.add_option("--val-check-interval", c.val_check_interval, "Validate (and checkpoint) every N steps")
       ->group("Checkpoints and logs")->check(at_least(1))->capture_default_str();
-  app.add_option("--limit-val-batches", c.limit_val_batches, "Validation batches: a whole number of batches, or a fraction in (0,1) of the set")
-      ->group("Checkpoints and logs")->check(at_least(0))->capture_default_str();
+  // Lightning's reading, which the reference's users rely on: "1.0" is the whole set, "1" one batch.
+  app.add_option_function<std::string>(
+         "--limit-val-batches",
+         [&c](const std::string& s) {
+           c.limit_val_fraction = s.find_first_of(".eE") != std::string::npos;
+           c.limit_val_batches = std::strtod(s.c_str(), nullptr);
+         },
+         "Validation: a whole number of validation steps (one micro-batch per data-parallel rank each), or a share "
+         "of the set written with a point, in (0, 1] (1.0 = the whole set)")
+      ->default_str("1")
+      ->group("Checkpoints and logs")
+      ->check(at_least(0));
   app.add_option("--log-every-n-steps", c.log_every_n_steps, "Progress line / metrics every N steps")
       ->group("Checkpoints and logs")->check(at_least(1))->capture_default_str();
   app.add_option("--result-dir", c.result_dir, "Directory for runs")->group("Checkpoints and logs")->capture_default_str();

@@ -81,6 +81,20 @@ void register_communicator(CommunicatorTransport transport) { transports().add(s
 const CommunicatorTransport* find_communicator(std::string_view name) { return transports().find(name); }
 std::vector<std::string> registered_communicators() { return transports().names(); }
 
+namespace {
+
+// The ranks the launcher's environment announced must be the MPI world that formed: `SLURM_NTASKS=8` inside
+// an sbatch script run without srun, or an srun whose MPI did not wire up, gives one-rank worlds that would
+// each train alone (a smaller batch than asked, or N copies racing on one run directory).
+void checked_world(const LaunchInfo& launch, int world) {
+  ESM2_CHECK(launch.world < 0 || launch.world == world,
+             "train: the launcher's environment announces {} ranks ({}), but the MPI job that formed has {}: start "
+             "the job with srun or mpirun (a batch script's own process is one rank)",
+             launch.world, launch.launcher, world);
+}
+
+}  // namespace
+
 std::unique_ptr<Communicator> make_communicator(double collective_timeout_s, Backend* backend) {
   const LaunchInfo launch = detect_launch();
   if (!launch.multi_process()) return std::make_unique<LocalCommunicator>();
@@ -101,6 +115,7 @@ std::unique_ptr<Communicator> make_communicator(double collective_timeout_s, Bac
     // mpirun/srun on GPUs: MPI only carries NCCL's id; the collectives run over NCCL on device buffers.
     if (nccl && mpi) {
       auto bootstrap = mpi->join_launched_job(collective_timeout_s);
+      checked_world(launch, bootstrap->world_size());
       const int rank = bootstrap->rank(), world = bootstrap->world_size();
       std::string id(256, '0');
       if (rank == 0) id = nccl->new_id();
@@ -115,7 +130,11 @@ std::unique_ptr<Communicator> make_communicator(double collective_timeout_s, Bac
                launch.world < 0 ? std::string("several") : std::to_string(launch.world), missing);
     return std::make_unique<LocalCommunicator>();
   }
-  if (mpi) return mpi->join_launched_job(collective_timeout_s);
+  if (mpi) {
+    auto comm = mpi->join_launched_job(collective_timeout_s);
+    checked_world(launch, comm->world_size());
+    return comm;
+  }
   // A multi-rank launch without MPI would train N independent copies on the same data: refuse.
   const char* n = std::getenv(launch.launcher.c_str());
   ESM2_CHECK(n && std::atoi(n) <= 1,

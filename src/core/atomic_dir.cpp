@@ -1,7 +1,7 @@
 #include "core/atomic_dir.h"
 
 #include <fcntl.h>
-#include <stdio.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,9 +15,19 @@ namespace fs = std::filesystem;
 
 namespace esm2 {
 
+namespace {
+constexpr unsigned kRenameNoReplace = 1;  // RENAME_NOREPLACE of <linux/fs.h>, a kernel ABI constant
+}  // namespace
+
 AtomicDir::AtomicDir(fs::path final_path, bool replace) : final_(std::move(final_path)), replace_(replace) {
   // "out/" names the directory out: without this its temp would be created inside it.
   if (!final_.has_filename() && final_.has_parent_path()) final_ = final_.parent_path();
+  // "." or "..": the directory's own name, or its temp would be "..tmp-<pid>" and the rename would fail
+  // only after all the work.
+  if (final_.filename() == "." || final_.filename() == "..") {
+    std::error_code ec;
+    final_ = fs::weakly_canonical(fs::absolute(final_, ec), ec);
+  }
   tmp_ = final_;
   tmp_ += fmt::format(".tmp-{}", ::getpid());
   std::error_code ec;
@@ -45,9 +55,10 @@ void AtomicDir::commit() {
   fs::path old;
   if (!replace_) {
     // Atomic against a writer that appeared meanwhile: the kernel refuses to rename onto an existing name.
-    int rc = ::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE);
+    // The system call itself: glibc has a wrapper only from 2.28 (older HPC systems lack it).
+    int rc = static_cast<int>(::syscall(SYS_renameat2, AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_.c_str(), kRenameNoReplace));
     int err = errno;
-    if (rc != 0 && (err == EINVAL || err == ENOSYS)) {
+    if (rc != 0 && err != EEXIST && err != ENOTEMPTY && err != ENOENT && err != ENOSPC && err != EROFS) {
       // A filesystem without the no-replace rename (some network filesystems): check, then rename. A
       // non-empty directory in the way still makes rename() fail; only an empty one could be replaced.
       err = fs::exists(final_, ec) ? EEXIST : 0;

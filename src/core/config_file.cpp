@@ -30,6 +30,7 @@ std::string flag_name(std::string key, const std::string& where) {
 struct Reader {
   const OptionKindFn& kind;
   std::map<std::string, std::string>* origins;
+  const std::set<std::string>& skip;  // flags given again on the command line after this --config
   std::vector<std::string> out;
 
   // One key = value of the file; `where` names the file and the key (or line). bare: the value was a
@@ -41,9 +42,13 @@ struct Reader {
     ESM2_CHECK(!(bare && k == OptionKind::Value), "{}: {} takes a value, not {}", where, flag, on ? "true" : "false");
     ESM2_CHECK(bare || k != OptionKind::Flag, "{}: {} is an on/off flag: give true or false, not '{}'", where, flag,
                value);
+    if (skip.count(flag)) return;  // the command line sets it again after --config: its value wins
     if (origins) (*origins)[flag] = where;
     if (bare) {
+      // With the command's options known, false is passed on (`--x=false`): a flag that defaults to on (a
+      // reference name such as --create-tensorboard-logger) must be turned off, not left alone.
       if (on) out.push_back(flag);
+      else if (kind) out.push_back(flag + "=false");
       return;
     }
     out.push_back(flag);
@@ -61,10 +66,10 @@ struct Reader {
 };
 
 std::vector<std::string> read_config(const std::string& path, const OptionKindFn& kind,
-                                     std::map<std::string, std::string>* origins) {
+                                     std::map<std::string, std::string>* origins, const std::set<std::string>& skip) {
   ESM2_CHECK(!std::filesystem::is_directory(path), "{}: is a directory, not a config file", path);
   const std::string text = read_file(path);
-  Reader r{kind, origins, {}};
+  Reader r{kind, origins, skip, {}};
   const std::string t = trim(text);
   if (!t.empty() && (t.front() == '{' || t.front() == '[')) {
     nlohmann::json j;
@@ -135,7 +140,13 @@ std::vector<std::string> expand_config_args(const std::vector<std::string>& args
       out.push_back(args[i]);
       continue;
     }
-    for (auto& a : read_config(path, kind, origins)) out.push_back(std::move(a));
+    // Options the command line gives after this --config override the file's, repeatable ones included
+    // (appending a file's --fasta list to the command line's would silently mix inputs).
+    std::set<std::string> later;
+    for (size_t k = i + 1; k < args.size(); ++k)
+      if (args[k].rfind("--", 0) == 0 && args[k] != "--config" && args[k].rfind("--config=", 0) != 0)
+        later.insert(args[k].substr(0, args[k].find('=')));
+    for (auto& a : read_config(path, kind, origins, later)) out.push_back(std::move(a));
   }
   return out;
 }

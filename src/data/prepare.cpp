@@ -62,13 +62,18 @@ struct ClusterSeq {  // the corpus order: clusters by first appearance, members 
 struct FastaInputs {
   std::vector<fs::path> paths;
   std::vector<uint64_t> first;
+  // A pipe (`--fasta <(zcat …)`) is read once: its records are named by their number instead.
   std::string describe(uint64_t seq) const {
     size_t f = static_cast<size_t>(std::upper_bound(first.begin(), first.end(), seq) - first.begin()) - 1;
+    if (!fs::is_regular_file(paths[f]))
+      return fmt::format("{}: record number {} (a pipe, read once: no id or line to name)", paths[f].string(),
+                         seq - first[f] + 1);
     FastaRecordInfo r = locate_fasta_record(paths[f], seq - first[f]);
     return fmt::format("{}: record '{}' (line {})", paths[f].string(), r.id, r.line);
   }
   std::string id(uint64_t seq) const {
     size_t f = static_cast<size_t>(std::upper_bound(first.begin(), first.end(), seq) - first.begin()) - 1;
+    if (!fs::is_regular_file(paths[f])) return fmt::format("record number {} of {}", seq - first[f] + 1, paths[f].string());
     return locate_fasta_record(paths[f], seq - first[f]).id;
   }
 };
@@ -329,9 +334,10 @@ bool pid_is_gone(const std::string& digits) {
   return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
 }
 
-// Every input must be a regular file, and not the output or inside it: --clusters and the FASTA files of
-// an error are read more than once (a pipe would give a wrong error or hang), and --force would replace
-// an input before it was read.
+// Every input but FASTA must be a regular file, and none may be the output or inside it: --clusters,
+// --sqlite and --parquet are read more than once (a pipe would give a wrong error or hang), and --force
+// would replace an input before it was read. FASTA is streamed once (a pipe's records are named by number
+// in errors).
 void check_inputs(const PrepareOptions& opt) {
   std::vector<std::pair<const char*, fs::path>> inputs;
   for (const auto& f : opt.fasta) inputs.emplace_back("--fasta", f);
@@ -340,8 +346,10 @@ void check_inputs(const PrepareOptions& opt) {
   std::error_code ec;
   for (const auto& [flag, p] : inputs) {
     ESM2_CHECK(fs::exists(p, ec), "{} {}: no such file", flag, p.string());
-    ESM2_CHECK(fs::is_regular_file(p, ec), "{} {}: not a regular file ({}); prepare reads its inputs more than once: "
-               "write it to a file first", flag, p.string(), fs::is_directory(p, ec) ? "a directory" : "a pipe or device");
+    ESM2_CHECK(!fs::is_directory(p, ec), "{} {}: is a directory", flag, p.string());
+    ESM2_CHECK(std::string_view(flag) == "--fasta" || fs::is_regular_file(p, ec),
+               "{} {}: not a regular file (a pipe or device); prepare reads this input more than once: write it to a "
+               "file first", flag, p.string());
     ESM2_CHECK(!is_same_or_inside(p, opt.output), "{} {}: is the output {} or inside it (--output would replace it)",
                flag, p.string(), opt.output.string());
   }

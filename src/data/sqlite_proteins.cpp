@@ -56,9 +56,9 @@ void read_sqlite_proteins(const std::filesystem::path& path, SequenceTable& tabl
     const auto* idp = reinterpret_cast<const char*>(sqlite3_column_text(rows.get(), 0));
     ESM2_CHECK(idp != nullptr, "{}: a row of 'protein' has a NULL id", file);
     std::string_view id(idp, static_cast<size_t>(sqlite3_column_bytes(rows.get(), 0)));
+    if (keep && !keep(id)) continue;
     ESM2_CHECK(!id.empty(), "{}: a row of 'protein' has an empty id (rowid {})", file,
                static_cast<long long>(sqlite3_column_int64(rows.get(), 2)));
-    if (keep && !keep(id)) continue;
     const auto* sp = reinterpret_cast<const char*>(sqlite3_column_text(rows.get(), 1));
     std::string_view seq(sp ? sp : "", sp ? static_cast<size_t>(sqlite3_column_bytes(rows.get(), 1)) : 0);
     ESM2_CHECK(!seq.empty(), "{}: protein '{}': empty or NULL sequence", file, id);

@@ -341,10 +341,36 @@ void prune_checkpoints(const fs::path& ckpt_root, TrainerState& state, int top_k
   for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < top_k; ++i) keep.push_back(ranked[i].name);
   if (keep_last) keep.push_back(state.checkpoints.back().name);
   std::vector<CheckpointRecord> kept;
+  std::string pointed;  // what `latest` names: if pruned, it must name a survivor (or nothing)
+  {
+    std::error_code ec;
+    if (fs::exists(ckpt_root / "latest", ec)) {
+      pointed = read_file(ckpt_root / "latest");
+      while (!pointed.empty() && (pointed.back() == '\n' || pointed.back() == '\r')) pointed.pop_back();
+    }
+  }
+  bool pointed_removed = false;
   for (const auto& c : state.checkpoints) {
     if (std::find(keep.begin(), keep.end(), c.name) != keep.end()) {
       kept.push_back(c);
     } else if (is_checkpoint_name(c.name)) {
+      // The pointer moves first, so that a kill in between never leaves it naming a removed directory.
+      if (c.name == pointed && !pointed_removed) {
+        pointed_removed = true;
+        std::string survivor;
+        for (const auto& k : state.checkpoints)
+          if (k.name != c.name && std::find(keep.begin(), keep.end(), k.name) != keep.end()) survivor = k.name;
+        if (survivor.empty()) {
+          std::error_code ec;
+          fs::remove(ckpt_root / "latest", ec);
+        } else {
+          const fs::path tmp = ckpt_root / "latest.tmp";
+          write_file(tmp, survivor + "\n");
+          fsync_path(tmp);
+          fs::rename(tmp, ckpt_root / "latest");
+        }
+        fsync_path(ckpt_root);
+      }
       std::error_code ec;
       fs::remove_all(ckpt_root / c.name, ec);
     }

@@ -62,7 +62,10 @@ struct TrainConfig {
 
   // --- validation / logging / checkpoints ---
   int64_t val_check_interval = 100;
-  double limit_val_batches = 1.0;   // >= 1 and integral: number of batches; in (0,1): fraction of the set
+  // As Lightning reads it: a whole number counts validation steps (one micro-batch per DP rank each); with
+  // limit_val_fraction, a share in (0, 1] of the set (1.0 = all of it).
+  double limit_val_batches = 1;
+  bool limit_val_fraction = false;
   int64_t log_every_n_steps = 10;
   std::string result_dir = "results", experiment_name = "esm2";
   bool create_tensorboard_logger = true;

@@ -66,10 +66,10 @@ void validate_config(const TrainConfig& c, const Communicator& comm) {
   ESM2_CHECK(c.optim.weight_decay >= 0, "train: --weight-decay must be >= 0");
   ESM2_CHECK(c.optim.beta1 >= 0 && c.optim.beta1 < 1 && c.optim.beta2 >= 0 && c.optim.beta2 < 1,
              "train: Adam betas must be in [0, 1)");
-  ESM2_CHECK(c.limit_val_batches > 0, "train: --limit-val-batches must be > 0 (got {})", c.limit_val_batches);
-  ESM2_CHECK(c.limit_val_batches < 1 || c.limit_val_batches == std::floor(c.limit_val_batches),
-             "train: --limit-val-batches must be a fraction in (0,1) or a whole number of batches (got {})",
-             c.limit_val_batches);
+  ESM2_CHECK(c.limit_val_fraction ? c.limit_val_batches > 0 && c.limit_val_batches <= 1
+                                  : c.limit_val_batches >= 1 && c.limit_val_batches == std::floor(c.limit_val_batches),
+             "train: --limit-val-batches must be a fraction in (0, 1] (written with a point: 1.0 = the whole set) or a "
+             "whole number of batches >= 1 (got {})", c.limit_val_batches);
   ESM2_CHECK(c.resume_if_exists || c.restore_from_checkpoint_path.empty() || c.init_from.empty(),
              "train: give at most one of --restore-from-checkpoint-path and --init-from-hf");
   // [pp] The grid itself (world = DP × TP × PP) is checked by make_parallel_groups.
@@ -99,6 +99,14 @@ void claim_run_dir(const fs::path& dir, const TrainConfig& cfg) {
   if (cfg.resume_if_exists || !(has_metrics || fs::exists(dir / "checkpoints"))) return;
   ESM2_CHECK(cfg.force, "{}: already holds a run; add --resume-if-exists to continue it or --force to replace it",
              dir.string());
+  // --force removes the whole run directory: nothing this run reads may live there.
+  for (const auto& [flag, in] : {std::pair<const char*, fs::path>{"--train-data", cfg.train_corpus},
+                                 {"--valid-data", cfg.valid_corpus},
+                                 {"--restore-from-checkpoint-path", cfg.restore_from_checkpoint_path},
+                                 {"--init-from-hf", cfg.init_from}})
+    ESM2_CHECK(in.empty() || !is_same_or_inside(in, dir),
+               "{} {}: lies inside the run directory {} that --force would remove; move it out first", flag, in.string(),
+               dir.string());
   fs::remove_all(dir, ec);
   ESM2_CHECK(!ec, "{}: cannot remove the previous run (--force): {}", dir.string(), ec.message());
 }
@@ -108,10 +116,11 @@ struct Validation {
   int64_t global_batches = 0;
 };
 
-Validation make_validation(const Corpus& valid, const DataConfig& dc, double limit, const Communicator& comm) {
+Validation make_validation(const Corpus& valid, const DataConfig& dc, double limit, bool fraction,
+                           const Communicator& comm) {
   Validation v;
   int64_t limit_batches = -1;
-  if (limit < 1.0) {
+  if (fraction) {
     // A fraction of the whole set, counted in global batches (dp_world micro-batches each).
     const auto all = validation_batches(valid, dc, -1, 0, 1);
     const int64_t global_total = (static_cast<int64_t>(all.size()) + comm.world_size() - 1) / comm.world_size();
@@ -361,7 +370,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& comm, Backend& backend)
       train_corpus_(std::make_shared<const Corpus>(Corpus::open(cfg.train_corpus))),
       data_(train_corpus_, cfg.data),
       valid_corpus_(open_valid_corpus(cfg)),
-      validation_(valid_corpus_ ? make_validation(*valid_corpus_, cfg.data, cfg.limit_val_batches, dp_) : Validation{}),
+      validation_(valid_corpus_ ? make_validation(*valid_corpus_, cfg.data, cfg.limit_val_batches, cfg.limit_val_fraction, dp_) : Validation{}),
       model_(cfg.model, backend, ModelParallel{groups_.tp.get(), groups_.pp.get(), groups_.mp.get()}),
       pipeline_(configure_schedule(model_, cfg, groups_.pp_size)),
       reduce_(grad_reduce_options(cfg)),
@@ -804,8 +813,12 @@ TrainResult Trainer::run() {
     }
     if (signal) {
       result_.stopped_by_signal = true;
-      if (root_) fmt::print("esm2 train: signal {} received; checkpoint at step {} saved, exiting\n",
-                            stop_.signal_number(), state_.step);
+      // The stop is agreed over all ranks: the signal may have reached another rank only.
+      if (root_)
+        fmt::print("esm2 train: {} received; checkpoint at step {} saved, exiting\n",
+                   stop_.signal_number() ? fmt::format("signal {}", stop_.signal_number())
+                                         : std::string("a stop signal (on another rank)"),
+                   state_.step);
       break;
     }
   }

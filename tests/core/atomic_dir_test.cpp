@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <csignal>
 
@@ -13,7 +14,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("esm2-atomic-test-" + name);
+  const fs::path d = fs::temp_directory_path() / ("esm2-atomic-test-" + std::to_string(::getpid()) + "-" + name);
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -94,6 +95,22 @@ TEST(AtomicDir, WithoutReplaceAnOutputThatAppearedMeanwhileIsAnError) {
     out.commit();
   }
   EXPECT_EQ(names_in(d / "fresh"), std::vector<std::string>{"mine"});
+}
+
+// "." names the directory itself (its temp beside it, not "..tmp-<pid>" inside the parent by accident).
+TEST(AtomicDir, DotNamesTheDirectoryItself) {
+  const fs::path d = fresh_dir("dot");
+  fs::create_directories(d / "out");
+  const fs::path cwd = fs::current_path();
+  fs::current_path(d / "out");
+  {
+    esm2::AtomicDir out(".", true);
+    EXPECT_EQ(out.final_path(), fs::weakly_canonical(d / "out"));
+    esm2::write_file(out.path() / "f", "x");
+    out.commit();
+  }
+  fs::current_path(cwd);
+  EXPECT_EQ(esm2::read_file(d / "out/f"), "x");
 }
 
 TEST(StagedFiles, AllAppearAtCommitAndNoneWithout) {

@@ -23,7 +23,8 @@ TEST(ConfigFile, TomlLinesExpandInPlace) {
                            "# a comment\n[train]\nnum-steps = 12\nlr = 1e-3  # peak\nexperiment_name = \"my run\"\n"
                            "resume-if-exists = true\nno-report = false\r\n");
   const auto out = expand_config_args({"train", "--seed", "1", "--config", p, "--num-steps", "5"});
-  const std::vector<std::string> expect = {"train", "--seed", "1", "--num-steps", "12", "--lr", "1e-3",
+  // --num-steps after --config replaces the file's (which is left out); --seed before it does not.
+  const std::vector<std::string> expect = {"train", "--seed", "1", "--lr", "1e-3",
                                            "--experiment-name", "my run", "--resume-if-exists", "--num-steps", "5"};
   EXPECT_EQ(out, expect);
 }
@@ -60,8 +61,16 @@ TEST(ConfigFile, KeysAreCheckedAgainstTheCommandsOptions) {
   const auto ok = write_tmp("ok.json", R"({"num-steps": 3, "force": "true", "no-report": false})");
   std::map<std::string, std::string> origins;
   const auto out = expand_config_args({"train", "--config", ok}, kind, &origins);
-  EXPECT_EQ(out, (std::vector<std::string>{"train", "--force", "--num-steps", "3"}));
+  // false is passed on, so that a flag that defaults to on is turned off.
+  EXPECT_EQ(out, (std::vector<std::string>{"train", "--force", "--no-report=false", "--num-steps", "3"}));
   EXPECT_EQ(origins.at("--num-steps"), ok + ": key num-steps");
+  // An option the command line gives again after --config replaces the file's, a list included, and the
+  // file is not blamed for its value.
+  const auto lists = write_tmp("lists.json", R"({"num-steps": 3, "experiment-name": "a"})");
+  origins.clear();
+  const auto over = expand_config_args({"train", "--config", lists, "--num-steps=7"}, kind, &origins);
+  EXPECT_EQ(over, (std::vector<std::string>{"train", "--experiment-name", "a", "--num-steps=7"}));
+  EXPECT_EQ(origins.count("--num-steps"), 0u);
   const std::vector<std::pair<std::string, std::string>> bad = {
       {R"({"experiment-name": true})", "--experiment-name takes a value, not true"},
       {R"({"force": "maybe"})", "--force is an on/off flag: give true or false, not 'maybe'"},

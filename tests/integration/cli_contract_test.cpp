@@ -166,6 +166,26 @@ TEST_F(CliContract, NoLabelStepsAreSkippedAndFailedStartsLeaveNoRun) {
   fs::remove_all(*root_ / "results");
 }
 
+// As Lightning reads --limit-val-batches: "1.0" is the whole validation set, "1" one batch.
+TEST_F(CliContract, LimitValBatchesOnePointZeroIsTheWholeSet) {
+  const std::string base = train() + " --valid-data " + (*root_ / "corpus").string() +
+                           " --num-steps 1 --no-tensorboard --no-report --disable-checkpointing";
+  const auto all = run_cli(base + " --limit-val-batches 1.0 --experiment-name all");
+  const auto big = run_cli(base + " --limit-val-batches 100000 --experiment-name big");
+  const auto one = run_cli(base + " --limit-val-batches 1 --experiment-name one");
+  for (const auto* r : {&all, &big, &one}) ASSERT_EQ(r->exit_code, 0) << r->output;
+  auto batches = [](const std::string& out) {
+    const size_t at = out.find(" batches\n");
+    const size_t from = out.rfind(", ", at);
+    return at == std::string::npos || from == std::string::npos ? std::string("?") : out.substr(from + 2, at - from - 2);
+  };
+  EXPECT_EQ(batches(all.output), batches(big.output)) << all.output;
+  EXPECT_EQ(batches(one.output), "1") << one.output;
+  EXPECT_NE(batches(all.output), "1");
+  expect_one_line_error(run_cli(base + " --limit-val-batches 1.5"), "1.5", "--limit-val-batches must be a fraction in (0, 1]");
+  fs::remove_all(*root_ / "results");
+}
+
 TEST_F(CliContract, HelpNamesTheProgramAndTheOnOffDefaults) {
   const auto r = run_cli("train --help");
   EXPECT_EQ(r.exit_code, 0);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 
 #include "cli_runner.h"
@@ -205,6 +206,33 @@ TEST_F(CliOutputs, PrepareRefusesInputsItWouldDestroyOrMisread) {
   ASSERT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_TRUE(fs::exists(dir_ / "o/manifest.json"));
   EXPECT_EQ(names_in(dir_), (std::vector<std::string>{"c.fifo", "empty.fa", "in", "o"}));
+}
+
+// --force replaces outputs, never inputs: an output that is an input, or a directory holding one, is refused.
+TEST_F(CliOutputs, ForceNeverReplacesAnInput) {
+  fs::create_directories(dir_ / "d");
+  write(dir_ / "d/x.fa", ">a\n" + kWildType + "\n");
+  const std::string fa = (dir_ / "d/x.fa").string();
+  const std::string ck = " --threads 1 --checkpoint " + hf_model().string();
+  const std::vector<std::pair<std::string, std::string>> rows = {
+      {"embed" + ck + " --fasta " + fa + " --output " + (dir_ / "d").string() + " --force", "is the input --fasta"},
+      {"embed" + ck + " --fasta " + fa + " --output " + fa + " --force --format safetensors", "is the input --fasta"},
+      {"eval" + ck + " --fasta " + fa + " --pseudo-perplexity --per-sequence " + fa + " --force", "is the input --fasta"},
+      {"score" + ck + " --fasta " + fa + " --mutations K2R --output " + fa + " --force", "is the input --fasta"},
+  };
+  for (const auto& [args, expect] : rows) {
+    const auto r = run_cli(args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(expect), std::string::npos) << args << "\n" << r.output;
+  }
+  EXPECT_EQ(esm2::read_file(dir_ / "d/x.fa"), ">a\n" + kWildType + "\n");
+  // A FASTA from a pipe is read once: prepare takes it (--clusters, read twice, must be a file).
+  const fs::path fifo = dir_ / "in.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(std::system(("cat " + fa + " > " + fifo.string() + " &").c_str()), 0);
+  const auto piped = run_cli("prepare --fasta " + fifo.string() + " --output " + (dir_ / "c").string());
+  EXPECT_EQ(piped.exit_code, 0) << piped.output;
+  EXPECT_TRUE(fs::exists(dir_ / "c/manifest.json"));
 }
 
 TEST_F(CliOutputs, BenchRejectsMeaninglessCounts) {

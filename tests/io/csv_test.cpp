@@ -2,6 +2,7 @@
 #include "io/csv.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 
@@ -12,7 +13,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path write_tmp(const std::string& name, const std::string& text) {
-  const fs::path p = fs::temp_directory_path() / ("esm2-csv-test-" + name);
+  const fs::path p = fs::temp_directory_path() / ("esm2-csv-test-" + std::to_string(::getpid()) + "-" + name);
   std::ofstream(p, std::ios::binary) << text;
   return p;
 }

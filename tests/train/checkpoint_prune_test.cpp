@@ -110,3 +110,20 @@ TEST(CheckpointPrune, TrainerStateNamesOnlyStepDirectories) {
   EXPECT_TRUE(is_checkpoint_name("step-00000012"));
   EXPECT_FALSE(is_checkpoint_name("step-00000012.tmp-42"));
 }
+
+// Pruning the checkpoint `latest` names (no last kept, or no metric to rank) moves the pointer to the newest
+// survivor first, or removes it: a resume never finds a pointer to a removed directory.
+TEST(CheckpointPrune, LatestNeverNamesAPrunedCheckpoint) {
+  const std::vector<std::string> dirs = {"step-00000001", "step-00000002"};
+  const fs::path root = make_root("pointer", dirs);
+  write_file(root / "latest", "step-00000002\n");
+  TrainerState st;
+  st.checkpoints = {{dirs[0], 1, 0.5}, {dirs[1], 2, 0.9}};
+  prune_checkpoints(root, st, 1, false);  // top-1 keeps step 1; step 2 (latest) goes
+  EXPECT_EQ(names(st), std::vector<std::string>{dirs[0]});
+  EXPECT_EQ(read_file(root / "latest"), "step-00000001\n");
+  EXPECT_EQ(find_latest_checkpoint(root)->filename(), dirs[0]);
+  prune_checkpoints(root, st, 0, false);  // nothing kept: no pointer, a resume starts over
+  EXPECT_FALSE(fs::exists(root / "latest"));
+  EXPECT_FALSE(find_latest_checkpoint(root).has_value());
+}
