@@ -39,7 +39,7 @@ struct TrainArgs {
   TrainConfig cfg;
   std::string preset = "demo";
   int num_layers = 0, hidden_size = 0, num_attention_heads = 0, ffn_hidden_size = 0;
-  bool gelu_tanh = false;
+  bool gelu_tanh = false, grad_reduce_in_fp32 = false;
   esm2::RecipeKind recipe = esm2::RecipeKind::Esm2Paper;
   double lr = 4e-4, min_lr = -1;
   int64_t warmup_steps = -1, scheduler_num_steps = -1;  // -1: see the flags' help
@@ -365,10 +365,9 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                       "ZeRO-1 gradient reduce-scatter on the wire: fp32 (exact rank-ordered sums), or bf16 (half the "
                       "traffic, for slow interconnects; each rank's gradient rounded once, summed in fp32)")
           ->group("Execution");
-  app.add_flag_callback("--grad-reduce-in-fp32", [&c] { c.grad_reduce_dtype = esm2::DType::F32; },
-                        "The reference's spelling of --grad-reduce-dtype fp32")
-      ->group("Execution")
-      ->excludes(reduce_dtype);
+  (void)reduce_dtype;
+  app.add_flag("--grad-reduce-in-fp32", a->grad_reduce_in_fp32, "The reference's spelling of --grad-reduce-dtype fp32")
+      ->group("Execution");
   app.add_option("--ddp-bucket-size", c.ddp_bucket_size,
                  "Parameters per ZeRO-1 gradient bucket (rounded up to a multiple of the DP size)")
       ->group("Execution")->check(at_least(1))->capture_default_str();
@@ -396,6 +395,20 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
     const auto started = std::chrono::steady_clock::now();
     TrainConfig cfg = a->cfg;
     cfg.preset = a->preset;
+    if (a->grad_reduce_in_fp32) {
+      ESM2_CHECK(app_ptr->get_option("--grad-reduce-dtype")->count() == 0 || cfg.grad_reduce_dtype == esm2::DType::F32,
+                 "train: --grad-reduce-in-fp32 and --grad-reduce-dtype {} contradict each other: give one",
+                 esm2::dtype_name(cfg.grad_reduce_dtype));
+      cfg.grad_reduce_dtype = esm2::DType::F32;
+    }
+    if (cfg.force && cfg.resume_if_exists) {
+      // One of them from a config file, the other typed after it: the later one wins, as for any option.
+      std::string last;
+      for (const CLI::Option* o : app_ptr->parse_order())
+        if (o->check_name("--force") || o->check_name("--resume-if-exists")) last = o->get_name();
+      (last == "--force" ? cfg.resume_if_exists : cfg.force) = false;
+      std::printf("esm2 train: --force and --resume-if-exists both given; the later, %s, applies\n", last.c_str());
+    }
     model_config(*a, *app_ptr, cfg);
     cfg.run_info = run_info(*app_ptr, cfg);
     apply_recipe(*a, *app_ptr, cfg);

@@ -66,8 +66,7 @@ TEST_F(CliContract, BadTrainingValuesAreRejectedNamingTheFlagAndNothingIsWritten
       {" --num-nodes 2", "--num-nodes 2: a multi-node job is started by srun or mpirun"},
       {" --bogus 1 --more", "train: unexpected arguments '--bogus' '1' '--more'"},
       {" --mask-prob 0", "--mask-prob 0 is outside (0, 1]"},
-      {" --force --resume-if-exists", "--force (replace the run) and --resume-if-exists (continue it) contradict"},
-      {" --grad-reduce-in-fp32 --grad-reduce-dtype bf16", "excludes"},
+      {" --grad-reduce-in-fp32 --grad-reduce-dtype bf16", "--grad-reduce-in-fp32 and --grad-reduce-dtype BF16 contradict"},
       {" --experiment-name ..", "--experiment-name: '..' must be a plain name"},
       {" --experiment-name a/b", "--experiment-name: 'a/b' must be a plain name"},
       {" --threads 100000", "--threads: 100000 is too large (at most 4096)"},
@@ -148,6 +147,12 @@ TEST_F(CliContract, ConfigFileKeysAreCheckedAndNamed) {
                           rows[i].second);
   }
   expect_one_line_error(run_cli(train() + " --config " + dir.string()), "a directory", "is a directory, not a config file");
+  // A config file's resume-if-exists and a --force typed after it: the later applies (no error, no resume).
+  esm2::write_file(dir / "resume.toml", "resume-if-exists = true\n");
+  const auto r = run_cli(train() + " --config " + (dir / "resume.toml").string() + " --force --no-tensorboard --no-report");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("the later, --force, applies"), std::string::npos) << r.output;
+  fs::remove_all(*root_ / "results");
   EXPECT_FALSE(fs::exists(*root_ / "results"));
 }
 
