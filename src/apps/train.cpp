@@ -202,7 +202,10 @@ nlohmann::json run_info(const CLI::App& app, const TrainConfig& cfg) {
       {"model", fmt::format("{} layers, hidden {}, {} heads, FFN {}, {} parameters", cfg.model.num_layers,
                             cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.ffn_hidden_size,
                             esm2::with_thousands(cfg.model.num_parameters()))},
-      {"flags", app.config_to_str(true, false)},
+      // The flags given (with a config file's): CLI11's listing of defaults prints on/off pairs and per-preset
+      // defaults (the recipe) as their static default, which is not what the run used; the banner and the
+      // report's other rows give the resolved values.
+      {"flags", app.config_to_str(false, false)},
       {"datasets", nlohmann::json::array()}};
   info["datasets"].push_back(dataset_info("training", cfg.train_corpus));
   if (!cfg.valid_corpus.empty()) info["datasets"].push_back(dataset_info("validation", cfg.valid_corpus));
@@ -258,7 +261,7 @@ esm2::apps::RunFn setup_train(CLI::App& app) {
                   "Defaults of the optimisation flags and the batch: esm2-paper (the reference's recipe) or short-run "
                   "(per preset, for short runs: docs/recipes.md); explicit flags win (default: short-run for 8M, "
                   "whose row a sweep measured, else esm2-paper)")
-      ->group("Optimization");
+      ->group("Optimization")->default_str("short-run for 8M, else esm2-paper");
   app.add_option("--num-steps", c.num_steps, "Optimizer steps (default 1000; with --time-budget: a cap on the planned steps)")
       ->group("Optimization")->check(at_least(1));
   app.add_option("--time-budget", c.time_budget_s,

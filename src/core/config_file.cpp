@@ -98,6 +98,7 @@ std::vector<std::string> read_config(const std::string& path, const OptionKindFn
     }
   }
   size_t line_no = 0, pos = 0;
+  std::map<std::string, size_t> seen;  // key → line, for duplicates
   while (pos <= text.size()) {
     size_t end = text.find('\n', pos);
     if (end == std::string::npos) end = text.size();
@@ -109,6 +110,8 @@ std::vector<std::string> read_config(const std::string& path, const OptionKindFn
     const std::string where = fmt::format("{}:{}", path, line_no);
     ESM2_CHECK(eq != std::string::npos, "{}: expected 'key = value', got '{}'", where, line);
     const std::string flag = flag_name(trim(line.substr(0, eq)), where);
+    const auto [at, fresh] = seen.emplace(flag, line_no);
+    ESM2_CHECK(fresh, "{}: {} is given twice (also on line {})", where, flag, at->second);
     std::string value = trim(line.substr(eq + 1));
     if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front()) {
       r.add(flag, where, false, false, value.substr(1, value.size() - 2));

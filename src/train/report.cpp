@@ -211,7 +211,7 @@ std::string run_info_html(const nlohmann::json& info) {
                       num("bytes")));
     }
   if (!text("command").empty()) row("command", "<code>" + html_escape(text("command")) + "</code>");
-  if (!text("flags").empty()) row("all flags", "<pre>" + html_escape(text("flags")) + "</pre>");
+  if (!text("flags").empty()) row("flags given", "<pre>" + html_escape(text("flags")) + "</pre>");
   return "<h2>Run</h2><table>" + rows + "</table>";
 }
 

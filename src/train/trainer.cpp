@@ -800,14 +800,15 @@ TrainResult Trainer::run() {
     const bool val_due = state_.step % cfg_.val_check_interval == 0;
     const bool at_end = state_.step == last_step_ || out_of_time;
     if (val_due || at_end || signal) validate_and_checkpoint(val_due || at_end, at_end || signal);
+    const std::string saved_note = checkpointing_ ? "checkpoint saved" : "no checkpoint (--disable-checkpointing)";
     if (out_of_time && state_.step < last_step_) {
       if (root_) {
         if (cfg_.time_budget_s > 0)
           fmt::print("esm2 train: steps slower than planned: stopped at step {} of {} to end within the --time-budget "
-                     "of {:.0f} s; checkpoint saved\n", state_.step, last_step_, cfg_.time_budget_s);
+                     "of {:.0f} s; {}\n", state_.step, last_step_, cfg_.time_budget_s, saved_note);
         else
-          fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; checkpoint saved, stopping\n",
-                     cfg_.max_time_s, state_.step);
+          fmt::print("esm2 train: --max-time {:.0f} s reached at step {}; {}, stopping\n",
+                     cfg_.max_time_s, state_.step, saved_note);
       }
       break;
     }
@@ -815,21 +816,22 @@ TrainResult Trainer::run() {
       result_.stopped_by_signal = true;
       // The stop is agreed over all ranks: the signal may have reached another rank only.
       if (root_)
-        fmt::print("esm2 train: {} received; checkpoint at step {} saved, exiting\n",
+        fmt::print("esm2 train: {} received at step {}; {}, exiting\n",
                    stop_.signal_number() ? fmt::format("signal {}", stop_.signal_number())
                                          : std::string("a stop signal (on another rank)"),
-                   state_.step);
+                   state_.step, saved_note);
       break;
     }
   }
   result_.steps_done = state_.step;
   result_.real_tokens_per_s = throughput_.training_tokens_per_s();
   result_.wall_time_s = wall_s();
-  if (root_ && cfg_.write_report) {
-    write_run_report();
+  if (root_) {
+    if (cfg_.write_report) write_run_report();
     fmt::print("esm2 train: done at step {}; training {:.0f} real tokens/s (steps only); wall time {:.1f} s "
-               "(incl. validation and checkpoints); report {}\n",
-               state_.step, result_.real_tokens_per_s, result_.wall_time_s, (run_dir_ / "report.html").string());
+               "(incl. validation and checkpoints){}\n",
+               state_.step, result_.real_tokens_per_s, result_.wall_time_s,
+               cfg_.write_report ? "; report " + (run_dir_ / "report.html").string() : std::string());
   }
   return result_;
 }
