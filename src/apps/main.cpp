@@ -43,18 +43,17 @@ std::string parse_error_message(const CLI::App& app, const CLI::ParseError& e) {
   std::string where;
   for (const CLI::App* sub : app.get_subcommands()) where = sub->get_name() + ": ";
   std::string what = e.what();
+  const std::vector<std::string> extras = app.remaining(true);
+  auto unexpected = [&extras] {
+    std::string s = extras.size() == 1 ? "unexpected argument" : "unexpected arguments";
+    for (const auto& x : extras) s += " '" + x + "'";
+    return s + " (--help lists the flags)";
+  };
   if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
-    const std::vector<std::string> extras = app.remaining(true);
-    what = extras.size() == 1 ? "unexpected argument" : "unexpected arguments";
-    for (const auto& x : extras) what += " '" + x + "'";
-    what += " (--help lists the flags)";
-  } else if (dynamic_cast<const CLI::RequiredError*>(&e) && !app.get_subcommands().empty() &&
-             !app.remaining(true).empty()) {
+    what = unexpected();
+  } else if (dynamic_cast<const CLI::RequiredError*>(&e) && !app.get_subcommands().empty() && !extras.empty()) {
     // A misspelt flag usually is the required one: name it first (CLI11 checks requirements before extras).
-    const std::vector<std::string> extras = app.remaining(true);
-    what = extras.size() == 1 ? "unexpected argument" : "unexpected arguments";
-    for (const auto& x : extras) what += " '" + x + "'";
-    what += " (--help lists the flags); and " + std::string(e.what());
+    what = unexpected() + "; and " + what;
   } else if (dynamic_cast<const CLI::RequiredError*>(&e) && app.get_subcommands().empty()) {
     const std::vector<std::string> given = app.remaining();
     what = given.empty() ? "a command is required: esm2 <command> [OPTIONS] (esm2 --help lists the commands)"

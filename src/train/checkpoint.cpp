@@ -85,6 +85,27 @@ std::string checkpoint_dir_name(int64_t step) { return fmt::format("step-{:08}",
 
 namespace {
 
+// checkpoints/latest: the name of the newest complete checkpoint, replaced atomically; "" when absent.
+std::string read_latest(const fs::path& ckpt_root) {
+  std::error_code ec;
+  if (!fs::exists(ckpt_root / "latest", ec)) return {};
+  std::string name = read_file(ckpt_root / "latest");
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  return name;
+}
+
+void write_latest(const fs::path& ckpt_root, const std::string& name) {
+  const fs::path tmp = ckpt_root / "latest.tmp";
+  write_file(tmp, name + "\n");
+  fsync_path(tmp);
+  fs::rename(tmp, ckpt_root / "latest");
+  fsync_path(ckpt_root);
+}
+
+}  // namespace
+
+namespace {
+
 const char* kStateFile = "trainer_state/state.json";
 const char* kOptimFile = "trainer_state/optimizer.safetensors";
 
@@ -158,12 +179,8 @@ void save_checkpoint(const fs::path& ckpt_root, const std::string& name, Esm2Mod
   st["seed"] = cfg.data.seed;
   write_file(dir.path() / kStateFile, st.dump(1) + "\n");
   dir.commit();
-  // The pointer is replaced atomically after the directory exists in full.
-  const fs::path tmp = ckpt_root / "latest.tmp";
-  write_file(tmp, name + "\n");
-  fsync_path(tmp);
-  fs::rename(tmp, ckpt_root / "latest");
-  fsync_path(ckpt_root);
+  // The pointer is replaced after the directory exists in full.
+  write_latest(ckpt_root, name);
 }
 
 bool is_training_checkpoint(const fs::path& dir) { return fs::exists(dir / kStateFile); }
@@ -232,9 +249,7 @@ std::optional<fs::path> find_latest_checkpoint(const fs::path& ckpt_root) {
   recover_checkpoint_root(ckpt_root);
   std::error_code ec;
   std::string pointed;
-  if (fs::exists(ckpt_root / "latest")) {
-    std::string name = read_file(ckpt_root / "latest");
-    while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  if (const std::string name = read_latest(ckpt_root); !name.empty()) {
     if (is_checkpoint_name(name)) {
       const fs::path p = ckpt_root / name;
       if (is_training_checkpoint(p)) return p;
@@ -341,14 +356,7 @@ void prune_checkpoints(const fs::path& ckpt_root, TrainerState& state, int top_k
   for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < top_k; ++i) keep.push_back(ranked[i].name);
   if (keep_last) keep.push_back(state.checkpoints.back().name);
   std::vector<CheckpointRecord> kept;
-  std::string pointed;  // what `latest` names: if pruned, it must name a survivor (or nothing)
-  {
-    std::error_code ec;
-    if (fs::exists(ckpt_root / "latest", ec)) {
-      pointed = read_file(ckpt_root / "latest");
-      while (!pointed.empty() && (pointed.back() == '\n' || pointed.back() == '\r')) pointed.pop_back();
-    }
-  }
+  const std::string pointed = read_latest(ckpt_root);  // if pruned, it must name a survivor (or nothing)
   bool pointed_removed = false;
   for (const auto& c : state.checkpoints) {
     if (std::find(keep.begin(), keep.end(), c.name) != keep.end()) {
@@ -363,13 +371,10 @@ void prune_checkpoints(const fs::path& ckpt_root, TrainerState& state, int top_k
         if (survivor.empty()) {
           std::error_code ec;
           fs::remove(ckpt_root / "latest", ec);
+          fsync_path(ckpt_root);
         } else {
-          const fs::path tmp = ckpt_root / "latest.tmp";
-          write_file(tmp, survivor + "\n");
-          fsync_path(tmp);
-          fs::rename(tmp, ckpt_root / "latest");
+          write_latest(ckpt_root, survivor);
         }
-        fsync_path(ckpt_root);
       }
       std::error_code ec;
       fs::remove_all(ckpt_root / c.name, ec);

@@ -23,15 +23,7 @@ fs::path hf_model() { return source_dir() / "tests/fixtures/hf/tiny-hd16/model";
 
 // `esm2 <args>` with stdout sent to `out` and stderr captured (run_cli merges the two).
 CliResult run_with_stdout(const std::string& args, const std::string& out) {
-  const std::string cmd = std::string(ESM2_BINARY) + " " + args + " 2>&1 >" + out;
-  CliResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, pipe)) r.output += buf;
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
+  return run_command(std::string(ESM2_BINARY) + " " + args + " 2>&1 >" + out);
 }
 
 void write(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }

@@ -18,8 +18,8 @@ struct CliResult {
   std::string output;  // stdout + stderr
 };
 
-inline CliResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(ESM2_BINARY) + " " + args + " 2>&1";
+// A shell command line; what it prints on stdout is captured.
+inline CliResult run_command(const std::string& cmd) {
   CliResult r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -29,6 +29,8 @@ inline CliResult run_cli(const std::string& args) {
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }
+
+inline CliResult run_cli(const std::string& args) { return run_command(std::string(ESM2_BINARY) + " " + args + " 2>&1"); }
 
 inline std::filesystem::path source_dir() { return ESM2_SOURCE_DIR; }
 
